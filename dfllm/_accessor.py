@@ -1,0 +1,48 @@
+"""The ``.llm`` accessor: a thin door onto ``dfllm.predict`` for pandas and Polars frames."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+
+class LLMAccessor:
+    """``df.llm.predict(engine, model, template, target, **options)``; see ``dfllm.predict``."""
+
+    def __init__(self, df: Any) -> None:
+        self._df = df
+
+    def predict(self, engine: Any, model: str | None = None, template: str | None = None,
+                target: str | None = None, **options: Any) -> Any:
+        from dfllm._api import predict
+
+        return predict(self._df, engine, model, template, target, **options)
+
+    async def apredict(self, engine: Any, model: str | None = None, template: str | None = None,
+                       target: str | None = None, **options: Any) -> Any:
+        from dfllm._api import apredict
+
+        return await apredict(self._df, engine, model, template, target, **options)
+
+    def finetune(self, engine: Any, base_model: str, **options: Any) -> Any:
+        from dfllm._finetune import finetune
+
+        return finetune(engine, base_model, self._df, **options)
+
+
+def taken_by_other(cls: type, name: str = "llm") -> bool:
+    """True when another package already put ``name`` on ``cls``: we refuse to replace it silently."""
+    existing = getattr(cls, name, None)
+    if existing is None:
+        return False
+    if getattr(existing, "_accessor", None) is LLMAccessor or existing is LLMAccessor:
+        return False
+    owner = getattr(existing, "_accessor", existing)
+    warnings.warn(
+        f"{cls.__module__}.{cls.__name__}.{name} is already registered by "
+        f"{getattr(owner, '__module__', '?')}; dfllm leaves it in place. "
+        "Use dfllm.predict(df, ...) instead of df.llm.predict(...).",
+        UserWarning,
+        stacklevel=3,
+    )
+    return True

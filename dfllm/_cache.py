@@ -1,0 +1,111 @@
+"""The persistent response cache: stdlib sqlite3 in WAL mode, owner-only, written off the hot path.
+
+``put`` hands an answer to a writer thread and returns at once; the thread commits in small
+batches (at most ``flush_s`` apart), so a kill -9 loses at most the last fraction of a second.
+Keys are hashes of what decides an answer; the API key is never part of them or of the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from dfllm.engines._base import Completion
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    key TEXT PRIMARY KEY,
+    text TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL
+) WITHOUT ROWID
+"""
+_LOOKUP_CHUNK = 500
+
+
+def request_key(identity: str, model: str, messages: list[dict[str, str]], params: dict[str, Any],
+                choices: Sequence[str] = ()) -> str:
+    """A stable hash of everything that decides an answer (never the credentials)."""
+    blob = json.dumps([identity, model, messages, params, list(choices)], sort_keys=True,
+                      ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.blake2b(blob.encode(), digest_size=20).hexdigest()
+
+
+class Cache:
+    def __init__(self, path: str | Path, *, flush_s: float = 0.1) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.path.exists():
+            # Create it owner-only before sqlite opens it; sqlite gives -wal/-shm the same mode.
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        self._reader = sqlite3.connect(self.path, check_same_thread=False)
+        self._reader.execute("PRAGMA journal_mode=WAL")
+        self._reader.execute(_SCHEMA)
+        self._reader.commit()
+        self._flush_s = flush_s
+        self._queue: queue.SimpleQueue[tuple[str, Completion] | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name="dfllm-cache-writer", daemon=True)
+        self._writer.start()
+        self.written = 0
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Completion]:
+        found: dict[str, Completion] = {}
+        batch = list(keys)
+        for start in range(0, len(batch), _LOOKUP_CHUNK):
+            chunk = batch[start:start + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._reader.execute(
+                f"SELECT key, text, prompt_tokens, completion_tokens FROM responses WHERE key IN ({marks})",
+                chunk,
+            )
+            for key, text, prompt_tokens, completion_tokens in rows:
+                found[key] = Completion(text, prompt_tokens, completion_tokens)
+        return found
+
+    def put(self, key: str, completion: Completion) -> None:
+        self._queue.put((key, completion))
+
+    def close(self) -> None:
+        """Write everything handed over so far, then close. Safe to call twice."""
+        if self._writer.is_alive():
+            self._queue.put(None)
+            self._writer.join()
+        self._reader.close()
+
+    def _write_loop(self) -> None:
+        db = sqlite3.connect(self.path)
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+        try:
+            done = False
+            while not done:
+                first = self._queue.get()
+                if first is None:
+                    break
+                batch = [first]
+                deadline = time.monotonic() + self._flush_s
+                while len(batch) < 1000 and (left := deadline - time.monotonic()) > 0:
+                    try:
+                        item = self._queue.get(timeout=left)
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        done = True
+                        break
+                    batch.append(item)
+                if batch:
+                    db.executemany(
+                        "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?)",
+                        [(k, c.text, c.prompt_tokens, c.completion_tokens) for k, c in batch],
+                    )
+                    db.commit()
+                    self.written += len(batch)
+        finally:
+            db.close()

@@ -1,0 +1,148 @@
+"""The one error hierarchy. Every exception dfllm raises is a ``DfllmError``.
+
+```
+DfllmError
+├── ConfigurationError        raised before any request: bad input the caller can fix
+│   ├── UnknownEngineError    the engine name is neither created nor a known provider
+│   ├── MissingAPIKeyError    no key given and none in the provider's environment variable
+│   ├── TemplateError         the template names columns the frame lacks, or is malformed
+│   └── ParameterError        an option or USING parameter is unknown or out of range
+├── EngineError               one request failed; carries ``status`` and ``retryable``
+│   ├── AuthenticationError   401/403: the key is wrong; stops the whole run at once
+│   ├── BadRequestError       400/404/422 and other 4xx: the request itself is wrong; not retried
+│   ├── RateLimitError        429: carries ``retry_after`` (seconds) when the server said
+│   ├── ServerError           5xx, 408, 409: the provider failed; retried
+│   ├── TransportError        connection refused/reset, timeout: retried
+│   └── ResponseFormatError   2xx whose body is not a chat completion: not retried
+├── LabelError                the answer matched none of ``choices`` (raw text in the message)
+├── FineTuneError             a fine-tuning job failed or its data is invalid
+└── BatchError                some rows failed; ``.partial`` holds every answer that arrived
+```
+
+Messages say what was wrong, the offending value, and the fix. They never contain a secret.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+
+class DfllmError(Exception):
+    """Base class of every error raised by dfllm."""
+
+
+class ConfigurationError(DfllmError, ValueError):
+    """Bad input found before any request was sent. ``problems`` lists each one."""
+
+    def __init__(self, problems: str | Sequence[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            lines = "\n".join(f"  - {p}" for p in self.problems)
+            message = f"{len(self.problems)} problems:\n{lines}"
+        super().__init__(message)
+
+
+class UnknownEngineError(ConfigurationError):
+    """The engine name is neither a created engine nor a known provider."""
+
+
+class MissingAPIKeyError(ConfigurationError):
+    """No API key was given and the provider's environment variable is empty."""
+
+
+class TemplateError(ConfigurationError):
+    """The prompt template is malformed or names columns the frame does not have."""
+
+
+class ParameterError(ConfigurationError):
+    """An option or USING parameter is unknown, of the wrong type or out of range."""
+
+
+class EngineError(DfllmError):
+    """One request failed. ``status`` is the HTTP status where there was one."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AuthenticationError(EngineError):
+    """The provider refused the credentials (401/403). Retrying cannot help."""
+
+
+class BadRequestError(EngineError):
+    """The provider rejected the request itself (400, 404, 422, other 4xx)."""
+
+
+class RateLimitError(EngineError):
+    """The provider asked us to slow down (429)."""
+
+    retryable = True
+
+    def __init__(
+        self, message: str, *, status: int | None = 429, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class ServerError(EngineError):
+    """The provider failed (5xx), timed out the request (408) or hit a conflict (409)."""
+
+    retryable = True
+
+
+class TransportError(EngineError):
+    """The request never got an HTTP answer: refused, reset or timed out."""
+
+    retryable = True
+
+
+class ResponseFormatError(EngineError):
+    """A successful status whose body is not a chat completion."""
+
+
+class LabelError(DfllmError):
+    """The model's answer matched none of the allowed ``choices``."""
+
+
+class FineTuneError(DfllmError):
+    """Fine-tuning data is invalid, or the provider's job failed."""
+
+
+class BatchError(DfllmError):
+    """Some rows failed. Every answer that did arrive is kept in ``partial``.
+
+    ``partial`` is the result frame with null in the target column for failed rows;
+    ``errors`` maps row position to its exception.
+    """
+
+    def __init__(self, partial: Any, errors: dict[int, BaseException], total: int) -> None:
+        self.partial = partial
+        self.errors = errors
+        causes = Counter(_cause(e) for e in errors.values())
+        lines = "\n".join(f"  {n} x {cause}" for cause, n in causes.most_common())
+        super().__init__(
+            f"{len(errors)} of {total} rows failed:\n{lines}\n"
+            "The other rows' answers are kept: use `err.partial`, or pass errors='null' "
+            "to get them with an error column instead of an exception."
+        )
+
+
+def _cause(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text[:160]}"
+
+
+def did_you_mean(word: str, options: Sequence[str]) -> str:
+    """A " Did you mean 'x'?" suffix for a misspelt name, or "" when nothing is close."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""

@@ -1,0 +1,198 @@
+"""The executor: the one place with policy.
+
+It answers a list of unique requests, in order, with a ``Completion`` or the error that ended
+that request. It owns the cache (look up first, write each answer the moment it arrives),
+concurrency (a fixed pool of workers and an AIMD window), rate limits (paced ``rpm``/``tpm``,
+limits learned from ``x-ratelimit-*`` headers, a pause for every worker on ``Retry-After``),
+retries (bounded in attempts and total time, with jittered exponential backoff) and progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from dfllm._cache import Cache
+from dfllm._exceptions import AuthenticationError, EngineError, RateLimitError
+from dfllm._limiter import Clock, Pacer, Pause, Sleep, Window
+from dfllm._options import Options
+from dfllm._progress import Progress, RunStats
+from dfllm.engines._base import Completion, Engine, RateLimitState, Request
+
+Outcome = Completion | EngineError
+
+# Before the first answer we know nothing of the account's limits: start this many in flight
+# (doubling per round trip) rather than firing the whole pool at once into a possible cap.
+_INITIAL_WINDOW = 32
+_BACKOFF_BASE_S = 0.5
+_BACKOFF_CAP_S = 30.0
+_DEFAULT_COMPLETION_ESTIMATE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """One unique request and its cache key."""
+
+    key: str
+    request: Request
+    estimated_tokens: int
+
+
+def estimate_tokens(request: Request) -> int:
+    """Prompt estimate (4 characters a token) plus the completion budget (``max_tokens``)."""
+    prompt = sum(len(m["content"]) for m in request.messages) // 4 + 1
+    budget = request.params.get("max_tokens") or request.params.get("max_completion_tokens")
+    return prompt + int(budget or _DEFAULT_COMPLETION_ESTIMATE)
+
+
+class Executor:
+    def __init__(
+        self,
+        engine: Engine,
+        options: Options,
+        stats: RunStats,
+        *,
+        concurrency_cap: int | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._engine = engine
+        self._options = options
+        self.stats = stats
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        pool = options.concurrency if concurrency_cap is None else min(options.concurrency, concurrency_cap)
+        self._pool = pool
+        self._window = Window(min(_INITIAL_WINDOW, pool), pool, clock)
+        self._pause = Pause(clock, sleep, self._rng)
+        self._rpm = Pacer(options.rpm, clock, sleep) if options.rpm else None
+        self._tpm = Pacer(options.tpm, clock, sleep) if options.tpm else None
+        self._abort: AuthenticationError | None = None
+
+    async def run(self, work: Sequence[Work]) -> list[Outcome]:
+        results: list[Outcome | None] = [None] * len(work)
+        path = self._options.cache_path()
+        cache = Cache(path) if path is not None else None
+        progress = Progress(self._options.progress, len(work), self.stats)
+        try:
+            if cache is not None:
+                hits = cache.get_many(w.key for w in work)
+                for i, w in enumerate(work):
+                    hit = hits.get(w.key)
+                    if hit is not None:
+                        results[i] = hit
+                self.stats.cache_hits = sum(r is not None for r in results)
+                progress.advance(self.stats.cache_hits)
+            # Workers share one iterator of pending positions: a queue that costs no memory per row.
+            pending = (i for i, r in enumerate(results) if r is None)
+            n_pending = len(work) - self.stats.cache_hits
+            workers = [
+                asyncio.ensure_future(self._worker(pending, work, results, cache, progress))
+                for _ in range(min(self._pool, n_pending))
+            ]
+            try:
+                await asyncio.gather(*workers)
+            finally:
+                for task in workers:
+                    task.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+            if self._abort is not None:
+                raise self._abort
+        finally:
+            progress.close()
+            if cache is not None:
+                await asyncio.to_thread(cache.close)
+        return _fill(results)
+
+    async def _worker(
+        self,
+        pending: Iterator[int],
+        work: Sequence[Work],
+        results: list[Outcome | None],
+        cache: Cache | None,
+        progress: Progress,
+    ) -> None:
+        for i in pending:
+            if self._abort is not None:
+                return
+            item = work[i]
+            outcome = await self._attempt(item)
+            results[i] = outcome
+            if isinstance(outcome, Completion):
+                self.stats.succeeded += 1
+                self.stats.prompt_tokens += outcome.prompt_tokens
+                self.stats.completion_tokens += outcome.completion_tokens
+                if cache is not None:
+                    cache.put(item.key, outcome)
+            progress.advance()
+
+    async def _attempt(self, item: Work) -> Outcome:
+        started = self._clock()
+        attempt = 0
+        while True:
+            await self._pause.wait()
+            if self._rpm is not None:
+                await self._rpm.acquire()
+            if self._tpm is not None:
+                await self._tpm.acquire(min(item.estimated_tokens, self._tpm.per_minute))
+            sent_at = await self._window.acquire()
+            self.stats.requests += 1
+            try:
+                completion = await self._engine.complete(item.request)
+            except AuthenticationError as exc:
+                self._abort = self._abort or exc
+                return exc
+            except EngineError as exc:
+                error: EngineError = exc
+            else:
+                self._window.on_success()
+                if completion.rate_limit is not None:
+                    self._learn(completion.rate_limit)
+                return completion
+            finally:
+                self._window.release()
+
+            delay = self._backoff(attempt)
+            if isinstance(error, RateLimitError):
+                self.stats.rate_limited += 1
+                self._window.on_rate_limited(sent_at)
+                # Everyone waits: more requests into a 429 storm only buy more 429s.
+                self._pause.pause_for(error.retry_after if error.retry_after is not None else delay)
+                delay = 0.0
+            out_of_time = self._clock() - started + delay > self._options.max_retry_time_s
+            if not error.retryable or attempt >= self._options.max_retries or out_of_time:
+                return error
+            attempt += 1
+            self.stats.retries += 1
+            if delay:
+                await self._sleep(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        return min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt) * (0.5 + self._rng.random())
+
+    def _learn(self, state: RateLimitState) -> None:
+        """Adopt the account's limits from the provider's headers when the caller gave none."""
+        if self._options.rpm is None and state.limit_requests:
+            if self._rpm is None:
+                self._rpm = Pacer(state.limit_requests, self._clock, self._sleep)
+            elif self._rpm.per_minute != state.limit_requests:
+                self._rpm.set_rate(state.limit_requests)
+            self.stats.learned_rpm = float(state.limit_requests)
+        if self._options.tpm is None and state.limit_tokens:
+            if self._tpm is None:
+                self._tpm = Pacer(state.limit_tokens, self._clock, self._sleep)
+            elif self._tpm.per_minute != state.limit_tokens:
+                self._tpm.set_rate(state.limit_tokens)
+        if state.remaining_requests == 0 and state.reset_requests_s:
+            self._pause.pause_for(state.reset_requests_s)
+
+
+def _fill(results: list[Outcome | None]) -> list[Outcome]:
+    # A gap is only possible if a run stopped without raising; keep positions, mark the gaps.
+    gap = EngineError("The run stopped before this row was sent.")
+    return [gap if r is None else r for r in results]

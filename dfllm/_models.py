@@ -1,0 +1,92 @@
+"""``create_model``: dfllm's ``CREATE MODEL name PREDICT target USING engine, model_name, prompt_template``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dfllm._exceptions import ParameterError, did_you_mean
+from dfllm._options import OPTION_NAMES
+from dfllm._registry import EngineConfig, resolve_engine
+
+_MODEL_PARAMS = ("model_name", "model", "prompt_template", "column")
+
+
+@dataclass(frozen=True)
+class Model:
+    """A reusable prediction: engine, provider model id, prompt template, target column, options."""
+
+    name: str
+    engine: Any
+    target: str
+    model_name: str | None
+    prompt_template: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def predict(self, df: Any = None, /, **row: Any) -> Any:
+        """``model.predict(df)`` adds the target column; ``model.predict(text="...")`` answers one row.
+
+        Call options (``temperature=``...) cannot be mixed with a single row's columns; use
+        ``dfllm.predict(df, model, temperature=...)`` to override them for a frame.
+        """
+        from dfllm._api import predict
+
+        if df is not None:
+            return predict(df, self)
+        if not row:
+            raise ParameterError(
+                f"Model {self.name!r}.predict needs a DataFrame or the row's columns as keywords, "
+                "e.g. model.predict(text='I love machine learning!')."
+            )
+        import pandas as pd
+
+        answer = predict(pd.DataFrame({k: [v] for k, v in row.items()}), self)[self.target].iloc[0]
+        return None if answer is None or answer != answer else str(answer)
+
+    async def apredict(self, df: Any) -> Any:
+        from dfllm._api import apredict
+
+        return await apredict(df, self)
+
+    def describe(self) -> dict[str, Any]:
+        """What the provider says of this model (``/models/{id}``); Anyscale adds its model card link."""
+        from dfllm._catalog import describe_model
+
+        return describe_model(self.engine, self.model_name)
+
+
+def create_model(name: str, *, engine: Any, predict: str, model_name: str | None = None,
+                 prompt_template: str | None = None, **using: Any) -> Model:
+    """Create a reusable model, like MindsDB's ``CREATE MODEL name PREDICT target USING ...``.
+
+    ``using`` takes Portkey's ``column`` (the column that is the prompt) and ``model`` (a
+    synonym of ``model_name``), plus any prediction option as the model's default
+    (``max_tokens``, ``temperature``, ``system``, ``choices``...).
+    """
+    problems: list[str] = []
+    config = resolve_engine(engine)
+    if "model" in using:
+        model_name = model_name or using.pop("model")
+    column = using.pop("column", None)
+    valid = sorted(OPTION_NAMES | set(_MODEL_PARAMS))
+    for key in using:
+        if key not in OPTION_NAMES:
+            problems.append(f"Unknown USING parameter {key!r}.{did_you_mean(key, valid)} Valid: {', '.join(valid)}.")
+    if prompt_template is None and column is not None:
+        prompt_template = "{{" + str(column) + "}}"
+    if prompt_template is not None and column is not None and "{{" + str(column) + "}}" not in prompt_template:
+        problems.append("Give either prompt_template or column (the column that is the prompt), not both.")
+    if prompt_template is None:
+        problems.append("create_model needs prompt_template ('... {{text}} ...') or column='question'.")
+    if not isinstance(predict, str) or not predict:
+        problems.append(f"predict must name the target column, e.g. predict='sentiment', got {predict!r}.")
+    if model_name is None and isinstance(config, EngineConfig):
+        model_name = config.provider.default_model
+    if model_name is None:
+        problems.append("create_model needs model_name, the provider's model id, e.g. model_name='mistral-7b'.")
+    if problems:
+        raise ParameterError(problems)
+    assert prompt_template is not None
+    # Keep the engine as given: a name is looked up again at predict time, like MindsDB.
+    return Model(name, engine, predict, model_name, prompt_template, dict(using))

@@ -1,0 +1,68 @@
+"""What a run did (``RunStats``: requests, cache hits, retries, 429s, tokens) and its progress bar."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RunStats:
+    """Counters of one ``predict`` call; ``dfllm.last_run()`` returns the latest."""
+
+    rows: int = 0
+    skipped_null_rows: int = 0
+    unique_prompts: int = 0
+    cache_hits: int = 0
+    requests: int = 0  # HTTP requests sent, retries included
+    retries: int = 0
+    rate_limited: int = 0  # 429 answers
+    succeeded: int = 0  # unique prompts answered by the provider in this run
+    failed_rows: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    elapsed_s: float = 0.0
+    learned_rpm: float | None = None
+    errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def deduplicated(self) -> int:
+        return self.rows - self.skipped_null_rows - self.unique_prompts
+
+
+def interactive() -> bool:
+    """A terminal or a notebook kernel: where a progress bar helps rather than litters logs."""
+    if "ipykernel" in sys.modules:
+        return True
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+class Progress:
+    """A tqdm bar over unique prompts, or nothing. Refreshes itself at most ~10 times a second."""
+
+    def __init__(self, enabled: bool | None, total: int, stats: RunStats) -> None:
+        self._stats = stats
+        self._bar: Any = None
+        if enabled or (enabled is None and interactive() and total > 0):
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, unit="row", desc="dfllm", mininterval=0.1, smoothing=0.05)
+
+    def advance(self, n: int = 1) -> None:
+        bar = self._bar
+        if bar is not None:
+            bar.update(n)
+            if bar.n == bar.total or bar.n % 256 == 0:
+                s = self._stats
+                bar.set_postfix(cached=s.cache_hits, retries=s.retries, r429=s.rate_limited, refresh=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            s = self._stats
+            self._bar.set_postfix(cached=s.cache_hits, retries=s.retries, r429=s.rate_limited, refresh=False)
+            self._bar.close()

@@ -1,0 +1,175 @@
+"""Named engines: ``create_engine`` is dfllm's ``CREATE ML_ENGINE name FROM provider USING ...``.
+
+The registry holds configuration only (provider, key, base URL, default options). Sessions are
+opened by ``EngineConfig.connect()`` inside the running loop, for one run, and closed after it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dfllm._exceptions import (
+    ConfigurationError,
+    MissingAPIKeyError,
+    ParameterError,
+    UnknownEngineError,
+    did_you_mean,
+)
+from dfllm._options import OPTION_NAMES, unknown_option_problems
+from dfllm._secret import Secret
+from dfllm.engines._base import Engine
+from dfllm.engines._providers import PROVIDERS, Provider
+
+_ENGINES: dict[str, EngineConfig] = {}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """A provider connection: where, how to authenticate, and default options. Holds no session."""
+
+    name: str
+    provider: Provider
+    base_url: str
+    headers: Mapping[str, str | Secret] = field(default_factory=dict, repr=False)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    model_path: str | None = None  # local engine: a GGUF file
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return (
+            f"EngineConfig(name={self.name!r}, provider={self.provider.name!r}, "
+            f"base_url={self.base_url!r}{', ' + shown if shown else ''})"
+        )
+
+    @property
+    def identity(self) -> str:
+        """What, besides the request, decides an answer: part of every cache key."""
+        return f"{self.provider.name}|{self.base_url}"
+
+    def connect(self) -> Engine:
+        """Open an engine for one run. Call inside the running event loop."""
+        if self.provider.local:
+            from dfllm.engines._local import LocalEngine
+
+            return LocalEngine()
+        from dfllm.engines._openai import OpenAICompatibleEngine
+
+        concurrency = int(self.options.get("concurrency", 0) or 0)
+        return OpenAICompatibleEngine(self.base_url, self.headers, max_connections=concurrency)
+
+
+def create_engine(name: str, provider: str, **using: Any) -> EngineConfig:
+    """Create (or replace) a named engine, like MindsDB's ``CREATE ML_ENGINE``.
+
+    ``using`` takes the provider's key parameter (``api_key`` or the seed's name, such as
+    ``mindsdb_inference_api_key``), ``base_url``, provider headers (Portkey's ``virtual_key``,
+    ``provider``, ``provider_api_key``, ``config``) and default options for every prediction
+    (``max_tokens``, ``temperature``, ``rpm``, ``concurrency``...).
+    """
+    if not isinstance(name, str) or not name:
+        raise ParameterError(f"Engine name must be a non-empty string, got {name!r}.")
+    config = configure(name, provider, using)
+    _ENGINES[name] = config
+    return config
+
+
+def drop_engine(name: str) -> None:
+    """Forget a named engine (``DROP ML_ENGINE``)."""
+    if _ENGINES.pop(name, None) is None:
+        raise UnknownEngineError(f"No engine named {name!r}. Engines: {sorted(_ENGINES)}.")
+
+
+def configure(name: str, provider_name: str, using: Mapping[str, Any]) -> EngineConfig:
+    provider = PROVIDERS.get(provider_name)
+    if provider is None:
+        raise UnknownEngineError(
+            f"Unknown provider {provider_name!r}.{did_you_mean(provider_name, list(PROVIDERS))} "
+            f"Providers: {', '.join(PROVIDERS)}."
+        )
+    problems: list[ConfigurationError] = []
+    connection = set(provider.key_params) | set(provider.header_params) | {"base_url"}
+    if provider.header_params:
+        connection.add("provider_api_key")
+    if provider.local:
+        connection.add("model_path")
+    text_problems = unknown_option_problems(list(using), frozenset(connection))
+    problems += [ParameterError(p) for p in text_problems]
+
+    key = _find_key(provider, using)
+    if key is None and provider.key_required:
+        problems.append(MissingAPIKeyError(_missing_key_message(name, provider)))
+    base_url = using.get("base_url") or provider.base_url
+    if not provider.local and not base_url:
+        problems.append(ParameterError(
+            f"Provider {provider.name!r} needs base_url, the address of your OpenAI-compatible "
+            "server, e.g. base_url='http://127.0.0.1:8000/v1'."
+        ))
+    if problems:
+        raise problems[0] if len(problems) == 1 else ConfigurationError([str(p) for p in problems])
+
+    headers: dict[str, str | Secret] = {}
+    if key is not None:
+        headers[provider.auth_header] = Secret(provider.auth_prefix + key)
+    for param, header in provider.header_params.items():
+        if using.get(param) is not None:
+            value = str(using[param])
+            headers[header] = Secret(value) if param == "virtual_key" else value
+    if using.get("provider_api_key") is not None:
+        headers["Authorization"] = Secret(f"Bearer {using['provider_api_key']}")
+    options = {**provider.model_defaults, **{k: v for k, v in using.items() if k in OPTION_NAMES}}
+    return EngineConfig(
+        name=name,
+        provider=provider,
+        base_url=str(base_url or "local"),
+        headers=headers,
+        options=options,
+        model_path=using.get("model_path"),
+    )
+
+
+def _find_key(provider: Provider, using: Mapping[str, Any]) -> str | None:
+    for param in provider.key_params:
+        if using.get(param):
+            value = using[param]
+            return value.reveal() if isinstance(value, Secret) else str(value)
+    if provider.key_env:
+        return os.environ.get(provider.key_env) or None
+    return None
+
+
+def _missing_key_message(name: str, provider: Provider) -> str:
+    params = " or ".join(repr(p) for p in provider.key_params)
+    return (
+        f"Engine {name!r} (provider {provider.name!r}) has no API key. Pass {params} to "
+        f"dfllm.create_engine, or set the environment variable {provider.key_env}."
+    )
+
+
+def resolve_engine(engine: object) -> EngineConfig | Engine:
+    """A created engine's name, a provider name (key from the environment), or an engine object."""
+    if isinstance(engine, EngineConfig):
+        return engine
+    if isinstance(engine, str):
+        if engine in _ENGINES:
+            return _ENGINES[engine]
+        if engine in PROVIDERS:
+            return configure(engine, engine, {})
+        known = sorted(_ENGINES) + sorted(PROVIDERS)
+        raise UnknownEngineError(
+            f"Unknown engine {engine!r}.{did_you_mean(engine, known)} Created engines: "
+            f"{sorted(_ENGINES) or 'none'}; providers usable directly: {', '.join(PROVIDERS)}. "
+            f"Create it first, e.g. dfllm.create_engine({engine!r}, 'openai', api_key=...)."
+        )
+    if isinstance(engine, Engine):
+        return engine
+    raise UnknownEngineError(
+        f"engine must be an engine name, a provider name or an Engine object, got {type(engine).__name__}."
+    )
+
+
+def list_engines() -> dict[str, EngineConfig]:
+    """The engines created in this process, by name."""
+    return dict(_ENGINES)

@@ -1,0 +1,104 @@
+"""Providers are data: where to send requests, how to authenticate, and which defaults apply.
+
+Adding an OpenAI-compatible vendor is adding one ``Provider`` entry, never a subclass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Provider:
+    """How to reach one vendor's OpenAI-compatible API.
+
+    ``key_params`` are the USING names that carry the key (the seed's name first);
+    ``header_params`` map further USING names to the request header they fill.
+    """
+
+    name: str
+    base_url: str | None
+    key_env: str | None
+    key_params: tuple[str, ...] = ("api_key",)
+    key_required: bool = True
+    auth_header: str = "Authorization"
+    auth_prefix: str = "Bearer "
+    header_params: Mapping[str, str] = field(default_factory=dict)
+    model_defaults: Mapping[str, Any] = field(default_factory=dict)
+    default_model: str | None = None
+    finetunable_models: tuple[str, ...] | None = None  # None: this provider cannot fine-tune
+    model_card_url: str | None = None  # ``{model}`` is replaced by the model id
+    local: bool = False
+
+
+PROVIDERS: dict[str, Provider] = {
+    p.name: p
+    for p in (
+        Provider(
+            name="openai",
+            base_url="https://api.openai.com/v1",
+            key_env="OPENAI_API_KEY",
+            key_params=("openai_api_key", "api_key"),
+            finetunable_models=("gpt-4o-mini-2024-07-18", "gpt-4o-2024-08-06", "gpt-4.1-mini-2025-04-14",
+                                "gpt-4.1-2025-04-14", "gpt-3.5-turbo-0125"),
+        ),
+        Provider(
+            # vLLM, Ollama, llama.cpp's server, LM Studio...: an OpenAI-compatible server you run.
+            name="openai_compatible",
+            base_url=None,
+            key_env=None,
+            key_params=("api_key",),
+            key_required=False,
+        ),
+        Provider(
+            name="mindsdb_inference",
+            base_url="https://llm.mdb.ai",
+            key_env="MINDSDB_API_KEY",
+            key_params=("mindsdb_inference_api_key", "api_key"),
+        ),
+        Provider(
+            name="anyscale_endpoints",
+            base_url="https://api.endpoints.anyscale.com/v1",
+            key_env="ANYSCALE_API_KEY",
+            key_params=("anyscale_endpoints_api_key", "api_key"),
+            # Anyscale's list of fine-tunable models (its docs, "Fine Tuning - Supported models").
+            finetunable_models=(
+                "meta-llama/Llama-2-7b-chat-hf",
+                "meta-llama/Llama-2-13b-chat-hf",
+                "meta-llama/Llama-2-70b-chat-hf",
+                "mistralai/Mistral-7B-Instruct-v0.1",
+                "mistralai/Mixtral-8x7B-Instruct-v0.1",
+                "meta-llama/Meta-Llama-3-8B-Instruct",
+                "meta-llama/Meta-Llama-3-70B-Instruct",
+            ),
+            model_card_url="https://huggingface.co/{model}",
+        ),
+        Provider(
+            name="portkey",
+            base_url="https://api.portkey.ai/v1",
+            key_env="PORTKEY_API_KEY",
+            key_params=("portkey_api_key", "api_key"),
+            auth_header="x-portkey-api-key",
+            auth_prefix="",
+            header_params={
+                "virtual_key": "x-portkey-virtual-key",
+                "provider": "x-portkey-provider",
+                "config": "x-portkey-config",
+            },
+            # The seed's defaults: claude-2.1, 100 tokens.
+            model_defaults={"max_tokens": 100},
+            default_model="claude-2.1",
+        ),
+        Provider(
+            name="local",
+            base_url=None,
+            key_env=None,
+            key_params=(),
+            key_required=False,
+            default_model="smollm2-135m",
+            local=True,
+        ),
+    )
+}

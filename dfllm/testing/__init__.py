@@ -1,0 +1,42 @@
+"""Test helpers: the fake OpenAI-compatible provider, in-thread or as its own process.
+
+```python
+from dfllm.testing import FakeProvider, status, sequence
+with FakeProvider(script=sequence([status(429, retry_after=0.05)])) as fake:
+    dfllm.create_engine("t", "openai", api_key="x", base_url=fake.base_url)
+    ...
+    assert len(fake.chat_requests) == 3
+```
+"""
+
+from dfllm.testing._behaviour import (
+    Behaviour,
+    RecordedRequest,
+    always,
+    drop,
+    every,
+    malformed,
+    ok,
+    per_prompt,
+    sequence,
+    status,
+)
+from dfllm.testing._process import FakeProviderProcess
+from dfllm.testing._server import DEFAULT_MODELS, FakeProvider, FakeProviderApp
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "Behaviour",
+    "FakeProvider",
+    "FakeProviderApp",
+    "FakeProviderProcess",
+    "RecordedRequest",
+    "always",
+    "drop",
+    "every",
+    "malformed",
+    "ok",
+    "per_prompt",
+    "sequence",
+    "status",
+]

@@ -1,0 +1,53 @@
+"""``python -m dfllm.testing --latency-ms 50 [--rpm 3000] [--port 0]``: run the fake provider.
+
+Prints its base URL on the first line of stdout, then serves on 127.0.0.1 until terminated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from aiohttp import web
+
+from dfllm.testing._server import FakeProviderApp
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    app = FakeProviderApp(
+        responder=args.responder,
+        latency_s=args.latency_ms / 1000,
+        api_key=args.api_key,
+        rpm=args.rpm,
+        rpm_burst=args.rpm_burst,
+        ratelimit_headers=not args.no_ratelimit_headers,
+        record=False,  # a long benchmark must not grow the server's memory
+    )
+    runner = web.AppRunner(app.build(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", args.port, backlog=4096)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    print(f"http://127.0.0.1:{port}/v1", flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m dfllm.testing", description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--rpm", type=float, default=None, help="server-side request cap per minute")
+    parser.add_argument("--rpm-burst", type=float, default=None)
+    parser.add_argument("--no-ratelimit-headers", action="store_true",
+                        help="enforce the cap without x-ratelimit-* headers (only 429 + Retry-After)")
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--responder", default="smart", choices=["echo", "sentiment", "smart"])
+    args = parser.parse_args()
+    try:
+        asyncio.run(_serve(args))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The fake provider's ``/v1/files`` and ``/v1/fine_tuning/jobs``, in OpenAI's shape.
+
+A job moves queued -> running -> succeeded (or failed) one step per poll, so tests are
+deterministic and never wait on a clock. A base model listed in ``fail_models`` fails.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from dfllm.testing._server import FakeProviderApp
+
+_STEPS = ("validating_files", "queued", "running", "succeeded")
+
+
+class FineTuneRoutes:
+    def __init__(self, app: FakeProviderApp) -> None:
+        self.app = app
+        self.files: dict[str, dict[str, Any]] = {}
+        self.file_contents: dict[str, bytes] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.fail_models: set[str] = set()
+
+    def add_to(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/v1/files", self._upload)
+        router.add_post("/v1/fine_tuning/jobs", self._create_job)
+        router.add_get("/v1/fine_tuning/jobs/{job_id}", self._get_job)
+        router.add_get("/v1/fine_tuning/jobs/{job_id}/events", self._events)
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        await self.app._record(request)
+        if not self.app.authorized(request):
+            return self.app.unauthorized()
+        form = await request.post()
+        upload = form.get("file")
+        purpose = str(form.get("purpose", ""))
+        if upload is None or not hasattr(upload, "file"):
+            return _bad("Missing 'file' part.")
+        content = upload.file.read()
+        try:
+            lines = [json.loads(line) for line in content.decode().splitlines() if line.strip()]
+        except ValueError:
+            return _bad("The file is not valid JSONL.")
+        if purpose == "fine-tune" and not all(isinstance(x, dict) and "messages" in x for x in lines):
+            return _bad("Each line of a fine-tune file needs a 'messages' list.")
+        file_id = f"file-fake-{len(self.files) + 1}"
+        entry = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(content),
+            "created_at": 1700000000,
+            "filename": getattr(upload, "filename", "data.jsonl"),
+            "purpose": purpose,
+            "status": "processed",
+        }
+        self.files[file_id] = entry
+        self.file_contents[file_id] = content
+        return web.json_response(entry)
+
+    async def _create_job(self, request: web.Request) -> web.Response:
+        recorded = await self.app._record(request)
+        if not self.app.authorized(request):
+            return self.app.unauthorized()
+        body = recorded.body or {}
+        model = body.get("model")
+        if model not in self.app.models:
+            return _bad(f"Model '{model}' is not available for fine-tuning.", status=404)
+        for key in ("training_file", "validation_file"):
+            if body.get(key) is not None and body[key] not in self.files:
+                return _bad(f"{key} '{body[key]}' does not exist.")
+        job_id = f"ftjob-fake-{len(self.jobs) + 1}"
+        self.jobs[job_id] = {
+            "id": job_id,
+            "object": "fine_tuning.job",
+            "created_at": 1700000000,
+            "model": model,
+            "training_file": body.get("training_file"),
+            "validation_file": body.get("validation_file"),
+            "hyperparameters": body.get("hyperparameters") or {},
+            "suffix": body.get("suffix"),
+            "status": _STEPS[0],
+            "fine_tuned_model": None,
+            "finished_at": None,
+            "error": None,
+            "organization_id": "org-fake",
+            "result_files": [],
+            "seed": 0,
+            "trained_tokens": None,
+        }
+        return web.json_response(self.jobs[job_id])
+
+    async def _get_job(self, request: web.Request) -> web.Response:
+        await self.app._record(request)
+        job = self.jobs.get(request.match_info["job_id"])
+        if job is None:
+            return _bad("No such job.", status=404)
+        self._advance(job)
+        return web.json_response(job)
+
+    async def _events(self, request: web.Request) -> web.Response:
+        job = self.jobs.get(request.match_info["job_id"])
+        if job is None:
+            return _bad("No such job.", status=404)
+        event = {"id": "ev-1", "object": "fine_tuning.job.event", "created_at": 1700000000,
+                 "level": "info", "message": f"Job is {job['status']}"}
+        return web.json_response({"object": "list", "data": [event], "has_more": False})
+
+    def _advance(self, job: dict[str, Any]) -> None:
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return
+        step = _STEPS.index(job["status"]) + 1
+        if step == len(_STEPS) - 1 and job["model"] in self.fail_models:
+            job["status"] = "failed"
+            job["error"] = {"code": "invalid_training_file", "message": "Scripted fine-tune failure.", "param": None}
+            return
+        job["status"] = _STEPS[step]
+        if job["status"] == "succeeded":
+            suffix = f":{job['suffix']}" if job.get("suffix") else ""
+            job["fine_tuned_model"] = f"ft:{job['model']}{suffix}:{job['id']}"
+            job["finished_at"] = 1700000100
+            job["trained_tokens"] = 1000
+
+
+def _bad(message: str, *, status: int = 400) -> web.Response:
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+    return web.json_response(body, status=status)

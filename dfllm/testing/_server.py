@@ -1,0 +1,313 @@
+"""The fake provider: a real OpenAI-compatible HTTP server on 127.0.0.1.
+
+It answers ``POST /v1/chat/completions`` and ``GET /v1/models`` in OpenAI's shape, plays a
+per-request script (latency, 429 with Retry-After, 5xx, 401, malformed JSON, dropped
+connections), can enforce an RPM cap the client does not know, and records every request so
+tests assert from the server's side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from dfllm.testing._behaviour import Behaviour, RecordedRequest, Script
+from dfllm.testing._finetune import FineTuneRoutes
+from dfllm.testing._responders import RESPONDERS, Responder
+
+DEFAULT_MODELS = ("gpt-4o-mini", "mistral-7b", "mistralai/Mistral-7B-Instruct-v0.1", "claude-2.1")
+
+
+class _Bucket:
+    """Server-side request budget: ``rpm`` per minute, refilled continuously, bursting to ``burst``."""
+
+    def __init__(self, rpm: float, burst: float | None) -> None:
+        self.rate = rpm / 60.0
+        self.capacity = burst if burst is not None else max(1.0, self.rate)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+
+    def take(self) -> float:
+        """Take one request's token: 0.0 if granted, else seconds until one is available."""
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+    def reset_s(self) -> float:
+        return (self.capacity - self.tokens) / self.rate
+
+
+class FakeProviderApp:
+    """The server's state and handlers; ``FakeProvider`` runs it in a thread, ``__main__`` in a process."""
+
+    def __init__(
+        self,
+        *,
+        responder: str | Responder = "smart",
+        latency_s: float = 0.0,
+        script: Script | None = None,
+        api_key: str | None = None,
+        rpm: float | None = None,
+        rpm_burst: float | None = None,
+        ratelimit_headers: bool = True,
+        models: tuple[str, ...] = DEFAULT_MODELS,
+        record: bool = True,
+    ) -> None:
+        self.responder: Responder = RESPONDERS[responder] if isinstance(responder, str) else responder
+        self.latency_s = latency_s
+        self.script = script
+        self.api_key = api_key
+        self.rpm = rpm
+        self._bucket = _Bucket(rpm, rpm_burst) if rpm else None
+        self.ratelimit_headers = ratelimit_headers
+        self.models = models
+        self.record = record
+        self.requests: list[RecordedRequest] = []
+        self.count = 0
+        self.status_counts: dict[int, int] = {}
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.finetune = FineTuneRoutes(self)
+
+    # -- records ------------------------------------------------------------------------
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "requests": self.count,
+            "statuses": {str(k): v for k, v in sorted(self.status_counts.items())},
+            "peak_in_flight": self.peak_in_flight,
+        }
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.count = 0
+        self.status_counts.clear()
+        self.peak_in_flight = self.in_flight
+
+    def build(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024**2)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/models/{model:.+}", self._model)
+        app.router.add_get("/_stats", self._stats)
+        app.router.add_post("/_reset", self._reset)
+        self.finetune.add_to(app.router)
+        return app
+
+    # -- handlers -------------------------------------------------------------------------
+    async def _record(self, request: web.Request) -> RecordedRequest:
+        body: Any = None
+        if request.can_read_body and request.content_type == "application/json":
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+        recorded = RecordedRequest(
+            index=self.count,
+            method=request.method,
+            path=request.path,
+            headers=dict(request.headers),
+            body=body,
+            arrived_at=time.monotonic(),
+        )
+        self.count += 1
+        if self.record:
+            self.requests.append(recorded)
+        return recorded
+
+    def _respond(self, response: web.StreamResponse) -> web.StreamResponse:
+        self.status_counts[response.status] = self.status_counts.get(response.status, 0) + 1
+        return response
+
+    def authorized(self, request: web.Request) -> bool:
+        if self.api_key is None:
+            return True
+        given = {request.headers.get("Authorization", ""), request.headers.get("x-portkey-api-key", "")}
+        return f"Bearer {self.api_key}" in given or self.api_key in given
+
+    def unauthorized(self) -> web.Response:
+        return self._respond(_error(401, "Incorrect API key provided.", "invalid_api_key"))
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            recorded = await self._record(request)
+            return await self._chat_answer(request, recorded)
+        finally:
+            self.in_flight -= 1
+
+    async def _chat_answer(self, request: web.Request, recorded: RecordedRequest) -> web.StreamResponse:
+        if not self.authorized(request):
+            return self.unauthorized()
+        limit_headers: dict[str, str] = {}
+        if self._bucket is not None:
+            wait = self._bucket.take()
+            if self.ratelimit_headers:
+                limit_headers = {
+                    "x-ratelimit-limit-requests": str(int(self.rpm or 0)),
+                    "x-ratelimit-remaining-requests": str(int(self._bucket.tokens)),
+                    "x-ratelimit-reset-requests": f"{self._bucket.reset_s():.3f}s",
+                }
+            if wait > 0:
+                response = _error(429, "Rate limit reached for requests.", "rate_limit_exceeded")
+                response.headers.update(limit_headers)
+                response.headers["retry-after-ms"] = f"{math.ceil(wait * 1000)}"
+                response.headers["retry-after"] = f"{math.ceil(wait)}"
+                return self._respond(response)
+        behaviour = (self.script(recorded) if self.script else None) or Behaviour()
+        delay = self.latency_s if behaviour.delay_s is None else behaviour.delay_s
+        if delay:
+            await asyncio.sleep(delay)
+        if behaviour.kind == "drop":
+            assert request.transport is not None
+            request.transport.close()
+            self._respond(web.Response(status=499))
+            raise asyncio.CancelledError  # aiohttp drops the handler; the client sees a reset
+        if behaviour.kind == "malformed":
+            return self._respond(web.Response(status=200, text='{"choices": [', content_type="application/json"))
+        if behaviour.kind == "status":
+            response = _error(behaviour.status, f"Scripted failure {behaviour.status}.", "scripted")
+            response.headers.update(behaviour.headers)
+            return self._respond(response)
+        body = recorded.body if isinstance(recorded.body, dict) else {}
+        model = str(body.get("model", ""))
+        text = behaviour.text if behaviour.text is not None else self.responder(model, recorded.prompt)
+        response = web.Response(
+            body=_completion_json(recorded.index, model, body.get("messages", []), text),
+            content_type="application/json",
+            headers=limit_headers,
+        )
+        return self._respond(response)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        if not self.authorized(request):
+            return self.unauthorized()
+        data = [_model_entry(m) for m in self.models]
+        return self._respond(web.json_response({"object": "list", "data": data}))
+
+    async def _model(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        model = request.match_info["model"]
+        if model not in self.models:
+            return self._respond(_error(404, f"The model '{model}' does not exist.", "model_not_found"))
+        return self._respond(web.json_response(_model_entry(model)))
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        self.reset()
+        return web.json_response({"ok": True})
+
+
+def _model_entry(model: str) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": 1700000000, "owned_by": "dfllm-fake"}
+
+
+def _tokens(text: str) -> int:
+    return max(1, math.ceil(len(text) / 4))
+
+
+def _completion_json(index: int, model: str, messages: list[Any], text: str) -> bytes:
+    prompt_tokens = sum(_tokens(str(m.get("content", ""))) for m in messages if isinstance(m, dict))
+    completion_tokens = _tokens(text)
+    return json.dumps(
+        {
+            "id": f"chatcmpl-fake-{index}",
+            "object": "chat.completion",
+            "created": 1700000000,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+    ).encode()
+
+
+def _error(code: int, message: str, kind: str) -> web.Response:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": kind}}
+    return web.json_response(body, status=code)
+
+
+class FakeProvider:
+    """Runs the fake provider in a background thread: ``with FakeProvider() as fake: fake.base_url``.
+
+    Keyword arguments go to ``FakeProviderApp``. Records are on ``.app`` and mirrored here.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self.app = FakeProviderApp(**options)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="dfllm-fake-provider", daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        return self.app.requests
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        return self.app.chat_requests
+
+    @property
+    def peak_in_flight(self) -> int:
+        return self.app.peak_in_flight
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the server's loop (to change its state safely mid-test)."""
+        return self._loop.call_soon_threadsafe(fn)
+
+    def __enter__(self) -> FakeProvider:
+        self._thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    async def _start(self) -> int:
+        self._runner = web.AppRunner(self.app.build(), access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        return int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
