@@ -7,7 +7,7 @@ DfllmError
 │   ├── MissingAPIKeyError    no key given and none in the provider's environment variable
 │   ├── TemplateError         the template names columns the frame lacks, or is malformed
 │   └── ParameterError        an option or USING parameter is unknown or out of range
-├── EngineError               one request failed; carries ``status`` and ``retryable``
+├── EngineError               one request failed; carries ``status``, ``retryable``, ``retry_after``
 │   ├── AuthenticationError   401/403: the key is wrong; stops the whole run at once
 │   ├── BadRequestError       400/404/422 and other 4xx: the request itself is wrong; not retried
 │   ├── RateLimitError        429: carries ``retry_after`` (seconds) when the server said
@@ -67,9 +67,10 @@ class EngineError(DfllmError):
 
     retryable = False
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after  # seconds the server asked us to wait, if it said
 
 
 class AuthenticationError(EngineError):
@@ -85,11 +86,8 @@ class RateLimitError(EngineError):
 
     retryable = True
 
-    def __init__(
-        self, message: str, *, status: int | None = 429, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message, status=status)
-        self.retry_after = retry_after
+    def __init__(self, message: str, *, status: int | None = 429, retry_after: float | None = None) -> None:
+        super().__init__(message, status=status, retry_after=retry_after)
 
 
 class ServerError(EngineError):

@@ -141,6 +141,9 @@ class Executor:
             if self._tpm is not None:
                 await self._tpm.acquire(min(item.estimated_tokens, self._tpm.per_minute))
             sent_at = await self._window.acquire()
+            if self._abort is not None:  # the key was refused while we waited: send nothing more
+                self._window.release()
+                return self._abort
             self.stats.requests += 1
             try:
                 completion = await self._engine.complete(item.request)
@@ -157,12 +160,12 @@ class Executor:
             finally:
                 self._window.release()
 
-            delay = self._backoff(attempt)
+            delay = error.retry_after if error.retry_after is not None else self._backoff(attempt)
             if isinstance(error, RateLimitError):
                 self.stats.rate_limited += 1
                 self._window.on_rate_limited(sent_at)
                 # Everyone waits: more requests into a 429 storm only buy more 429s.
-                self._pause.pause_for(error.retry_after if error.retry_after is not None else delay)
+                self._pause.pause_for(delay)
                 delay = 0.0
             out_of_time = self._clock() - started + delay > self._options.max_retry_time_s
             if not error.retryable or attempt >= self._options.max_retries or out_of_time:

@@ -22,8 +22,9 @@ def is_null(value: object) -> bool:
         return True
     if isinstance(value, float):
         return math.isnan(value)
-    # pandas.NA and NaT compare unequal to themselves, like NaN; avoid importing pandas here.
-    try:
+    if type(value).__name__ in ("NAType", "NaTType"):  # pandas' missing markers, without importing pandas
+        return True
+    try:  # numpy's NaN and NaT compare unequal to themselves
         return bool(value != value)
     except (TypeError, ValueError):
         return False

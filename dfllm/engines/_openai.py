@@ -116,7 +116,7 @@ class OpenAICompatibleEngine:
         if status == 429:
             return RateLimitError(where, status=status, retry_after=retry_after_s(headers))
         if status in (408, 409) or status >= 500:
-            return ServerError(where, status=status)
+            return ServerError(where, status=status, retry_after=retry_after_s(headers))
         return BadRequestError(f"{where}. The request was rejected as invalid; it is not retried.", status=status)
 
 

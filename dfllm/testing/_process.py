@@ -36,6 +36,8 @@ class FakeProviderProcess:
         if self._proc is not None:
             self._proc.terminate()
             self._proc.wait(timeout=10)
+            if self._proc.stdout is not None:
+                self._proc.stdout.close()
 
     def _call(self, method: str, path: str) -> Any:
         root = self.base_url.rsplit("/v1", 1)[0]

@@ -1,0 +1,99 @@
+"""The persistent cache: nothing paid for twice, nothing secret on disk, errors not kept."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pandas as pd
+from hypothesis import given
+from hypothesis import strategies as st
+
+import dfllm
+from dfllm._cache import Cache, request_key
+from dfllm.engines import Completion
+from dfllm.testing import FakeProvider, per_prompt, status
+
+from .conftest import KEY
+
+
+def test_rerun_sends_nothing_and_gives_the_same_answers(tmp_path: Path) -> None:
+    df = pd.DataFrame({"t": [f"q{i}" for i in range(20)]})
+    path = tmp_path / "c.sqlite3"
+    with FakeProvider(responder="echo") as fake:
+        dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
+        first = df.llm.predict("t", "m", "{{t}}", "y", cache=str(path))
+        assert len(fake.chat_requests) == 20
+        second = df.llm.predict("t", "m", "{{t}}", "y", cache=str(path))
+        assert len(fake.chat_requests) == 20
+        run = dfllm.last_run()
+        assert run is not None and run.cache_hits == 20 and run.requests == 0
+        # A different sampling parameter is a different answer: sent again.
+        df.head(2).llm.predict("t", "m", "{{t}}", "y", cache=str(path), temperature=0.5)
+        assert len(fake.chat_requests) == 22
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_cache_file_is_owner_only_and_holds_no_key(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "c.sqlite3"
+    with FakeProvider() as fake:
+        dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
+        pd.DataFrame({"t": ["x"]}).llm.predict("t", "m", "{{t}}", "y", cache=str(path))
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    for file in path.parent.iterdir():
+        assert KEY.encode() not in file.read_bytes()
+
+
+def test_errors_are_not_cached(tmp_path: Path) -> None:
+    path = str(tmp_path / "c.sqlite3")
+    df = pd.DataFrame({"t": ["good", "bad"]})
+    with FakeProvider(responder="echo", script=per_prompt({"bad": [status(400)]})) as fake:
+        dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
+        first = df.llm.predict("t", "m", "{{t}}", "y", cache=path, errors="null")
+        assert first["y_error"].notna().tolist() == [False, True]
+        second = df.llm.predict("t", "m", "{{t}}", "y", cache=path, errors="null")
+        # Only the failed row went out again; the good answer came from the cache.
+        assert sorted(r.prompt for r in fake.chat_requests) == ["bad", "bad", "good"]
+    assert second["y"].tolist() == ["good", "bad"]
+
+
+def test_cache_off_sends_again(fake: FakeProvider, engine: str) -> None:
+    df = pd.DataFrame({"t": ["x"]})
+    df.llm.predict(engine, "m", "{{t}}", "y", cache=False)
+    df.llm.predict(engine, "m", "{{t}}", "y", cache=False)
+    assert len(fake.chat_requests) == 2
+
+
+def test_default_location_follows_dfllm_cache_dir(fake: FakeProvider, engine: str) -> None:
+    pd.DataFrame({"t": ["x"]}).llm.predict(engine, "m", "{{t}}", "y")
+    assert (Path(os.environ["DFLLM_CACHE_DIR"]) / "responses.sqlite3").exists()
+
+
+def test_writes_survive_close_and_reopen(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c.sqlite3")
+    for i in range(2500):
+        cache.put(f"k{i}", Completion(f"v{i}", 1, 2))
+    cache.close()
+    db = sqlite3.connect(tmp_path / "c.sqlite3")
+    assert db.execute("SELECT count(*) FROM responses").fetchone() == (2500,)
+    again = Cache(tmp_path / "c.sqlite3")
+    assert again.get_many(["k0", "k2499", "nope"]) == {"k0": Completion("v0", 1, 2),
+                                                       "k2499": Completion("v2499", 1, 2)}
+    again.close()
+
+
+messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user"]), "content": st.text()}),
+                    min_size=1, max_size=3)
+params = st.dictionaries(st.sampled_from(["temperature", "max_tokens", "seed"]), st.integers(0, 5))
+
+
+@given(messages, params, params)
+def test_cache_key_depends_on_content_not_on_dict_order(msgs: list[dict[str, str]], p: dict[str, int],
+                                                         q: dict[str, int]) -> None:
+    reordered = dict(reversed(list(p.items())))
+    assert request_key("openai|u", "m", msgs, p) == request_key("openai|u", "m", msgs, reordered)
+    assert (request_key("openai|u", "m", msgs, p) == request_key("openai|u", "m", msgs, q)) == (p == q)
+    assert request_key("openai|u", "m", msgs, p) != request_key("openai|v", "m", msgs, p)
+    assert request_key("openai|u", "m", msgs, p) != request_key("openai|u", "m2", msgs, p)

@@ -1,0 +1,170 @@
+"""Retries, failures and concurrency, asserted from the fake provider's records."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dfllm
+from dfllm._executor import Executor, Work
+from dfllm._options import Options
+from dfllm._progress import RunStats
+from dfllm.testing import FakeProvider, always, drop, malformed, ok, per_prompt, sequence, status
+
+from .conftest import KEY
+
+
+def rows(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"t": [f"row {i}" for i in range(n)]})
+
+
+def run(fake: FakeProvider, df: pd.DataFrame, **options: object) -> pd.DataFrame:
+    dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
+    return df.llm.predict("t", "m", "{{t}}", "y", **options)
+
+
+def test_429_pauses_every_worker_for_retry_after_then_succeeds() -> None:
+    with FakeProvider(latency_s=0.02, responder="echo",
+                      script=sequence([status(429, retry_after_ms=300)])) as fake:
+        out = run(fake, rows(12), concurrency=4)
+        arrivals = [r.arrived_at for r in fake.chat_requests]
+    assert out["y"].tolist() == [f"row {i}" for i in range(12)]
+    assert len(arrivals) == 13
+    first = arrivals[0]
+    # The 429 answered the first request; everything dispatched after that waited 300 ms.
+    later = [a for a in arrivals[4:]]
+    assert min(later) - first >= 0.3
+    run_stats = dfllm.last_run()
+    assert run_stats is not None and run_stats.rate_limited == 1 and run_stats.retries == 1
+
+
+@pytest.mark.parametrize("behaviour", [status(500, retry_after_ms=1), status(503, retry_after_ms=1),
+                                       status(408, retry_after_ms=1), status(409, retry_after_ms=1), drop()])
+def test_transient_failures_are_retried(behaviour: dfllm.testing.Behaviour) -> None:
+    with FakeProvider(responder="echo", script=per_prompt({"row 1": [behaviour, behaviour]})) as fake:
+        out = run(fake, rows(3))
+        assert sorted(r.prompt for r in fake.chat_requests).count("row 1") == 3
+    assert out["y"].tolist() == ["row 0", "row 1", "row 2"]
+
+
+@pytest.mark.parametrize("code", [400, 404, 422])
+def test_client_errors_are_not_retried_and_keep_other_answers(code: int) -> None:
+    with FakeProvider(responder="echo", script=per_prompt({"row 1": [status(code)]})) as fake:
+        with pytest.raises(dfllm.BatchError) as info:
+            run(fake, rows(3))
+        assert len(fake.chat_requests) == 3
+    err = info.value
+    assert "1 of 3 rows failed" in str(err) and "BadRequestError" in str(err)
+    assert err.partial["y"].tolist()[0::2] == ["row 0", "row 2"]
+    assert pd.isna(err.partial["y"].iloc[1])
+    assert isinstance(err.errors[1], dfllm.BadRequestError) and err.errors[1].status == code
+
+
+def test_malformed_json_is_a_response_format_error_not_retried() -> None:
+    with FakeProvider(responder="echo", script=per_prompt({"row 0": [malformed()]})) as fake:
+        out = run(fake, rows(2), errors="null")
+        assert len(fake.chat_requests) == 2
+    assert out["y"].tolist()[1] == "row 1"
+    assert out["y_error"].iloc[0].startswith("ResponseFormatError")
+    assert pd.isna(out["y_error"].iloc[1])
+
+
+def test_authentication_failure_stops_the_run_quickly() -> None:
+    with FakeProvider(api_key="the-right-key") as fake:
+        with pytest.raises(dfllm.AuthenticationError, match="HTTP 401"):
+            run(fake, rows(500), concurrency=64)
+        # One window of requests at most, never one per row, never retried.
+        assert len(fake.chat_requests) <= 32
+
+
+def test_retries_are_bounded_in_attempts() -> None:
+    with FakeProvider(script=always(status(503, retry_after_ms=1))) as fake:
+        with pytest.raises(dfllm.BatchError, match="ServerError"):
+            run(fake, rows(1), max_retries=3)
+        assert len(fake.chat_requests) == 4
+
+
+def test_timeout_becomes_a_transport_error() -> None:
+    with FakeProvider(script=always(ok(delay_s=2.0))) as fake:
+        out = run(fake, rows(1), timeout_s=0.1, max_retries=0, errors="null")
+    assert out["y_error"].iloc[0].startswith("TransportError") and "timeout_s=0.1" in out["y_error"].iloc[0]
+
+
+def test_failure_groups_in_batch_error_message() -> None:
+    script = per_prompt({"row 1": [status(400)], "row 2": [status(400)], "row 3": [status(404)]})
+    with FakeProvider(script=script) as fake, pytest.raises(dfllm.BatchError) as info:
+        run(fake, rows(5))
+    assert "3 of 5 rows failed" in str(info.value)
+    assert "2 x BadRequestError" in str(info.value) and "1 x BadRequestError" in str(info.value)
+
+
+def test_peak_in_flight_never_exceeds_concurrency() -> None:
+    with FakeProvider(latency_s=0.02) as fake:
+        run(fake, rows(60), concurrency=5)
+        assert fake.peak_in_flight == 5
+        assert len(fake.chat_requests) == 60
+
+
+def test_duplicate_prompts_are_sent_once_and_fanned_out() -> None:
+    df = pd.DataFrame({"t": ["a", "b", "a", "a", "b", None]})
+    with FakeProvider(responder="echo") as fake:
+        out = run(fake, df)
+        assert sorted(r.prompt for r in fake.chat_requests) == ["a", "b"]
+    assert out["y"].tolist()[:5] == ["a", "b", "a", "a", "b"]
+
+
+class ScriptedEngine:
+    """An in-process engine: each prompt sleeps a given time, or raises the given errors in turn."""
+
+    identity = "scripted"
+
+    def __init__(self, latencies: dict[str, float] | None = None,
+                 failures: list[Exception] | None = None) -> None:
+        self.latencies = latencies or {}
+        self.failures = list(failures or [])
+        self.calls = 0
+
+    async def complete(self, request: dfllm.Request) -> dfllm.Completion:
+        self.calls += 1
+        prompt = request.messages[-1]["content"]
+        if self.failures:
+            raise self.failures.pop(0)
+        await asyncio.sleep(self.latencies.get(prompt, 0.0))
+        return dfllm.Completion(f"answer to {prompt}")
+
+    async def aclose(self) -> None:
+        pass
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=0.004), min_size=1, max_size=40), st.integers(1, 16))
+def test_answers_land_on_their_rows_whatever_the_latencies(latencies: list[float], concurrency: int) -> None:
+    df = pd.DataFrame({"t": [f"p{i}" for i in range(len(latencies))]})
+    engine = ScriptedEngine({f"p{i}": s for i, s in enumerate(latencies)})
+    out = dfllm.predict(df, engine, "m", "{{t}}", "y", concurrency=concurrency, cache=False)
+    assert out["y"].tolist() == [f"answer to p{i}" for i in range(len(latencies))]
+
+
+def test_total_retry_time_is_bounded_with_an_injected_clock() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    engine = ScriptedEngine(failures=[dfllm.ServerError("boom", status=500)] * 100)
+    options = Options(max_retries=50, max_retry_time_s=20.0, cache=False)
+    request = dfllm.Request("m", [{"role": "user", "content": "x"}])
+    executor = Executor(engine, options, RunStats(), clock=lambda: now[0], sleep=sleep, rng=random.Random(0))
+    [outcome] = asyncio.run(executor.run([Work("k", request, 10)]))
+    assert isinstance(outcome, dfllm.ServerError)
+    assert sum(slept) <= 20.0
+    assert 3 <= engine.calls < 50
+    # Exponential: each wait is at least the base doubling, jittered by at most +-50%.
+    assert all(b > a for a, b in zip(slept, slept[1:]))
