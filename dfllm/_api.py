@@ -119,12 +119,19 @@ def _plan(df: Any, engine: Any, model: str | None, template: str | None, target:
     if model is None and config is not None:
         model = config.model_path or config.provider.default_model
     if not model or not isinstance(model, str):
-        problems.append(ParameterError(f"model must be the provider's model id as a string, e.g. 'gpt-4o-mini', got {model!r}."))
+        problems.append(ParameterError(
+            f"model must be the provider's model id as a string, e.g. 'gpt-4o-mini', got {model!r}."))
+    if config is not None and config.provider.local and isinstance(model, str):
+        from dfllm.engines._local import model_problems
+
+        problems += [ParameterError(p) for p in model_problems(model)]
     if not target or not isinstance(target, str):
-        problems.append(ParameterError(f"target must be the name of the new answer column, e.g. 'sentiment', got {target!r}."))
+        problems.append(ParameterError(
+            f"target must be the name of the new answer column, e.g. 'sentiment', got {target!r}."))
     parsed: Template | None = None
     if template is None:
-        problems.append(TemplateError("template is required: a prompt with {{column}} placeholders, e.g. 'Summarise {{text}}'."))
+        problems.append(TemplateError(
+            "template is required: a prompt with {{column}} placeholders, e.g. 'Summarise {{text}}'."))
     else:
         try:
             parsed = Template(template)
@@ -149,8 +156,11 @@ def _render(plan: _Plan, template: Template, model: str, engine_obj: Engine | No
     options = plan.options
     df = plan.df
     columns = {f: _frames.column_values(df, f) for f in template.fields}
-    identity = plan.config.identity if plan.config else getattr(engine_obj, "identity", type(engine_obj).__qualname__)
-    constrains = plan.config.provider.local if plan.config else bool(getattr(engine_obj, "supports_choices", False))
+    if plan.config is not None:
+        identity, constrains = plan.config.identity, plan.config.provider.local
+    else:
+        identity = getattr(engine_obj, "identity", type(engine_obj).__qualname__)
+        constrains = bool(getattr(engine_obj, "supports_choices", False))
     choices = options.choices if (options.choices and constrains) else ()
     system = [{"role": "system", "content": options.system}] if options.system else []
     seen: dict[str, int] = {}
@@ -172,7 +182,7 @@ def _render(plan: _Plan, template: Template, model: str, engine_obj: Engine | No
 def _write_back(plan: _Plan, outcomes: list[Outcome], stats: RunStats) -> Any:
     options, target = plan.options, plan.target
     answers_by_work: list[str | None] = []
-    errors_by_work: list[BaseException | None] = []
+    errors_by_work: list[DfllmError | None] = []
     for outcome in outcomes:
         answer, error = _answer(outcome, options)
         answers_by_work.append(answer)
@@ -184,12 +194,12 @@ def _write_back(plan: _Plan, outcomes: list[Outcome], stats: RunStats) -> Any:
             answers.append(None)
             continue
         answers.append(answers_by_work[index])
-        error = errors_by_work[index]
-        if error is not None:
-            row_errors[row] = error
+        failure = errors_by_work[index]
+        if failure is not None:
+            row_errors[row] = failure
     stats.failed_rows = len(row_errors)
-    for error in row_errors.values():
-        stats.errors[type(error).__name__] = stats.errors.get(type(error).__name__, 0) + 1
+    for exc in row_errors.values():
+        stats.errors[type(exc).__name__] = stats.errors.get(type(exc).__name__, 0) + 1
     columns: dict[str, list[Any]] = {target: answers}
     integer_columns: list[str] = []
     if options.usage_columns:

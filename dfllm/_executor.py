@@ -176,7 +176,7 @@ class Executor:
                 await self._sleep(delay)
 
     def _backoff(self, attempt: int) -> float:
-        return min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt) * (0.5 + self._rng.random())
+        return float(min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt) * (0.5 + self._rng.random()))
 
     def _learn(self, state: RateLimitState) -> None:
         """Adopt the account's limits from the provider's headers when the caller gave none."""

@@ -39,19 +39,19 @@ def chats_from_frame(df: Any, *, role_column: str = "role", content_column: str 
     contents = _frames.column_values(df, content_column)
     ids = _frames.column_values(df, chat_id_column) if chat_id_column else None
     chats: list[list[dict[str, str]]] = []
-    by_id: dict[Any, list[dict[str, str]]] = {}
+    by_id: dict[Any, int] = {}  # chat id -> position in chats
     problems: list[str] = []
     for row, (role, content) in enumerate(zip(roles, contents, strict=True)):
         if ids is not None:
-            chat = by_id.get(ids[row])
-            if chat is None:
-                chat = by_id[ids[row]] = []
-                chats.append(chat)
+            number = by_id.setdefault(ids[row], len(chats))
+            if number == len(chats):
+                chats.append([])
         else:
             if not chats or role == "system":
                 chats.append([])
-            chat = chats[-1]
-        where = f"chat {len(chats) if ids is None else list(by_id).index(ids[row]) + 1}, message {len(chat) + 1} (row {row})"
+            number = len(chats) - 1
+        chat = chats[number]
+        where = f"chat {number + 1}, message {len(chat) + 1} (row {row})"
         if role not in ROLES:
             problems.append(f"{where}: role {role!r} is not one of {list(ROLES)}.")
         if is_null(content) or not isinstance(content, str):
@@ -164,7 +164,8 @@ def _run_job(config: EngineConfig, base_model: str, training: list[list[dict[str
             interval = min(max_poll_s, interval * 1.5)
             job = client.fine_tuning.jobs.retrieve(job.id)
     except openai.AuthenticationError as exc:
-        raise AuthenticationError(f"{config.base_url} refused the API key for fine-tuning.", status=exc.status_code) from exc
+        raise AuthenticationError(f"{config.base_url} refused the API key for fine-tuning.",
+                                  status=exc.status_code) from exc
     except openai.APIStatusError as exc:
         raise FineTuneError(f"{config.base_url} refused the fine-tuning request (HTTP {exc.status_code}): "
                             f"{exc.message}") from exc

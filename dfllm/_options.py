@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from dfllm._exceptions import ParameterError, did_you_mean
+from dfllm._exceptions import did_you_mean
 
 # Sent to the provider as top-level body fields, unchanged.
 SAMPLING_PARAMS = frozenset({
@@ -68,7 +68,7 @@ def _positive(name: str, value: Any, problems: list[str], *, integer: bool = Fal
         problems.append(f"{name} must be {want}, got {value!r}.")
 
 
-def unknown_option_problems(names: Mapping[str, Any] | list[str], extra_valid: frozenset[str] = frozenset()) -> list[str]:
+def unknown_option_problems(names: list[str], extra_valid: frozenset[str] = frozenset()) -> list[str]:
     valid = sorted(OPTION_NAMES | extra_valid)
     return [
         f"Unknown option {name!r}.{did_you_mean(name, valid)} Valid options: {', '.join(valid)}."

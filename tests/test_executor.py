@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 
 import pandas as pd
@@ -167,4 +168,4 @@ def test_total_retry_time_is_bounded_with_an_injected_clock() -> None:
     assert sum(slept) <= 20.0
     assert 3 <= engine.calls < 50
     # Exponential: each wait is at least the base doubling, jittered by at most +-50%.
-    assert all(b > a for a, b in zip(slept, slept[1:]))
+    assert all(b > a for a, b in itertools.pairwise(slept))

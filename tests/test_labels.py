@@ -10,7 +10,7 @@ from dfllm._labels import normalise_label
 CHOICES = ["positive", "neutral", "negative"]
 
 
-@pytest.mark.parametrize("answer, label", [
+@pytest.mark.parametrize(("answer", "label"), [
     ("positive", "positive"), ("  Positive.\n", "positive"), ("NEGATIVE!", "negative"), ("`neutral`", "neutral"),
     ("The sentiment of the text is positive. It is", "positive"), ("**Negative**", "negative"),
     ('"neutral"', "neutral"),

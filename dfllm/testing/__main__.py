@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 
 from aiohttp import web
 
@@ -43,10 +44,8 @@ def main() -> None:
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--responder", default="smart", choices=["echo", "sentiment", "smart"])
     args = parser.parse_args()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

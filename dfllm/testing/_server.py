@@ -129,7 +129,7 @@ class FakeProviderApp:
             self.requests.append(recorded)
         return recorded
 
-    def _respond(self, response: web.StreamResponse) -> web.StreamResponse:
+    def _respond(self, response: web.Response) -> web.Response:
         self.status_counts[response.status] = self.status_counts.get(response.status, 0) + 1
         return response
 
@@ -176,7 +176,7 @@ class FakeProviderApp:
         if behaviour.kind == "drop":
             assert request.transport is not None
             request.transport.close()
-            self._respond(web.Response(status=499))
+            self.status_counts[499] = self.status_counts.get(499, 0) + 1  # nginx's "client closed"
             raise asyncio.CancelledError  # aiohttp drops the handler; the client sees a reset
         if behaviour.kind == "malformed":
             return self._respond(web.Response(status=200, text='{"choices": [', content_type="application/json"))
