@@ -132,6 +132,11 @@ def _generate(instance: Any, request: Request) -> Completion:
         kwargs["repeat_penalty"] = request.params["repetition_penalty"]
     if request.choices:
         kwargs["grammar"] = LlamaGrammar.from_string(grammar_for(request.choices), verbose=False)
+    if "seed" in kwargs:
+        # llama.cpp reuses the previous prompt's evaluated prefix, and logits from a partly reused
+        # prefix differ in the last bits from a fresh evaluation: a seed alone does not make the
+        # answer reproducible across instances and call orders. Start from a clean context.
+        instance.reset()
     try:
         result = instance.create_chat_completion(messages=request.messages, **kwargs)
     except ValueError as exc:  # llama-cpp-python's word for "prompt too long" and similar
