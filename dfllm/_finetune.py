@@ -54,8 +54,10 @@ def chats_from_frame(df: Any, *, role_column: str = "role", content_column: str 
         where = f"chat {number + 1}, message {len(chat) + 1} (row {row})"
         if role not in ROLES:
             problems.append(f"{where}: role {role!r} is not one of {list(ROLES)}.")
-        if is_null(content) or not isinstance(content, str):
-            problems.append(f"{where}: content must be text, got {content!r}.")
+        if is_null(content):
+            problems.append(f"{where}: content is missing (null); every message needs text.")
+        elif not isinstance(content, str):
+            problems.append(f"{where}: content must be text, got {type(content).__name__} {content!r}.")
         chat.append({"role": str(role), "content": "" if is_null(content) else str(content)})
     for number, chat in enumerate(chats, start=1):
         problems += _chat_problems(number, chat)

@@ -24,16 +24,16 @@ class Model:
     prompt_template: str
     options: Mapping[str, Any] = field(default_factory=dict)
 
-    def predict(self, df: Any = None, /, **row: Any) -> Any:
-        """``model.predict(df)`` adds the target column; ``model.predict(text="...")`` answers one row.
-
-        Call options (``temperature=``...) cannot be mixed with a single row's columns; use
-        ``dfllm.predict(df, model, temperature=...)`` to override them for a frame.
+    def predict(self, df: Any = None, /, **kwargs: Any) -> Any:
+        """``model.predict(df, **options)`` adds the target column to a copy of ``df``;
+        ``model.predict(text="...")`` answers one row (the keywords are its columns), like
+        ``SELECT text, target FROM model WHERE text = '...'``.
         """
         from dfllm._api import predict
 
         if df is not None:
-            return predict(df, self)
+            return predict(df, self, **kwargs)
+        row = kwargs
         if not row:
             raise ParameterError(
                 f"Model {self.name!r}.predict needs a DataFrame or the row's columns as keywords, "

@@ -61,13 +61,16 @@ class EngineConfig:
         return OpenAICompatibleEngine(self.base_url, self.headers, max_connections=concurrency)
 
 
-def create_engine(name: str, provider: str, **using: Any) -> EngineConfig:
+def create_engine(name: str, provider: str, /, **using: Any) -> EngineConfig:
     """Create (or replace) a named engine, like MindsDB's ``CREATE ML_ENGINE``.
 
     ``using`` takes the provider's key parameter (``api_key`` or the seed's name, such as
     ``mindsdb_inference_api_key``), ``base_url``, provider headers (Portkey's ``virtual_key``,
     ``provider``, ``provider_api_key``, ``config``) and default options for every prediction
     (``max_tokens``, ``temperature``, ``rpm``, ``concurrency``...).
+
+    ``name`` and ``provider`` are positional-only, so Portkey's ``provider=`` USING parameter
+    (the upstream vendor it routes to) cannot collide with them.
     """
     if not isinstance(name, str) or not name:
         raise ParameterError(f"Engine name must be a non-empty string, got {name!r}.")
