@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from dfllm._cache import Cache
 from dfllm._exceptions import AuthenticationError, EngineError, RateLimitError
-from dfllm._limiter import Clock, Pacer, Pause, Sleep, Window
+from dfllm._limiter import AdaptiveRate, Clock, Pacer, Pause, Sleep, Window
 from dfllm._options import Options
 from dfllm._progress import Progress, RunStats
 from dfllm.engines._base import Completion, Engine, RateLimitState, Request
@@ -72,6 +72,8 @@ class Executor:
         self._pause = Pause(clock, sleep, self._rng)
         self._rpm = Pacer(options.rpm, clock, sleep) if options.rpm else None
         self._tpm = Pacer(options.tpm, clock, sleep) if options.tpm else None
+        # Used only while no rpm is known, from the caller or from the provider's headers.
+        self._adaptive = AdaptiveRate(clock, sleep)
         self._abort: AuthenticationError | None = None
 
     async def run(self, work: Sequence[Work]) -> list[Outcome]:
@@ -135,17 +137,21 @@ class Executor:
         started = self._clock()
         attempt = 0
         while True:
-            await self._pause.wait()
-            if self._rpm is not None:
-                await self._rpm.acquire()
-            if self._tpm is not None:
-                await self._tpm.acquire(min(item.estimated_tokens, self._tpm.per_minute))
-            sent_at = await self._window.acquire()
-            if self._abort is not None:  # the key was refused while we waited: send nothing more
-                self._window.release()
-                return self._abort
-            self.stats.requests += 1
+            # Take the in-flight slot first, then pass every gate right before sending: a limit
+            # learned while this worker waited for its slot still applies to it.
+            await self._window.acquire()
             try:
+                await self._pause.wait()
+                if self._rpm is not None:
+                    await self._rpm.acquire()
+                else:
+                    await self._adaptive.acquire()
+                if self._tpm is not None:
+                    await self._tpm.acquire(min(item.estimated_tokens, self._tpm.per_minute))
+                if self._abort is not None:  # the key was refused while we waited: send nothing more
+                    return self._abort
+                sent_at = self._clock()
+                self.stats.requests += 1
                 completion = await self._engine.complete(item.request)
             except AuthenticationError as exc:
                 self._abort = self._abort or exc
@@ -154,6 +160,7 @@ class Executor:
                 error: EngineError = exc
             else:
                 self._window.on_success()
+                self._adaptive.on_success()
                 if completion.rate_limit is not None:
                     self._learn(completion.rate_limit)
                 return completion
@@ -164,6 +171,8 @@ class Executor:
             if isinstance(error, RateLimitError):
                 self.stats.rate_limited += 1
                 self._window.on_rate_limited(sent_at)
+                if self._rpm is None:
+                    self._adaptive.on_rate_limited(sent_at)
                 # Everyone waits: more requests into a 429 storm only buy more 429s.
                 self._pause.pause_for(delay)
                 delay = 0.0

@@ -18,33 +18,33 @@ Sleep = Callable[[float], Awaitable[None]]
 class Pacer:
     """Spaces out units (requests or tokens) so no minute sees more than ``per_minute``.
 
-    Each acquire reserves the next free slot on a timeline, so there is no burst at start-up
-    and waiting callers are served in arrival order.
+    There is no burst at start-up, and callers are served in arrival order. A caller's slot is
+    fixed only when it reaches the head of the line, not when it starts waiting, so a rate
+    change applies to the very next send rather than after every queued caller's old slot.
     """
 
     def __init__(self, per_minute: float, clock: Clock, sleep: Sleep) -> None:
         if per_minute <= 0:
             raise ValueError(f"per_minute must be positive, got {per_minute!r}")
         self.per_minute = per_minute
-        self._interval = 60.0 / per_minute
         self._clock = clock
         self._sleep = sleep
         self._next_at = clock()
+        self._line = asyncio.Lock()  # FIFO: the head of the line sleeps until its slot
 
     def set_rate(self, per_minute: float) -> None:
         self.per_minute = per_minute
-        self._interval = 60.0 / per_minute
 
     async def acquire(self, amount: float = 1.0) -> None:
         if amount > self.per_minute:
             raise ValueError(
                 f"one request needs {amount:g} units but the limit is {self.per_minute:g} per minute"
             )
-        now = self._clock()
-        start = max(self._next_at, now)
-        self._next_at = start + amount * self._interval
-        if start > now:
-            await self._sleep(start - now)
+        async with self._line:
+            wait = self._next_at - self._clock()
+            if wait > 0:
+                await self._sleep(wait)
+            self._next_at = max(self._next_at, self._clock()) + amount * 60.0 / self.per_minute
 
 
 class Pause:
@@ -83,8 +83,8 @@ class Window:
         self._last_cut = -1.0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    async def acquire(self) -> float:
-        """Wait for a free slot; returns the dispatch time (pass it back to ``on_rate_limited``)."""
+    async def acquire(self) -> None:
+        """Wait for a free slot."""
         while self.active >= self.limit:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
@@ -94,7 +94,6 @@ class Window:
                 self._wake()  # hand a wake-up we may have received to the next in line
                 raise
         self.active += 1
-        return self._clock()
 
     def release(self) -> None:
         self.active -= 1
@@ -121,3 +120,57 @@ class Window:
         self.limit = max(1.0, self.limit / 2)
         self._last_cut = self._clock()
         self.cuts += 1
+
+
+class AdaptiveRate:
+    """A request rate the server enforces but never states, learned from its 429s (AIMD on rate).
+
+    Until the first 429 it does not limit. Then it paces at the rate that succeeded over the
+    last second (what the server was accepting when it said no), cuts by ``CUT`` on each later
+    429 (once per round trip) and grows ``GROWTH_PER_S`` of the rate each second in between: a
+    slow probe that finds a raised limit again. A 429 with no success in the last second
+    teaches no rate: the pause and the concurrency window handle that storm alone.
+    """
+
+    CUT = 0.9
+    GROWTH_PER_S = 0.02
+    _SAMPLE_S = 1.0
+
+    def __init__(self, clock: Clock, sleep: Sleep) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._recent: collections.deque[float] = collections.deque()  # success times, last second
+        self._base_per_minute = 0.0
+        self._since = 0.0
+        self._last_cut = -1.0
+        self.pacer: Pacer | None = None
+
+    def on_success(self) -> None:
+        if self.pacer is None:  # once pacing, the rate is steered by cuts and growth alone
+            now = self._clock()
+            self._recent.append(now)
+            while self._recent[0] < now - self._SAMPLE_S:
+                self._recent.popleft()
+
+    def per_minute(self) -> float:
+        return self._base_per_minute * (1.0 + self.GROWTH_PER_S * (self._clock() - self._since))
+
+    def on_rate_limited(self, sent_at: float) -> None:
+        now = self._clock()
+        if self.pacer is None:
+            while self._recent and self._recent[0] < now - self._SAMPLE_S:
+                self._recent.popleft()
+            if not self._recent:
+                return
+            self._base_per_minute = len(self._recent) / self._SAMPLE_S * 60.0
+            self.pacer = Pacer(self._base_per_minute, self._clock, self._sleep)
+        elif sent_at >= self._last_cut:
+            self._base_per_minute = self.per_minute() * self.CUT
+        else:
+            return  # sent before the last cut: that cut already answered it
+        self._since = self._last_cut = now
+
+    async def acquire(self) -> None:
+        if self.pacer is not None:
+            self.pacer.set_rate(self.per_minute())
+            await self.pacer.acquire()

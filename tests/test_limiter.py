@@ -109,3 +109,25 @@ def test_window_blocks_beyond_its_limit_and_wakes_on_release() -> None:
 
     order = asyncio.run(go())
     assert order.index("+c") > order.index("-a")
+
+
+def test_adaptive_rate_learns_from_the_last_second_cuts_once_per_round_trip_and_grows() -> None:
+    from dfllm._limiter import AdaptiveRate
+
+    t = FakeTime()
+    rate = AdaptiveRate(t.clock, t.sleep)
+    rate.on_rate_limited(sent_at=0.0)
+    assert rate.pacer is None  # a 429 before any success teaches nothing
+    for i in range(100):  # 100 successes over 2 s: 50 in the last second
+        t.now = i * 0.02
+        rate.on_success()
+    t.now = 2.0
+    rate.on_rate_limited(sent_at=1.95)
+    assert rate.per_minute() == pytest.approx(50 * 60, rel=0.03)
+    rate.on_rate_limited(sent_at=1.99)  # sent before that cut: no second cut
+    assert rate.per_minute() == pytest.approx(50 * 60, rel=0.03)
+    t.now = 3.0
+    rate.on_rate_limited(sent_at=2.5)
+    assert rate.per_minute() == pytest.approx(50 * 60 * 1.02 * 0.9, rel=0.03)
+    t.now = 13.0
+    assert rate.per_minute() == pytest.approx(50 * 60 * 1.02 * 0.9 * 1.2, rel=0.03)

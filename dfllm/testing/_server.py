@@ -76,6 +76,7 @@ class FakeProviderApp:
         self.requests: list[RecordedRequest] = []
         self.count = 0
         self.status_counts: dict[int, int] = {}
+        self.responses: list[tuple[float, int]] = []  # (time.monotonic(), status), when recording
         self.in_flight = 0
         self.peak_in_flight = 0
         self.finetune = FineTuneRoutes(self)
@@ -94,6 +95,7 @@ class FakeProviderApp:
 
     def reset(self) -> None:
         self.requests.clear()
+        self.responses.clear()
         self.count = 0
         self.status_counts.clear()
         self.peak_in_flight = self.in_flight
@@ -131,6 +133,8 @@ class FakeProviderApp:
 
     def _respond(self, response: web.Response) -> web.Response:
         self.status_counts[response.status] = self.status_counts.get(response.status, 0) + 1
+        if self.record:
+            self.responses.append((time.monotonic(), response.status))
         return response
 
     def authorized(self, request: web.Request) -> bool:
