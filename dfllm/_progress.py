@@ -37,8 +37,12 @@ class RunStats:
 
 def interactive() -> bool:
     """A terminal or a notebook kernel: where a progress bar helps rather than litters logs."""
-    if "ipykernel" in sys.modules:
-        return True
+    ipython = sys.modules.get("IPython")
+    if ipython is not None:
+        # Running inside a kernel, not merely having imported ipykernel somewhere.
+        shell = ipython.get_ipython()
+        if shell is not None and getattr(shell, "kernel", None) is not None:
+            return True
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 

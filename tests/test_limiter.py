@@ -111,7 +111,7 @@ def test_window_blocks_beyond_its_limit_and_wakes_on_release() -> None:
     assert order.index("+c") > order.index("-a")
 
 
-def test_adaptive_rate_learns_from_the_last_second_cuts_once_per_round_trip_and_grows() -> None:
+def test_adaptive_rate_learns_from_the_last_second_cuts_after_a_cooldown_and_grows() -> None:
     from dfllm._limiter import AdaptiveRate
 
     t = FakeTime()
@@ -124,10 +124,11 @@ def test_adaptive_rate_learns_from_the_last_second_cuts_once_per_round_trip_and_
     t.now = 2.0
     rate.on_rate_limited(sent_at=1.95)
     assert rate.per_minute() == pytest.approx(50 * 60, rel=0.03)
-    rate.on_rate_limited(sent_at=1.99)  # sent before that cut: no second cut
-    assert rate.per_minute() == pytest.approx(50 * 60, rel=0.03)
-    t.now = 3.0
-    rate.on_rate_limited(sent_at=2.5)
-    assert rate.per_minute() == pytest.approx(50 * 60 * 1.02 * 0.9, rel=0.03)
-    t.now = 13.0
-    assert rate.per_minute() == pytest.approx(50 * 60 * 1.02 * 0.9 * 1.2, rel=0.03)
+    t.now = 2.5
+    rate.on_rate_limited(sent_at=2.4)  # within the cooldown: the first cut has not shown yet
+    assert rate.per_minute() == pytest.approx(50 * 60 * 1.015, rel=0.03)
+    t.now = 3.5
+    rate.on_rate_limited(sent_at=3.1)
+    assert rate.per_minute() == pytest.approx(50 * 60 * 1.045 * 0.9, rel=0.03)
+    t.now = 13.5
+    assert rate.per_minute() == pytest.approx(50 * 60 * 1.045 * 0.9 * 1.3, rel=0.03)
