@@ -5,12 +5,14 @@ Everything a caller can get wrong is found before the first request and reported
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from dfllm import _frames
-from dfllm._cache import request_key
+from dfllm._bulk import gc_paused
+from dfllm._cache import RequestKeys
 from dfllm._exceptions import (
     BatchError,
     ConfigurationError,
@@ -19,14 +21,14 @@ from dfllm._exceptions import (
     ParameterError,
     TemplateError,
 )
-from dfllm._executor import Executor, Outcome, Work, estimate_tokens
+from dfllm._executor import Executor, Outcome, RequestSpec, Work
 from dfllm._labels import normalise_label
 from dfllm._options import Options, build_options
 from dfllm._progress import RunStats
 from dfllm._registry import EngineConfig, resolve_engine
 from dfllm._sync import run_sync
 from dfllm._template import Template
-from dfllm.engines._base import Completion, Engine, Request
+from dfllm.engines._base import Completion, Engine
 
 _last_run: RunStats | None = None
 
@@ -45,6 +47,7 @@ class _Plan:
     options: Options
     config: EngineConfig | None
     engine: Engine | None
+    spec: RequestSpec
     work: list[Work] = field(default_factory=list)
     row_work: list[int] = field(default_factory=list)  # row -> index into work, -1: all-null row
 
@@ -67,24 +70,25 @@ async def apredict(df: Any, engine: Any, model: str | None = None, template: str
                    target: str | None = None, **options: Any) -> Any:
     """The async form of ``predict``."""
     global _last_run
-    plan = _plan(df, engine, model, template, target, options)
+    with gc_paused():
+        plan = _plan(df, engine, model, template, target, options)
     stats = RunStats(rows=len(plan.row_work), unique_prompts=len(plan.work),
                      skipped_null_rows=plan.row_work.count(-1))
     opened = plan.config.connect() if plan.config is not None else None
     runner = opened or plan.engine
     assert runner is not None
-    import time
-
     started = time.perf_counter()
     try:
         cap = getattr(runner, "max_concurrency", None)
-        outcomes = await Executor(runner, plan.options, stats, concurrency_cap=cap).run(plan.work)
+        executor = Executor(runner, plan.options, stats, plan.spec, concurrency_cap=cap)
+        outcomes = await executor.run(plan.work)
     finally:
         stats.elapsed_s = time.perf_counter() - started
         _last_run = stats
         if opened is not None:
             await opened.aclose()
-    return _write_back(plan, outcomes, stats)
+    with gc_paused():
+        return _write_back(plan, outcomes, stats)
 
 
 def _plan(df: Any, engine: Any, model: str | None, template: str | None, target: str | None,
@@ -149,34 +153,33 @@ def _plan(df: Any, engine: Any, model: str | None, template: str | None, target:
     if problems:
         raise ConfigurationError([p for exc in problems for p in exc.problems])
     assert parsed is not None and model is not None and target is not None
-    return _render(_Plan(df, target, options, config, engine_obj), parsed, model, engine_obj)
-
-
-def _render(plan: _Plan, template: Template, model: str, engine_obj: Engine | None) -> _Plan:
-    options = plan.options
-    df = plan.df
-    columns = {f: _frames.column_values(df, f) for f in template.fields}
-    if plan.config is not None:
-        identity, constrains = plan.config.identity, plan.config.provider.local
+    if config is not None:
+        identity, constrains = config.identity, config.provider.local
     else:
         identity = getattr(engine_obj, "identity", type(engine_obj).__qualname__)
         constrains = bool(getattr(engine_obj, "supports_choices", False))
+    # Only an engine that constrains decoding sends choices; others normalise answers after.
     choices = options.choices if (options.choices and constrains) else ()
-    system = [{"role": "system", "content": options.system}] if options.system else []
-    seen: dict[str, int] = {}
-    for prompt in template.render_columns(columns, _frames.n_rows(df)):
-        if prompt is None:
-            plan.row_work.append(-1)
-            continue
-        messages = [*system, {"role": "user", "content": prompt}]
-        key = request_key(identity, model, messages, options.params, choices)
-        index = seen.get(key)
-        if index is None:
-            index = seen[key] = len(plan.work)
-            request = Request(model, messages, options.params, choices, options.timeout_s)
-            plan.work.append(Work(key, request, estimate_tokens(request)))
-        plan.row_work.append(index)
+    spec = RequestSpec(model, options.params, options.system, choices, options.timeout_s)
+    plan = _Plan(df, target, options, config, engine_obj, spec)
+    _render(plan, parsed, RequestKeys(identity, model, options.system, options.params, choices))
     return plan
+
+
+def _render(plan: _Plan, template: Template, keys: RequestKeys) -> None:
+    """Render every row once; identical prompts share one unit of work (sent once)."""
+    columns = {f: _frames.column_values(plan.df, f) for f in template.fields}
+    seen: dict[str, int] = {}
+    row_work, work = plan.row_work, plan.work
+    for prompt in template.render_columns(columns, _frames.n_rows(plan.df)):
+        if prompt is None:
+            row_work.append(-1)
+            continue
+        index = seen.get(prompt)
+        if index is None:
+            index = seen[prompt] = len(work)
+            work.append(Work(keys.key(prompt), prompt))
+        row_work.append(index)
 
 
 def _write_back(plan: _Plan, outcomes: list[Outcome], stats: RunStats) -> Any:

@@ -13,9 +13,11 @@ import asyncio
 import random
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
-from dfllm._cache import Cache
+from dfllm._bulk import gc_paused
+from dfllm._cache import Cache, Key
 from dfllm._exceptions import AuthenticationError, EngineError, RateLimitError
 from dfllm._limiter import AdaptiveRate, Clock, Pacer, Pause, Sleep, Window
 from dfllm._options import Options
@@ -32,13 +34,27 @@ _BACKOFF_CAP_S = 30.0
 _DEFAULT_COMPLETION_ESTIMATE = 256
 
 
-@dataclass(frozen=True, slots=True)
-class Work:
-    """One unique request and its cache key."""
+class Work(NamedTuple):
+    """One unique prompt and its cache key. Its request is built only if it is sent."""
 
-    key: str
-    request: Request
-    estimated_tokens: int
+    key: Key
+    prompt: str
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """What every request of one call shares; the prompt is the only per-row part."""
+
+    model: str
+    params: dict[str, Any] = field(default_factory=dict)
+    system: str | None = None
+    choices: tuple[str, ...] = ()
+    timeout_s: float = 120.0
+
+    def build(self, prompt: str) -> Request:
+        user = {"role": "user", "content": prompt}
+        messages = [{"role": "system", "content": self.system}, user] if self.system else [user]
+        return Request(self.model, messages, self.params, self.choices, self.timeout_s)
 
 
 def estimate_tokens(request: Request) -> int:
@@ -54,6 +70,7 @@ class Executor:
         engine: Engine,
         options: Options,
         stats: RunStats,
+        spec: RequestSpec,
         *,
         concurrency_cap: int | None = None,
         clock: Clock = time.monotonic,
@@ -61,6 +78,7 @@ class Executor:
         rng: random.Random | None = None,
     ) -> None:
         self._engine = engine
+        self._spec = spec
         self._options = options
         self.stats = stats
         self._clock = clock
@@ -83,13 +101,11 @@ class Executor:
         progress = Progress(self._options.progress, len(work), self.stats)
         try:
             if cache is not None:
-                hits = cache.get_many(w.key for w in work)
-                for i, w in enumerate(work):
-                    hit = hits.get(w.key)
-                    if hit is not None:
-                        results[i] = hit
-                self.stats.cache_hits = sum(r is not None for r in results)
-                progress.advance(self.stats.cache_hits)
+                with gc_paused():
+                    hits = cache.get_many(w.key for w in work)
+                    results = [hits.get(w.key) for w in work]
+                self.stats.cache_hits = len(hits)
+                progress.advance(len(hits))
             # Workers share one iterator of pending positions: a queue that costs no memory per row.
             pending = (i for i, r in enumerate(results) if r is None)
             n_pending = len(work) - self.stats.cache_hits
@@ -134,6 +150,7 @@ class Executor:
             progress.advance()
 
     async def _attempt(self, item: Work) -> Outcome:
+        request = self._spec.build(item.prompt)
         started = self._clock()
         attempt = 0
         while True:
@@ -147,12 +164,12 @@ class Executor:
                 else:
                     await self._adaptive.acquire()
                 if self._tpm is not None:
-                    await self._tpm.acquire(min(item.estimated_tokens, self._tpm.per_minute))
+                    await self._tpm.acquire(min(estimate_tokens(request), self._tpm.per_minute))
                 if self._abort is not None:  # the key was refused while we waited: send nothing more
                     return self._abort
                 sent_at = self._clock()
                 self.stats.requests += 1
-                completion = await self._engine.complete(item.request)
+                completion = await self._engine.complete(request)
             except AuthenticationError as exc:
                 self._abort = self._abort or exc
                 return exc

@@ -57,8 +57,8 @@ class EngineConfig:
             return LocalEngine()
         from dfllm.engines._openai import OpenAICompatibleEngine
 
-        concurrency = int(self.options.get("concurrency", 0) or 0)
-        return OpenAICompatibleEngine(self.base_url, self.headers, max_connections=concurrency)
+        # No connection cap here: the executor's worker pool bounds requests in flight.
+        return OpenAICompatibleEngine(self.base_url, self.headers)
 
 
 def create_engine(name: str, provider: str, /, **using: Any) -> EngineConfig:

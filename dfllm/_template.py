@@ -95,16 +95,15 @@ class Template:
 
         A template without fields renders the same prompt for every row.
         """
-        texts = {f: [cell_text(v) for v in columns[f]] for f in self.fields}
+        if not self.fields:
+            yield from [self.text] * n_rows
+            return
         nulls = {f: [is_null(v) for v in columns[f]] for f in self.fields}
-        pieces = self._pieces
-        slots = [(texts[pieces[i]], pieces[i + 1]) for i in range(1, len(pieces), 2)]
-        for row in range(n_rows):
-            if self.fields and all(nulls[f][row] for f in self.fields):
-                yield None
-                continue
-            out = [pieces[0]]
-            for values, literal in slots:
-                out.append(values[row])
-                out.append(literal)
-            yield "".join(out)
+        texts = {f: ["" if null else str(v) for v, null in zip(columns[f], nulls[f], strict=True)]
+                 for f in self.fields}
+        skip = [all(row) for row in zip(*nulls.values(), strict=True)]
+        # One C-level %-format per row; the literals' own '%' signs are escaped first.
+        layout = "%s".join(literal.replace("%", "%%") for literal in self._pieces[0::2])
+        slots = [texts[name] for name in self._pieces[1::2]]
+        for values, all_null in zip(zip(*slots, strict=True), skip, strict=True):
+            yield None if all_null else layout % values

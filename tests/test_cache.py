@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import dfllm
-from dfllm._cache import Cache, request_key
+from dfllm._cache import Cache, RequestKeys
 from dfllm.engines import Completion
 from dfllm.testing import FakeProvider, per_prompt, status
 
@@ -73,27 +73,44 @@ def test_default_location_follows_dfllm_cache_dir(fake: FakeProvider, engine: st
 
 def test_writes_survive_close_and_reopen(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "c.sqlite3")
+    keys = RequestKeys("i", "m", None, {})
     for i in range(2500):
-        cache.put(f"k{i}", Completion(f"v{i}", 1, 2))
+        cache.put(keys.key(f"k{i}"), Completion(f"v{i}", 1, 2))
     cache.close()
     db = sqlite3.connect(tmp_path / "c.sqlite3")
     assert db.execute("SELECT count(*) FROM responses").fetchone() == (2500,)
     again = Cache(tmp_path / "c.sqlite3")
-    assert again.get_many(["k0", "k2499", "nope"]) == {"k0": Completion("v0", 1, 2),
-                                                       "k2499": Completion("v2499", 1, 2)}
+    k0, k2499, nope = keys.key("k0"), keys.key("k2499"), keys.key("nope")
+    assert again.get_many([k0, k2499, nope]) == {k0: Completion("v0", 1, 2), k2499: Completion("v2499", 1, 2)}
     again.close()
 
 
-messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user"]), "content": st.text()}),
-                    min_size=1, max_size=3)
+def test_keys_sharing_a_rowid_never_swap_answers(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c.sqlite3")
+    a, b = (7, 1), (7, 2)  # same rowid, different tails
+    cache.put(a, Completion("answer a"))
+    cache.close()
+    again = Cache(tmp_path / "c.sqlite3")
+    assert again.get_many([a, b]) == {a: Completion("answer a")}
+    again.close()
+
+
 params = st.dictionaries(st.sampled_from(["temperature", "max_tokens", "seed"]), st.integers(0, 5))
+texts = st.text(max_size=20)
 
 
-@given(messages, params, params)
-def test_cache_key_depends_on_content_not_on_dict_order(msgs: list[dict[str, str]], p: dict[str, int],
-                                                         q: dict[str, int]) -> None:
+@given(texts, texts, st.one_of(st.none(), texts), params, params)
+def test_cache_key_depends_on_content_not_on_dict_order(prompt: str, other: str, system: str | None,
+                                                         p: dict[str, int], q: dict[str, int]) -> None:
+    def key(prompt: str, params: dict[str, int], identity: str = "openai|u", model: str = "m",
+            system: str | None = system, choices: tuple[str, ...] = ()) -> str:
+        return RequestKeys(identity, model, system, params, choices).key(prompt)
+
     reordered = dict(reversed(list(p.items())))
-    assert request_key("openai|u", "m", msgs, p) == request_key("openai|u", "m", msgs, reordered)
-    assert (request_key("openai|u", "m", msgs, p) == request_key("openai|u", "m", msgs, q)) == (p == q)
-    assert request_key("openai|u", "m", msgs, p) != request_key("openai|v", "m", msgs, p)
-    assert request_key("openai|u", "m", msgs, p) != request_key("openai|u", "m2", msgs, p)
+    assert key(prompt, p) == key(prompt, reordered)
+    assert (key(prompt, p) == key(prompt, q)) == (p == q)
+    assert (key(prompt, p) == key(other, p)) == (prompt == other)
+    assert key(prompt, p) != key(prompt, p, identity="openai|v")
+    assert key(prompt, p) != key(prompt, p, model="m2")
+    assert key(prompt, p) != key(prompt, p, system=(system or "") + "!")
+    assert key(prompt, p) != key(prompt, p, choices=("a", "b"))

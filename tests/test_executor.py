@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dfllm
-from dfllm._executor import Executor, Work
+from dfllm._executor import Executor, RequestSpec, Work
 from dfllm._options import Options
 from dfllm._progress import RunStats
 from dfllm.testing import FakeProvider, always, drop, malformed, ok, per_prompt, sequence, status
@@ -161,9 +161,9 @@ def test_total_retry_time_is_bounded_with_an_injected_clock() -> None:
 
     engine = ScriptedEngine(failures=[dfllm.ServerError("boom", status=500)] * 100)
     options = Options(max_retries=50, max_retry_time_s=20.0, cache=False)
-    request = dfllm.Request("m", [{"role": "user", "content": "x"}])
-    executor = Executor(engine, options, RunStats(), clock=lambda: now[0], sleep=sleep, rng=random.Random(0))
-    [outcome] = asyncio.run(executor.run([Work("k", request, 10)]))
+    executor = Executor(engine, options, RunStats(), RequestSpec("m"), clock=lambda: now[0], sleep=sleep,
+                        rng=random.Random(0))
+    [outcome] = asyncio.run(executor.run([Work("k", "x")]))
     assert isinstance(outcome, dfllm.ServerError)
     assert sum(slept) <= 20.0
     assert 3 <= engine.calls < 50

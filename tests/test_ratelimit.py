@@ -9,7 +9,7 @@ import random
 import pandas as pd
 
 import dfllm
-from dfllm._executor import Executor, Work
+from dfllm._executor import Executor, RequestSpec, Work
 from dfllm._options import Options
 from dfllm._progress import RunStats
 from dfllm.testing import FakeProvider, sequence, status
@@ -90,10 +90,11 @@ def test_tpm_paces_by_estimated_tokens_on_an_injected_clock() -> None:
         await asyncio.sleep(0)
 
     engine = Recording(now)
-    request = dfllm.Request("m", [{"role": "user", "content": "x" * 396}], {"max_tokens": 900})
-    work = [Work(f"k{i}", request, 1000) for i in range(5)]  # 100 prompt + 900 budget = 1000 tokens
+    spec = RequestSpec("m", {"max_tokens": 900})
+    work = [Work(f"k{i}", "x" * 396) for i in range(5)]  # 100 prompt + 900 budget = 1000 tokens
     options = Options(tpm=6000, cache=False, concurrency=8)
-    executor = Executor(engine, options, RunStats(), clock=lambda: now[0], sleep=sleep, rng=random.Random(0))
+    executor = Executor(engine, options, RunStats(), spec, clock=lambda: now[0], sleep=sleep,
+                        rng=random.Random(0))
     asyncio.run(executor.run(work))
     # 6000 tokens a minute at 1000 a request: one request every 10 s, the first at once.
     assert engine.sent == [0.0, 10.0, 20.0, 30.0, 40.0]

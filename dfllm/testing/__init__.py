@@ -21,8 +21,9 @@ from dfllm.testing._behaviour import (
     sequence,
     status,
 )
+from dfllm.testing._inthread import FakeProvider
 from dfllm.testing._process import FakeProviderProcess
-from dfllm.testing._server import DEFAULT_MODELS, FakeProvider, FakeProviderApp
+from dfllm.testing._server import DEFAULT_MODELS, FakeProviderApp
 
 __all__ = [
     "DEFAULT_MODELS",
