@@ -30,7 +30,7 @@ def describe_model(engine: Any, model_name: str | None) -> dict[str, Any]:
     if config.provider.local:
         from dfllm.engines._local import describe_local
 
-        return describe_local(config, model_name)
+        return describe_local(model_name)
     return dict(run_sync(_get(config, f"models/{model_name}")))
 
 

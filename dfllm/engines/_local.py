@@ -149,15 +149,16 @@ def _generate(instance: Any, request: Request) -> Completion:
     )
 
 
-def describe_local(config: object, model: str) -> dict[str, Any]:
-    instance = load(model)[0]
-    metadata = dict(instance.metadata)
+def describe_local(model: str) -> dict[str, Any]:
+    """What the GGUF file says of itself, and how this process runs it."""
+    instances = load(model)
+    metadata = dict(instances[0].metadata)
     return {
         "id": model,
         "path": _resolve(model),
         "name": metadata.get("general.name"),
         "architecture": metadata.get("general.architecture"),
-        "context_length": instance.n_ctx(),
+        "context_length": instances[0].n_ctx(),
         "chat_template": "tokenizer.chat_template" in metadata,
-        "instances": len(load(model)),
+        "instances": len(instances),
     }
