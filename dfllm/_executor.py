@@ -125,7 +125,9 @@ class Executor:
             progress.close()
             if cache is not None:
                 await asyncio.to_thread(cache.close)
-        return _fill(results)
+        answered = [r for r in results if r is not None]
+        assert len(answered) == len(results), "a worker stopped before the queue was empty"
+        return answered
 
     async def _worker(
         self,
@@ -175,6 +177,9 @@ class Executor:
                 return exc
             except EngineError as exc:
                 error: EngineError = exc
+            except Exception as exc:  # an engine broke its contract: fail this row, not the run
+                error = EngineError(f"{type(self._engine).__name__} raised {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
             else:
                 self._window.on_success()
                 self._adaptive.on_success()
@@ -220,8 +225,3 @@ class Executor:
         if state.remaining_requests == 0 and state.reset_requests_s:
             self._pause.pause_for(state.reset_requests_s)
 
-
-def _fill(results: list[Outcome | None]) -> list[Outcome]:
-    # A gap is only possible if a run stopped without raising; keep positions, mark the gaps.
-    gap = EngineError("The run stopped before this row was sent.")
-    return [gap if r is None else r for r in results]

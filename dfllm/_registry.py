@@ -57,7 +57,6 @@ class EngineConfig:
             return LocalEngine()
         from dfllm.engines._openai import OpenAICompatibleEngine
 
-        # No connection cap here: the executor's worker pool bounds requests in flight.
         return OpenAICompatibleEngine(self.base_url, self.headers)
 
 

@@ -169,3 +169,21 @@ def test_total_retry_time_is_bounded_with_an_injected_clock() -> None:
     assert 3 <= engine.calls < 50
     # Exponential: each wait is at least the base doubling, jittered by at most +-50%.
     assert all(b > a for a, b in itertools.pairwise(slept))
+
+
+def test_an_engine_raising_a_foreign_exception_fails_its_row_only() -> None:
+    class Flaky:
+        identity = "flaky"
+
+        async def complete(self, request: dfllm.Request) -> dfllm.Completion:
+            if request.messages[-1]["content"] == "bad":
+                raise ValueError("boom")
+            return dfllm.Completion("fine")
+
+        async def aclose(self) -> None:
+            pass
+
+    with pytest.raises(dfllm.BatchError, match="1 of 3 rows failed") as info:
+        dfllm.predict(pd.DataFrame({"t": ["a", "bad", "c"]}), Flaky(), "m", "{{t}}", "y", cache=False)
+    assert info.value.partial["y"].tolist()[0::2] == ["fine", "fine"]
+    assert "Flaky raised ValueError: boom" in str(info.value.errors[1])

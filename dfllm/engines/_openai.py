@@ -39,14 +39,11 @@ class OpenAICompatibleEngine:
         self,
         base_url: str,
         headers: Mapping[str, str | Secret],
-        *,
-        max_connections: int = 0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._url = f"{self.base_url}/chat/completions"
         self._headers = dict(headers)
         self._secrets = [v for v in headers.values() if isinstance(v, Secret)]
-        self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
@@ -58,7 +55,8 @@ class OpenAICompatibleEngine:
             revealed = {k: v.reveal() if isinstance(v, Secret) else v for k, v in self._headers.items()}
             self._session = aiohttp.ClientSession(
                 headers={"Content-Type": "application/json", **revealed},
-                connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
+                # No connection cap: the executor's worker pool bounds requests in flight.
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
                 json_serialize=json.dumps,
             )
         return self._session
