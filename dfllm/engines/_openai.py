@@ -63,35 +63,32 @@ class OpenAICompatibleEngine:
 
     async def complete(self, request: Request) -> Completion:
         body = {"model": request.model, "messages": request.messages, **request.params}
-        timeout = aiohttp.ClientTimeout(total=request.timeout_s)
-        try:
-            async with self._session_now().post(self._url, json=body, timeout=timeout) as resp:
-                raw = await resp.read()
-                status, headers = resp.status, resp.headers
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise TransportError(
-                f"No answer from {self.base_url} within timeout_s={request.timeout_s}."
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise TransportError(self._scrub(f"Request to {self.base_url} failed: {exc!r}")) from exc
-        if status >= 400:
-            raise self._status_error(status, headers, raw)
+        raw, headers = await self._send("POST", self._url, request.timeout_s, body)
         return _parse_completion(raw, headers, self.base_url)
 
-    async def get_json(self, path: str) -> Any:
-        """GET ``{base_url}/{path}`` (model listing). Same error mapping as ``complete``."""
-        try:
-            async with self._session_now().get(f"{self.base_url}/{path.lstrip('/')}") as resp:
-                raw = await resp.read()
-                status, headers = resp.status, resp.headers
-        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
-            raise TransportError(self._scrub(f"GET {path} on {self.base_url} failed: {exc!r}")) from exc
-        if status >= 400:
-            raise self._status_error(status, headers, raw)
+    async def get_json(self, path: str, timeout_s: float = 60.0) -> Any:
+        """GET ``{base_url}/{path}`` (model listing), with the same error mapping as ``complete``."""
+        raw, _ = await self._send("GET", f"{self.base_url}/{path.lstrip('/')}", timeout_s)
         try:
             return json.loads(raw)
         except ValueError as exc:
             raise ResponseFormatError(f"GET {path} returned non-JSON: {raw[:200]!r}") from exc
+
+    async def _send(self, method: str, url: str, timeout_s: float,
+                    body: Any = None) -> tuple[bytes, Mapping[str, str]]:
+        """One HTTP exchange; every aiohttp exception and error status becomes a dfllm error here."""
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        try:
+            async with self._session_now().request(method, url, json=body, timeout=timeout) as resp:
+                raw = await resp.read()
+                status, headers = resp.status, resp.headers
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise TransportError(f"No answer from {self.base_url} within timeout_s={timeout_s}.") from exc
+        except aiohttp.ClientError as exc:
+            raise TransportError(self._scrub(f"{method} {url} failed: {exc!r}")) from exc
+        if status >= 400:
+            raise self._status_error(status, headers, raw)
+        return raw, headers
 
     async def aclose(self) -> None:
         if self._session is not None:
