@@ -18,7 +18,7 @@ import time
 import pandas as pd
 
 import dfllm  # noqa: F401  (registers df.llm)
-from dfllm.engines._local import bundled_model_path, grammar_for
+from dfllm.engines.local import bundled_model_path, grammar_for
 
 LABELS = ("positive", "neutral", "negative")
 TEMPLATE = ("Classify the sentiment of the following text as one of `positive`, `neutral` or "

@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 
 from dfllm._api import apredict, last_run, predict
-from dfllm._catalog import list_models
 from dfllm._exceptions import (
     AuthenticationError,
     BadRequestError,
@@ -28,16 +27,20 @@ from dfllm._exceptions import (
     UnknownEngineError,
 )
 from dfllm._finetune import finetune
-from dfllm._models import Model, create_model
-from dfllm._progress import RunStats
-from dfllm._registry import EngineConfig, create_engine, drop_engine, list_engines
-from dfllm._template import Template
-from dfllm.engines import Completion, Engine, Provider, Request
+from dfllm.config.catalog import list_models
+from dfllm.config.engines import EngineConfig, create_engine, drop_engine, list_engines
+from dfllm.config.models import Model, create_model
+from dfllm.config.options import PredictOptions
+from dfllm.engines.base import Capabilities, Completion, Engine, Request
+from dfllm.engines.providers import Provider, register_provider
+from dfllm.prompt.template import Template
+from dfllm.runtime.progress import RunStats
 
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BatchError",
+    "Capabilities",
     "Completion",
     "ConfigurationError",
     "DfllmError",
@@ -49,6 +52,7 @@ __all__ = [
     "MissingAPIKeyError",
     "Model",
     "ParameterError",
+    "PredictOptions",
     "Provider",
     "RateLimitError",
     "Request",
@@ -68,8 +72,9 @@ __all__ = [
     "list_engines",
     "list_models",
     "predict",
+    "register_provider",
 ]
 
 for _frame_library in ("pandas", "polars"):
     if importlib.util.find_spec(_frame_library) is not None:
-        importlib.import_module(f"dfllm.{_frame_library}")
+        importlib.import_module(f"dfllm.frames.{_frame_library}")

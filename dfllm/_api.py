@@ -1,18 +1,21 @@
-"""``predict`` / ``apredict``: validate -> render -> execute -> write back.
+"""``predict`` / ``apredict``: orchestration only (plan -> run -> write back).
 
-Everything a caller can get wrong is found before the first request and reported at once.
+Everything a caller can get wrong is found by ``plan`` before the first request and reported at
+once. ``run_plan`` hands the unique prompts to the executor; ``write_back`` puts the answers
+into a new frame of the caller's library.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from dfllm import _frames
-from dfllm._bulk import gc_paused
-from dfllm._cache import RequestKeys
+from typing_extensions import Unpack
+
+from dfllm import frames
 from dfllm._exceptions import (
     BatchError,
     ConfigurationError,
@@ -21,79 +24,101 @@ from dfllm._exceptions import (
     ParameterError,
     TemplateError,
 )
-from dfllm._executor import Executor, Outcome, RequestSpec, Work
-from dfllm._labels import normalise_label
-from dfllm._options import Options, build_options
-from dfllm._progress import RunStats
-from dfllm._registry import EngineConfig, resolve_engine
-from dfllm._sync import run_sync
-from dfllm._template import Template
-from dfllm.engines._base import Completion, Engine
+from dfllm.config.engines import EngineConfig, resolve_engine
+from dfllm.config.options import Options, PredictOptions, build_options
+from dfllm.engines.base import Completion, Engine, EngineInfo
+from dfllm.frames import Column, ColumnType
+from dfllm.outputs.choices import normalise_label
+from dfllm.prompt.keys import RequestKeys
+from dfllm.prompt.template import Template
+from dfllm.runtime.bulk import gc_paused
+from dfllm.runtime.executor import Executor, Outcome, RequestSpec, Work
+from dfllm.runtime.progress import RunStats
+from dfllm.runtime.sync import run_sync
+
+Frame = TypeVar("Frame")
 
 _last_run: RunStats | None = None
+_last_run_lock = threading.Lock()
 
 
 def last_run() -> RunStats | None:
-    """Counters of the latest finished ``predict`` in this process: requests, cache hits, tokens..."""
+    """Counters of the latest finished ``predict`` in this process (a notebook convenience).
+
+    Concurrent callers should pass ``stats=RunStats()`` to ``predict`` instead: that object
+    receives the counters of that call alone.
+    """
     return _last_run
 
 
 @dataclass
-class _Plan:
+class Plan:
     """A validated prediction: what to send, once per unique prompt, and where answers go."""
 
     df: Any
+    adapter: frames.FrameAdapter
     target: str
     options: Options
     config: EngineConfig | None
     engine: Engine | None
+    info: EngineInfo
     spec: RequestSpec
     work: list[Work] = field(default_factory=list)
     row_work: list[int] = field(default_factory=list)  # row -> index into work, -1: all-null row
 
 
-def predict(df: Any, engine: Any, model: str | None = None, template: str | None = None,
-            target: str | None = None, **options: Any) -> Any:
+def predict(df: Frame, engine: Any, model: str | None = None, template: str | Template | None = None,
+            target: str | None = None, *, stats: RunStats | None = None,
+            **options: Unpack[PredictOptions]) -> Frame:
     """Add a column of LLM answers to a copy of ``df``, one request per unique rendered prompt.
 
     ``engine``: a name from ``create_engine``, a provider name (key from its environment
     variable), an engine object, or a model from ``create_model`` (then model, template and
     target come from it). ``template`` fills ``{{column}}`` placeholders from each row.
-    Options: ``system``, ``max_tokens``, ``temperature`` and other sampling parameters,
-    ``choices``, ``concurrency``, ``rpm``, ``tpm``, ``timeout_s``, ``max_retries``,
-    ``max_retry_time_s``, ``errors`` ('raise' or 'null'), ``cache``, ``progress``, ``usage_columns``.
+    ``stats``: a ``RunStats`` to receive this call's counters. Options: see ``PredictOptions``.
     """
-    return run_sync(apredict(df, engine, model, template, target, **options))
+    return run_sync(apredict(df, engine, model, template, target, stats=stats, **options))
 
 
-async def apredict(df: Any, engine: Any, model: str | None = None, template: str | None = None,
-                   target: str | None = None, **options: Any) -> Any:
+async def apredict(df: Frame, engine: Any, model: str | None = None, template: str | Template | None = None,
+                   target: str | None = None, *, stats: RunStats | None = None,
+                   **options: Unpack[PredictOptions]) -> Frame:
     """The async form of ``predict``."""
-    global _last_run
     with gc_paused():
-        plan = _plan(df, engine, model, template, target, options)
-    stats = RunStats(rows=len(plan.row_work), unique_prompts=len(plan.work),
-                     skipped_null_rows=plan.row_work.count(-1))
+        plan = make_plan(df, engine, model, template, target, options)
+    run_stats = stats if stats is not None else RunStats()
+    outcomes = await run_plan(plan, run_stats)
+    with gc_paused():
+        result: Frame = write_back(plan, outcomes, run_stats)
+    return result
+
+
+async def run_plan(plan: Plan, stats: RunStats) -> list[Outcome]:
+    """Send the plan's unique prompts through the executor; fills ``stats``."""
+    global _last_run
+    stats.rows = len(plan.row_work)
+    stats.unique_prompts = len(plan.work)
+    stats.skipped_null_rows = plan.row_work.count(-1)
     opened = plan.config.connect() if plan.config is not None else None
     runner = opened or plan.engine
     assert runner is not None
     started = time.perf_counter()
     try:
-        cap = getattr(runner, "max_concurrency", None)
-        executor = Executor(runner, plan.options, stats, plan.spec, concurrency_cap=cap)
-        outcomes = await executor.run(plan.work)
+        executor = Executor(runner, plan.options, stats, plan.spec,
+                            concurrency_cap=plan.info.max_concurrency,
+                            cacheable=plan.info.identity is not None)
+        return await executor.run(plan.work)
     finally:
         stats.elapsed_s = time.perf_counter() - started
-        _last_run = stats
+        with _last_run_lock:
+            _last_run = stats
         if opened is not None:
             await opened.aclose()
-    with gc_paused():
-        return _write_back(plan, outcomes, stats)
 
 
-def _plan(df: Any, engine: Any, model: str | None, template: str | None, target: str | None,
-          call_options: Mapping[str, Any]) -> _Plan:
-    from dfllm._models import Model
+def make_plan(df: Any, engine: Any, model: str | None, template: str | Template | None, target: str | None,
+              call_options: Mapping[str, Any]) -> Plan:
+    from dfllm.config.models import Model
 
     problems: list[ConfigurationError] = []
     layers: list[Mapping[str, Any]] = []
@@ -104,7 +129,7 @@ def _plan(df: Any, engine: Any, model: str | None, template: str | None, target:
         layers.append(engine.options)
         engine = engine.engine
 
-    _frames.frame_kind(df)
+    adapter = frames.adapter_for(df)
     config: EngineConfig | None = None
     engine_obj: Engine | None = None
     try:
@@ -125,10 +150,9 @@ def _plan(df: Any, engine: Any, model: str | None, template: str | None, target:
     if not model or not isinstance(model, str):
         problems.append(ParameterError(
             f"model must be the provider's model id as a string, e.g. 'gpt-4o-mini', got {model!r}."))
-    if config is not None and config.provider.local and isinstance(model, str):
-        from dfllm.engines._local import model_problems
-
-        problems += [ParameterError(p) for p in model_problems(model)]
+    elif config is not None:
+        problems += [ParameterError(p) for p in config.kind.model_problems(model)]
+    columns = adapter.column_names(df)
     if not target or not isinstance(target, str):
         problems.append(ParameterError(
             f"target must be the name of the new answer column, e.g. 'sentiment', got {target!r}."))
@@ -138,10 +162,12 @@ def _plan(df: Any, engine: Any, model: str | None, template: str | None, target:
             "template is required: a prompt with {{column}} placeholders, e.g. 'Summarise {{text}}'."))
     else:
         try:
-            parsed = Template(template)
-            parsed.check_columns(_frames.column_names(df))
+            parsed = template if isinstance(template, Template) else Template(template)
+            parsed.check_columns(columns)
         except ConfigurationError as exc:
             problems.append(exc)
+    if isinstance(target, str) and target:
+        problems += [ParameterError(p) for p in _column_problems(columns, _new_columns(target, options))]
     if options.tpm is not None and parsed is not None:
         budget = options.params.get("max_tokens") or 0
         if budget > options.tpm:
@@ -154,24 +180,51 @@ def _plan(df: Any, engine: Any, model: str | None, template: str | None, target:
         raise ConfigurationError([p for exc in problems for p in exc.problems])
     assert parsed is not None and model is not None and target is not None
     if config is not None:
-        identity, constrains = config.identity, config.provider.local
+        info = EngineInfo(config.identity + "|" + config.kind.model_identity(model),
+                          config.provider.capabilities, None)
     else:
-        identity = getattr(engine_obj, "identity", type(engine_obj).__qualname__)
-        constrains = bool(getattr(engine_obj, "supports_choices", False))
-    # Only an engine that constrains decoding sends choices; others normalise answers after.
-    choices = options.choices if (options.choices and constrains) else ()
+        info = EngineInfo.of(engine_obj)
+    # Only an engine that constrains decoding is sent choices; others' answers are normalised after.
+    choices = options.choices if (options.choices and info.capabilities.choices) else ()
     spec = RequestSpec(model, options.params, options.system, choices, options.timeout_s)
-    plan = _Plan(df, target, options, config, engine_obj, spec)
-    _render(plan, parsed, RequestKeys(identity, model, options.system, options.params, choices))
+    plan = Plan(df, adapter, target, options, config, engine_obj, info, spec)
+    keys = RequestKeys(info.identity or "", model, options.system, options.params,
+                       {"choices": list(options.choices or ())})
+    _render(plan, parsed, keys)
     return plan
 
 
-def _render(plan: _Plan, template: Template, keys: RequestKeys) -> None:
+def _new_columns(target: str, options: Options) -> list[str]:
+    names = [target]
+    if options.usage_columns:
+        names += [f"{target}_prompt_tokens", f"{target}_completion_tokens"]
+    if options.errors == "null":
+        names.append(f"{target}_error")
+    return names
+
+
+def _column_problems(existing: list[str], new: list[str]) -> list[str]:
+    problems = []
+    duplicated = sorted({c for c in existing if existing.count(c) > 1})
+    if duplicated:
+        problems.append(f"The frame has duplicated column names {duplicated}; answers could not be placed "
+                        "unambiguously. Rename the duplicates first.")
+    clashes = [c for c in new if c in existing]
+    if clashes:
+        problems.append(
+            f"The result would overwrite existing column(s) {clashes}. Choose another target, or drop or "
+            "rename those columns first; dfllm never replaces a column of yours."
+        )
+    return problems
+
+
+def _render(plan: Plan, template: Template, keys: RequestKeys) -> None:
     """Render every row once; identical prompts share one unit of work (sent once)."""
-    columns = {f: _frames.column_values(plan.df, f) for f in template.fields}
+    df, adapter = plan.df, plan.adapter
+    columns = {f: adapter.column_values(df, f) for f in template.fields}
     seen: dict[str, int] = {}
     row_work, work = plan.row_work, plan.work
-    for prompt in template.render_columns(columns, _frames.n_rows(plan.df)):
+    for prompt in template.render_columns(columns, adapter.n_rows(df)):
         if prompt is None:
             row_work.append(-1)
             continue
@@ -182,7 +235,8 @@ def _render(plan: _Plan, template: Template, keys: RequestKeys) -> None:
         row_work.append(index)
 
 
-def _write_back(plan: _Plan, outcomes: list[Outcome], stats: RunStats) -> Any:
+def write_back(plan: Plan, outcomes: list[Outcome], stats: RunStats) -> Any:
+    """The result frame; raises ``BatchError`` (holding it) when rows failed and errors='raise'."""
     options, target = plan.options, plan.target
     answers_by_work: list[str | None] = []
     errors_by_work: list[DfllmError | None] = []
@@ -203,24 +257,22 @@ def _write_back(plan: _Plan, outcomes: list[Outcome], stats: RunStats) -> Any:
     stats.failed_rows = len(row_errors)
     for exc in row_errors.values():
         stats.errors[type(exc).__name__] = stats.errors.get(type(exc).__name__, 0) + 1
-    columns: dict[str, list[Any]] = {target: answers}
-    integer_columns: list[str] = []
+    answer_type = ColumnType("category", categories=options.choices) if options.choices else ColumnType("string")
+    columns: dict[str, Column] = {target: Column(answers, answer_type)}
     if options.usage_columns:
         for name in ("prompt_tokens", "completion_tokens"):
-            column = f"{target}_{name}"
-            integer_columns.append(column)
-            columns[column] = [
+            columns[f"{target}_{name}"] = Column([
                 getattr(outcomes[i], name) if i >= 0 and isinstance(outcomes[i], Completion) else None
                 for i in plan.row_work
-            ]
+            ], ColumnType("int"))
     if options.errors == "null":
-        columns[f"{target}_error"] = [
+        columns[f"{target}_error"] = Column([
             f"{type(row_errors[r]).__name__}: {row_errors[r]}" if r in row_errors else None
             for r in range(len(plan.row_work))
-        ]
-    frame = _frames.with_columns(plan.df, columns, integer_columns)
+        ])
+    frame = plan.adapter.with_columns(plan.df, columns)
     if row_errors and options.errors == "raise":
-        raise BatchError(frame, row_errors, len(plan.row_work))
+        raise BatchError(frame, row_errors, len(plan.row_work), stats=stats)
     return frame
 
 

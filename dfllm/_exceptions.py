@@ -121,9 +121,10 @@ class BatchError(DfllmError):
     ``errors`` maps row position to its exception.
     """
 
-    def __init__(self, partial: Any, errors: dict[int, BaseException], total: int) -> None:
+    def __init__(self, partial: Any, errors: dict[int, BaseException], total: int, *, stats: Any = None) -> None:
         self.partial = partial
         self.errors = errors
+        self.stats = stats  # the run's RunStats
         causes = Counter(_cause(e) for e in errors.values())
         lines = "\n".join(f"  {n} x {cause}" for cause, n in causes.most_common())
         super().__init__(

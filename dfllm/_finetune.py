@@ -13,10 +13,10 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from dfllm import _frames
+from dfllm import frames
 from dfllm._exceptions import AuthenticationError, FineTuneError, ParameterError
-from dfllm._registry import EngineConfig, resolve_engine
-from dfllm._template import is_null
+from dfllm.config.engines import EngineConfig, resolve_engine
+from dfllm.prompt.template import is_null
 
 ROLES = ("system", "user", "assistant")
 _TERMINAL = ("succeeded", "failed", "cancelled")
@@ -28,16 +28,16 @@ def chats_from_frame(df: Any, *, role_column: str = "role", content_column: str 
 
     Raises one ``FineTuneError`` listing every problem with its chat and message number.
     """
-    names = _frames.column_names(df)
+    names = frames.column_names(df)
     if chat_id_column is None and "chat_id" in names:
         chat_id_column = "chat_id"
     missing = [c for c in (role_column, content_column, chat_id_column) if c and c not in names]
     if missing:
         raise FineTuneError(f"Fine-tuning data lacks columns {missing}; it has {names}. "
                             "Give one message per row with 'role' and 'content' columns.")
-    roles = _frames.column_values(df, role_column)
-    contents = _frames.column_values(df, content_column)
-    ids = _frames.column_values(df, chat_id_column) if chat_id_column else None
+    roles = frames.column_values(df, role_column)
+    contents = frames.column_values(df, content_column)
+    ids = frames.column_values(df, chat_id_column) if chat_id_column else None
     chats: list[list[dict[str, str]]] = []
     by_id: dict[Any, int] = {}  # chat id -> position in chats
     problems: list[str] = []
@@ -139,7 +139,7 @@ def _run_job(config: EngineConfig, base_model: str, training: list[list[dict[str
              sleep: Callable[[float], None]) -> str:
     import openai
 
-    from dfllm._progress import interactive
+    from dfllm.runtime.progress import interactive
 
     auth = config.headers.get("Authorization")
     key = auth.reveal().removeprefix("Bearer ") if auth is not None and not isinstance(auth, str) else "none"

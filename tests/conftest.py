@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 import dfllm
-from dfllm import _registry
+from dfllm.config import engines as engine_registry
 from dfllm.engines import PROVIDERS
 from dfllm.testing import FakeProvider
 
@@ -20,7 +20,7 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathF
             monkeypatch.delenv(provider.key_env, raising=False)
     monkeypatch.setenv("DFLLM_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     yield
-    _registry._ENGINES.clear()
+    engine_registry._ENGINES.clear()
 
 
 @pytest.fixture

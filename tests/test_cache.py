@@ -12,8 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import dfllm
-from dfllm._cache import Cache, RequestKeys
 from dfllm.engines import Completion
+from dfllm.prompt.keys import RequestKeys
+from dfllm.runtime.cache import Cache
 from dfllm.testing import FakeProvider, per_prompt, status
 
 from .conftest import KEY
@@ -104,7 +105,7 @@ def test_cache_key_depends_on_content_not_on_dict_order(prompt: str, other: str,
                                                          p: dict[str, int], q: dict[str, int]) -> None:
     def key(prompt: str, params: dict[str, int], identity: str = "openai|u", model: str = "m",
             system: str | None = system, choices: tuple[str, ...] = ()) -> str:
-        return RequestKeys(identity, model, system, params, choices).key(prompt)
+        return RequestKeys(identity, model, system, params, {"choices": list(choices)}).key(prompt)
 
     reordered = dict(reversed(list(p.items())))
     assert key(prompt, p) == key(prompt, reordered)

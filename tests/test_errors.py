@@ -20,7 +20,7 @@ def test_missing_columns_bad_options_and_no_model_all_reported_before_any_reques
     message = str(info.value)
     for fragment in ("'txt'", "Did you mean 'text'?", "'user'", "Available columns: ['text', 'author']",
                      "temperature must be a number from 0 to 2, got 9", "Unknown option 'concurency'",
-                     "Did you mean 'concurrency'?", "errors must be 'raise' or 'null'", "model must be",
+                     "Did you mean 'concurrency'?", "errors must be one of 'raise', 'null'", "model must be",
                      "target must be"):
         assert fragment in message, fragment
     assert fake.requests == []
@@ -46,7 +46,7 @@ def test_unknown_using_parameter_gets_did_you_mean() -> None:
 
 
 def test_wrong_frame_type() -> None:
-    with pytest.raises(dfllm.ParameterError, match="pandas or Polars DataFrame"):
+    with pytest.raises(dfllm.ParameterError, match="supported library"):
         dfllm.predict({"text": ["a"]}, "openai", "m", "{{text}}", "y")
 
 

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dfllm
-from dfllm._executor import Executor, RequestSpec, Work
-from dfllm._options import Options
-from dfllm._progress import RunStats
+from dfllm.config.options import Options
+from dfllm.runtime.executor import Executor, RequestSpec, Work
+from dfllm.runtime.progress import RunStats
 from dfllm.testing import FakeProvider, always, drop, malformed, ok, per_prompt, sequence, status
 
 from .conftest import KEY

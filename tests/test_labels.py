@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dfllm import LabelError
-from dfllm._labels import normalise_label
+from dfllm.outputs.choices import normalise_label
 
 CHOICES = ["positive", "neutral", "negative"]
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dfllm._limiter import Pacer, Pause, Window
+from dfllm.runtime.limiter import Pacer, Pause, Window
 
 
 class FakeTime:
@@ -112,7 +112,7 @@ def test_window_blocks_beyond_its_limit_and_wakes_on_release() -> None:
 
 
 def test_adaptive_rate_learns_from_the_last_second_cuts_after_a_cooldown_and_grows() -> None:
-    from dfllm._limiter import AdaptiveRate
+    from dfllm.runtime.limiter import AdaptiveRate
 
     t = FakeTime()
     rate = AdaptiveRate(t.clock, t.sleep)

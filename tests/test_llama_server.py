@@ -19,7 +19,7 @@ import dfllm
 
 pytest.importorskip("llama_cpp")
 pytest.importorskip("uvicorn", reason="needs llama-cpp-python[server]")
-from dfllm.engines._local import bundled_model_path
+from dfllm.engines.local import bundled_model_path
 
 pytestmark = pytest.mark.local
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import dfllm
 
 llama_cpp = pytest.importorskip("llama_cpp")
-from dfllm.engines._local import bundled_model_path, grammar_for, instance_count  # noqa: E402
+from dfllm.engines.local import bundled_model_path, grammar_for, instance_count  # noqa: E402
 
 pytestmark = pytest.mark.local
 LABELS = ["positive", "neutral", "negative"]

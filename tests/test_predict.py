@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pandas as pd
 import polars as pl
@@ -115,17 +116,33 @@ def test_usage_columns_and_last_run(engine: str) -> None:
     assert run.prompt_tokens == 2 and run.completion_tokens > 0
 
 
-def test_existing_target_column_is_replaced_in_the_copy_only(engine: str) -> None:
-    df = pd.DataFrame({"t": ["good"], "y": ["old"]})
-    out = df.llm.predict(engine, "m", "sentiment {{t}}", "y")
-    assert out["y"].tolist() == ["positive"] and df["y"].tolist() == ["old"]
+@pytest.mark.parametrize(("columns", "target", "options", "clash"), [
+    (["t", "y"], "y", {}, "['y']"),
+    (["t", "y_error"], "y", {"errors": "null"}, "['y_error']"),
+    (["t", "y_prompt_tokens"], "y", {"usage_columns": True}, "['y_prompt_tokens']"),
+    (["t", "y"], "t", {}, "['t']"),
+])
+def test_a_result_column_that_exists_is_refused_before_any_request(
+        engine: str, fake: FakeProvider, columns: list[str], target: str, options: dict[str, object],
+        clash: str) -> None:
+    df = pd.DataFrame({c: ["good"] for c in columns})
+    with pytest.raises(dfllm.ParameterError, match=re.escape(f"overwrite existing column(s) {clash}")):
+        df.llm.predict(engine, "m", "sentiment {{t}}", target, **options)  # type: ignore[arg-type]
+    assert fake.chat_requests == []
+
+
+def test_duplicated_column_names_are_refused_before_any_request(engine: str, fake: FakeProvider) -> None:
+    df = pd.DataFrame([["good", "x", "y"]], columns=["t", "a", "a"])
+    with pytest.raises(dfllm.ParameterError, match=r"duplicated column names \['a'\]"):
+        df.llm.predict(engine, "m", "sentiment {{t}}", "y")
+    assert fake.chat_requests == []
 
 
 def test_other_polars_llm_namespace_is_not_replaced_silently() -> None:
     import importlib
     import warnings
 
-    import dfllm.polars as dfllm_polars
+    import dfllm.frames.polars as dfllm_polars
 
     original = pl.DataFrame.llm  # type: ignore[attr-defined]
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from dfllm._progress import interactive
+from dfllm.runtime.progress import interactive
 
 
 def test_progress_bar_shows_rows_cache_hits_retries_and_429s(engine: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,9 +9,9 @@ import random
 import pandas as pd
 
 import dfllm
-from dfllm._executor import Executor, RequestSpec, Work
-from dfllm._options import Options
-from dfllm._progress import RunStats
+from dfllm.config.options import Options
+from dfllm.runtime.executor import Executor, RequestSpec, Work
+from dfllm.runtime.progress import RunStats
 from dfllm.testing import FakeProvider, sequence, status
 
 from .conftest import KEY

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dfllm import Template, TemplateError
-from dfllm._template import cell_text, is_null
+from dfllm.prompt.template import cell_text, is_null
 
 names = st.text(alphabet=st.characters(blacklist_characters="{}", blacklist_categories=("Cs",)), min_size=1,
                 max_size=12).filter(lambda s: s.strip() == s)

@@ -22,15 +22,18 @@ from dfllm.testing._behaviour import (
     status,
 )
 from dfllm.testing._inthread import FakeProvider
+from dfllm.testing._mock import FakeClock, MockEngine
 from dfllm.testing._process import FakeProviderProcess
 from dfllm.testing._server import DEFAULT_MODELS, FakeProviderApp
 
 __all__ = [
     "DEFAULT_MODELS",
     "Behaviour",
+    "FakeClock",
     "FakeProvider",
     "FakeProviderApp",
     "FakeProviderProcess",
+    "MockEngine",
     "RecordedRequest",
     "always",
     "drop",

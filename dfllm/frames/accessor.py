@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from typing_extensions import Unpack
+
+if TYPE_CHECKING:
+    from dfllm.config.options import PredictOptions
+    from dfllm.prompt.template import Template
+    from dfllm.runtime.progress import RunStats
 
 
 class LLMAccessor:
@@ -12,17 +19,19 @@ class LLMAccessor:
     def __init__(self, df: Any) -> None:
         self._df = df
 
-    def predict(self, engine: Any, model: str | None = None, template: str | None = None,
-                target: str | None = None, **options: Any) -> Any:
+    def predict(self, engine: Any, model: str | None = None, template: str | Template | None = None,
+                target: str | None = None, *, stats: RunStats | None = None,
+                **options: Unpack[PredictOptions]) -> Any:
         from dfllm._api import predict
 
-        return predict(self._df, engine, model, template, target, **options)
+        return predict(self._df, engine, model, template, target, stats=stats, **options)
 
-    async def apredict(self, engine: Any, model: str | None = None, template: str | None = None,
-                       target: str | None = None, **options: Any) -> Any:
+    async def apredict(self, engine: Any, model: str | None = None, template: str | Template | None = None,
+                       target: str | None = None, *, stats: RunStats | None = None,
+                       **options: Unpack[PredictOptions]) -> Any:
         from dfllm._api import apredict
 
-        return await apredict(self._df, engine, model, template, target, **options)
+        return await apredict(self._df, engine, model, template, target, stats=stats, **options)
 
     def finetune(self, engine: Any, base_model: str, **options: Any) -> Any:
         from dfllm._finetune import finetune

@@ -1,6 +1,8 @@
 """Providers are data: where to send requests, how to authenticate, and which defaults apply.
 
-Adding an OpenAI-compatible vendor is adding one ``Provider`` entry, never a subclass.
+Adding an OpenAI-compatible vendor is one ``register_provider(Provider(...))`` call, never a
+subclass. ``kind`` names how its engines are built (``"http"``: the OpenAI-compatible HTTP
+engine; ``"local"``: llama.cpp in process), see ``dfllm.engines.kinds``.
 """
 
 from __future__ import annotations
@@ -8,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from dfllm._exceptions import ParameterError
+from dfllm.engines.base import Capabilities
 
 
 @dataclass(frozen=True)
@@ -30,8 +35,11 @@ class Provider:
     default_model: str | None = None
     finetunable_models: tuple[str, ...] | None = None  # None: this provider cannot fine-tune
     model_card_url: str | None = None  # ``{model}`` is replaced by the model id
-    local: bool = False
+    kind: str = "http"
+    capabilities: Capabilities = field(default_factory=Capabilities)
 
+
+_JSON_SCHEMA = Capabilities(json_schema=True, json_mode=True)
 
 PROVIDERS: dict[str, Provider] = {
     p.name: p
@@ -41,6 +49,7 @@ PROVIDERS: dict[str, Provider] = {
             base_url="https://api.openai.com/v1",
             key_env="OPENAI_API_KEY",
             key_params=("openai_api_key", "api_key"),
+            capabilities=_JSON_SCHEMA,
             finetunable_models=("gpt-4o-mini-2024-07-18", "gpt-4o-2024-08-06", "gpt-4.1-mini-2025-04-14",
                                 "gpt-4.1-2025-04-14", "gpt-3.5-turbo-0125"),
         ),
@@ -51,6 +60,8 @@ PROVIDERS: dict[str, Provider] = {
             key_env=None,
             key_params=("api_key",),
             key_required=False,
+            # vLLM, llama.cpp's server, Ollama and SGLang all take OpenAI's json_schema response_format.
+            capabilities=_JSON_SCHEMA,
         ),
         Provider(
             name="mindsdb_inference",
@@ -63,6 +74,7 @@ PROVIDERS: dict[str, Provider] = {
             base_url="https://api.endpoints.anyscale.com/v1",
             key_env="ANYSCALE_API_KEY",
             key_params=("anyscale_endpoints_api_key", "api_key"),
+            capabilities=Capabilities(json_mode=True),
             # Anyscale's list of fine-tunable models (its docs, "Fine Tuning - Supported models").
             finetunable_models=(
                 "meta-llama/Llama-2-7b-chat-hf",
@@ -98,7 +110,26 @@ PROVIDERS: dict[str, Provider] = {
             key_params=(),
             key_required=False,
             default_model="smollm2-135m",
-            local=True,
+            kind="local",
+            capabilities=Capabilities(choices=True, json_schema=True, json_mode=True),
         ),
     )
 }
+
+
+def register_provider(provider: Provider, *, replace: bool = False) -> Provider:
+    """Add a provider, so ``create_engine(name, provider.name, ...)`` and ``predict`` know it.
+
+    An existing name is refused unless ``replace=True``: silently redefining ``openai`` would
+    send keys somewhere else.
+    """
+    from dfllm.engines.kinds import KINDS
+
+    if not isinstance(provider, Provider):
+        raise ParameterError(f"register_provider takes a dfllm.Provider, got {type(provider).__name__}.")
+    if provider.kind not in KINDS:
+        raise ParameterError(f"Provider {provider.name!r} has kind {provider.kind!r}; kinds: {sorted(KINDS)}.")
+    if provider.name in PROVIDERS and not replace:
+        raise ParameterError(f"A provider named {provider.name!r} already exists; pass replace=True to redefine it.")
+    PROVIDERS[provider.name] = provider
+    return provider

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dfllm._exceptions import ParameterError, did_you_mean
-from dfllm._options import OPTION_NAMES
-from dfllm._registry import EngineConfig, resolve_engine
+from dfllm.config.engines import EngineConfig, resolve_engine
+from dfllm.config.options import OPTION_NAMES, option_problems
 
 _MODEL_PARAMS = ("model_name", "model", "prompt_template", "column")
 
@@ -29,29 +29,30 @@ class Model:
         ``model.predict(text="...")`` answers one row (the keywords are its columns), like
         ``SELECT text, target FROM model WHERE text = '...'``.
         """
-        from dfllm._api import predict
+        from dfllm.runtime.sync import run_sync
+
+        return run_sync(self.apredict(df, **kwargs))
+
+    async def apredict(self, df: Any = None, /, **kwargs: Any) -> Any:
+        """The async form of ``predict``: the same frame and single-row forms."""
+        from dfllm._api import apredict
 
         if df is not None:
-            return predict(df, self, **kwargs)
-        row = kwargs
-        if not row:
+            return await apredict(df, self, **kwargs)
+        if not kwargs:
             raise ParameterError(
                 f"Model {self.name!r}.predict needs a DataFrame or the row's columns as keywords, "
                 "e.g. model.predict(text='I love machine learning!')."
             )
         import pandas as pd
 
-        answer = predict(pd.DataFrame({k: [v] for k, v in row.items()}), self)[self.target].iloc[0]
-        return None if answer is None or answer != answer else str(answer)
-
-    async def apredict(self, df: Any) -> Any:
-        from dfllm._api import apredict
-
-        return await apredict(df, self)
+        frame = await apredict(pd.DataFrame({k: [v] for k, v in kwargs.items()}), self)
+        answer = frame[self.target].iloc[0]
+        return None if answer is None or answer is pd.NA or answer != answer else str(answer)
 
     def describe(self) -> dict[str, Any]:
         """What the provider says of this model (``/models/{id}``); Anyscale adds its model card link."""
-        from dfllm._catalog import describe_model
+        from dfllm.config.catalog import describe_model
 
         return describe_model(self.engine, self.model_name)
 
@@ -67,12 +68,17 @@ def create_model(name: str, *, engine: Any, predict: str, model_name: str | None
     problems: list[str] = []
     config = resolve_engine(engine)
     if "model" in using:
-        model_name = model_name or using.pop("model")
+        synonym = using.pop("model")
+        if model_name is not None and synonym != model_name:
+            problems.append(f"model={synonym!r} and model_name={model_name!r} disagree; they are synonyms "
+                            "(the provider's model id). Give one of them.")
+        model_name = model_name or synonym
     column = using.pop("column", None)
     valid = sorted(OPTION_NAMES | set(_MODEL_PARAMS))
     for key in using:
         if key not in OPTION_NAMES:
             problems.append(f"Unknown USING parameter {key!r}.{did_you_mean(key, valid)} Valid: {', '.join(valid)}.")
+    problems += option_problems({k: v for k, v in using.items() if k in OPTION_NAMES})
     if prompt_template is None and column is not None:
         prompt_template = "{{" + str(column) + "}}"
     if prompt_template is not None and column is not None and "{{" + str(column) + "}}" not in prompt_template:

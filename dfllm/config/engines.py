@@ -6,7 +6,10 @@ opened by ``EngineConfig.connect()`` inside the running loop, for one run, and c
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,10 +21,11 @@ from dfllm._exceptions import (
     UnknownEngineError,
     did_you_mean,
 )
-from dfllm._options import OPTION_NAMES, unknown_option_problems
-from dfllm._secret import Secret
-from dfllm.engines._base import Engine
-from dfllm.engines._providers import PROVIDERS, Provider
+from dfllm.config.options import OPTION_NAMES, option_problems, unknown_option_problems
+from dfllm.config.secrets import Secret
+from dfllm.engines.base import Engine, is_engine
+from dfllm.engines.kinds import KINDS, ProviderKind
+from dfllm.engines.providers import PROVIDERS, Provider
 
 _ENGINES: dict[str, EngineConfig] = {}
 
@@ -36,6 +40,8 @@ class EngineConfig:
     headers: Mapping[str, str | Secret] = field(default_factory=dict, repr=False)
     options: Mapping[str, Any] = field(default_factory=dict)
     model_path: str | None = None  # local engine: a GGUF file
+    # Headers that choose where a request goes (Portkey's config, provider, virtual key...).
+    routing: Mapping[str, str | Secret] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
@@ -45,19 +51,26 @@ class EngineConfig:
         )
 
     @property
+    def kind(self) -> ProviderKind:
+        return KINDS[self.provider.kind]
+
+    @property
     def identity(self) -> str:
-        """What, besides the request, decides an answer: part of every cache key."""
-        return f"{self.provider.name}|{self.base_url}"
+        """What, besides the request, decides an answer: part of every cache key.
+
+        Provider, base URL and every routing header. A secret that routes (a virtual key, a
+        config that may hold a provider key) enters only as a keyed hash; the identity itself is
+        only ever hashed into cache keys, never stored.
+        """
+        routing = {
+            header: _keyed_hash(value.reveal()) if isinstance(value, Secret) else value
+            for header, value in sorted(self.routing.items())
+        }
+        return json.dumps([self.provider.name, self.provider.kind, self.base_url, routing], separators=(",", ":"))
 
     def connect(self) -> Engine:
         """Open an engine for one run. Call inside the running event loop."""
-        if self.provider.local:
-            from dfllm.engines._local import LocalEngine
-
-            return LocalEngine()
-        from dfllm.engines._openai import OpenAICompatibleEngine
-
-        return OpenAICompatibleEngine(self.base_url, self.headers)
+        return self.kind.connect(self)
 
 
 def create_engine(name: str, provider: str, /, **using: Any) -> EngineConfig:
@@ -84,6 +97,44 @@ def drop_engine(name: str) -> None:
         raise UnknownEngineError(f"No engine named {name!r}. Engines: {sorted(_ENGINES)}.")
 
 
+def _keyed_hash(value: str) -> str:
+    return hashlib.blake2b(value.encode(), key=b"dfllm routing identity", digest_size=16).hexdigest()
+
+
+def base_url_problems(base_url: Any) -> list[str]:
+    """Why ``base_url`` is not an http(s) URL a request can go to (empty when it is)."""
+    example = "e.g. base_url='https://api.example.com/v1' or 'http://127.0.0.1:8000/v1'"
+    if not isinstance(base_url, str):
+        return [f"base_url must be a string URL, {example}; got {type(base_url).__name__}."]
+    shown = _shown_url(base_url)
+    if base_url != base_url.strip() or any(c.isspace() for c in base_url):
+        return [f"base_url {shown!r} contains whitespace; remove it ({example})."]
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.scheme not in ("http", "https"):
+        return [f"base_url {shown!r} must start with http:// or https:// ({example})."]
+    try:
+        port = parts.port
+    except ValueError:
+        return [f"base_url {shown!r} has an invalid port ({example})."]
+    if not parts.hostname:
+        return [f"base_url {shown!r} has no host name ({example})."]
+    if parts.username or parts.password:
+        return ["base_url must not carry credentials (user:password@); pass the key as api_key instead."]
+    if parts.query or parts.fragment:
+        return [f"base_url {shown!r} must not have a query or fragment; give the API's root ({example})."]
+    del port
+    return []
+
+
+def _shown_url(url: str) -> str:
+    """The URL as safe to show: any user:password@ part masked."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password or parts.username:
+        host = parts.netloc.rsplit("@", 1)[-1]
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
+    return url
+
+
 def configure(name: str, provider_name: str, using: Mapping[str, Any]) -> EngineConfig:
     provider = PROVIDERS.get(provider_name)
     if provider is None:
@@ -92,43 +143,48 @@ def configure(name: str, provider_name: str, using: Mapping[str, Any]) -> Engine
             f"Providers: {', '.join(PROVIDERS)}."
         )
     problems: list[ConfigurationError] = []
-    connection = set(provider.key_params) | set(provider.header_params) | {"base_url"}
+    kind = KINDS[provider.kind]
+    connection = set(provider.key_params) | set(provider.header_params) | kind.extra_params
     if provider.header_params:
         connection.add("provider_api_key")
-    if provider.local:
-        connection.add("model_path")
-    text_problems = unknown_option_problems(list(using), frozenset(connection))
+    text_problems = unknown_option_problems([str(k) for k in using], frozenset(connection))
+    text_problems += option_problems({k: v for k, v in using.items() if k in OPTION_NAMES})
     problems += [ParameterError(p) for p in text_problems]
 
     key = _find_key(provider, using)
     if key is None and provider.key_required:
         problems.append(MissingAPIKeyError(_missing_key_message(name, provider)))
     base_url = using.get("base_url") or provider.base_url
-    if not provider.local and not base_url:
+    if kind.needs_base_url and not base_url:
         problems.append(ParameterError(
             f"Provider {provider.name!r} needs base_url, the address of your OpenAI-compatible "
             "server, e.g. base_url='http://127.0.0.1:8000/v1'."
         ))
+    elif kind.needs_base_url:
+        problems += [ParameterError(p) for p in base_url_problems(base_url)]
     if problems:
         raise problems[0] if len(problems) == 1 else ConfigurationError([str(p) for p in problems])
 
     headers: dict[str, str | Secret] = {}
+    routing: dict[str, str | Secret] = {}
     if key is not None:
         headers[provider.auth_header] = Secret(provider.auth_prefix + key)
     for param, header in provider.header_params.items():
         if using.get(param) is not None:
             value = str(using[param])
-            headers[header] = Secret(value) if param == "virtual_key" else value
+            routing[header] = Secret(value) if param == "virtual_key" else value
+    headers.update(routing)
     if using.get("provider_api_key") is not None:
         headers["Authorization"] = Secret(f"Bearer {using['provider_api_key']}")
     options = {**provider.model_defaults, **{k: v for k, v in using.items() if k in OPTION_NAMES}}
     return EngineConfig(
         name=name,
         provider=provider,
-        base_url=str(base_url or "local"),
+        base_url=str(base_url or provider.kind),
         headers=headers,
         options=options,
         model_path=using.get("model_path"),
+        routing=routing,
     )
 
 
@@ -165,10 +221,11 @@ def resolve_engine(engine: object) -> EngineConfig | Engine:
             f"{sorted(_ENGINES) or 'none'}; providers usable directly: {', '.join(PROVIDERS)}. "
             f"Create it first, e.g. dfllm.create_engine({engine!r}, 'openai', api_key=...)."
         )
-    if isinstance(engine, Engine):
-        return engine
+    if is_engine(engine):
+        return engine  # type: ignore[return-value]
     raise UnknownEngineError(
-        f"engine must be an engine name, a provider name or an Engine object, got {type(engine).__name__}."
+        "engine must be an engine name, a provider name or an object with async complete(request) "
+        f"and aclose() methods, got {type(engine).__name__}."
     )
 
 

@@ -16,13 +16,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from dfllm._bulk import gc_paused
-from dfllm._cache import Cache, Key
 from dfllm._exceptions import AuthenticationError, EngineError, RateLimitError
-from dfllm._limiter import AdaptiveRate, Clock, Pacer, Pause, Sleep, Window
-from dfllm._options import Options
-from dfllm._progress import Progress, RunStats
-from dfllm.engines._base import Completion, Engine, RateLimitState, Request
+from dfllm.config.options import Options
+from dfllm.engines.base import Completion, Engine, RateLimitState, Request
+from dfllm.prompt.keys import Key
+from dfllm.runtime.bulk import gc_paused
+from dfllm.runtime.cache import Cache
+from dfllm.runtime.limiter import AdaptiveRate, Clock, Pacer, Pause, Sleep, Window
+from dfllm.runtime.progress import Progress, RunStats
 
 Outcome = Completion | EngineError
 
@@ -73,11 +74,13 @@ class Executor:
         spec: RequestSpec,
         *,
         concurrency_cap: int | None = None,
+        cacheable: bool = True,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
         self._engine = engine
+        self._cacheable = cacheable
         self._spec = spec
         self._options = options
         self.stats = stats
@@ -96,7 +99,7 @@ class Executor:
 
     async def run(self, work: Sequence[Work]) -> list[Outcome]:
         results: list[Outcome | None] = [None] * len(work)
-        path = self._options.cache_path()
+        path = self._options.cache_path() if self._cacheable else None
         cache = Cache(path) if path is not None else None
         progress = Progress(self._options.progress, len(work), self.stats)
         try:

@@ -25,8 +25,8 @@ from dfllm._exceptions import (
     ServerError,
     TransportError,
 )
-from dfllm._secret import Secret
-from dfllm.engines._base import Completion, RateLimitState, Request
+from dfllm.config.secrets import Secret
+from dfllm.engines.base import NO_CAPABILITIES, Capabilities, Completion, RateLimitState, Request
 
 
 class OpenAICompatibleEngine:
@@ -39,7 +39,13 @@ class OpenAICompatibleEngine:
         self,
         base_url: str,
         headers: Mapping[str, str | Secret],
+        *,
+        identity: str | None = None,
+        capabilities: Capabilities = NO_CAPABILITIES,
     ) -> None:
+        self.identity = identity
+        self.capabilities = capabilities
+        self.max_concurrency: int | None = None
         self.base_url = base_url.rstrip("/")
         self._url = f"{self.base_url}/chat/completions"
         self._headers = dict(headers)

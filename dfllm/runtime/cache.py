@@ -7,19 +7,16 @@ Keys are hashes of what decides an answer; the API key is never part of them or 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import queue
 import sqlite3
-import struct
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-from dfllm.engines._base import Completion
+from dfllm.engines.base import Completion
+from dfllm.prompt.keys import Key
 
 # A key is a 128-bit digest: its first 64 bits are the rowid (an integer primary key looks up
 # twice as fast as a text one: 0.29 s vs 0.60 s per 100,000 rows, measured), and the other 64
@@ -34,31 +31,6 @@ CREATE TABLE IF NOT EXISTS responses (
 )
 """
 _LOOKUP_CHUNK = 5000
-
-
-class RequestKeys:
-    """Cache keys for one call: a hash of everything that decides an answer, never the key.
-
-    What all rows share (engine identity, model, system prompt, sampling parameters, choices)
-    is hashed once; each row adds only its prompt. The shared part is JSON, which escapes NUL,
-    so the NUL separator keeps the two parts unambiguous.
-    """
-
-    def __init__(self, identity: str, model: str, system: str | None, params: dict[str, Any],
-                 choices: Sequence[str] = ()) -> None:
-        shared = json.dumps([identity, model, system, params, list(choices)], sort_keys=True,
-                            ensure_ascii=False, separators=(",", ":"), default=str)
-        self._shared = hashlib.blake2b(shared.encode() + b"\x00", digest_size=16)
-
-    def key(self, prompt: str) -> Key:
-        digest = self._shared.copy()
-        digest.update(prompt.encode())
-        halves: Key = _HALVES.unpack(digest.digest())
-        return halves
-
-
-Key = tuple[int, int]  # (rowid, tail): the 128-bit digest as two signed 64-bit halves
-_HALVES = struct.Struct(">qq")
 
 
 class Cache:

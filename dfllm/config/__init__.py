@@ -1,0 +1,1 @@
+"""Configuration: the option table, named engines (``create_engine``), models, secrets."""

@@ -1,0 +1,320 @@
+"""The option table: every knob of a prediction, declared once.
+
+Each ``Option`` says its name, type, default, allowed values and a one-line doc, whether it is
+sent to the provider (a request body field) or read by policy, and what the local engine calls
+it. Validation, the README's options table, the ``PredictOptions`` TypedDict check, the local
+engine's parameter mapping and the CLI flags are all derived from ``OPTIONS``.
+
+Options come in three layers, later ones winning: the engine's (``create_engine``), the
+model's (``create_model``), the call's (``predict(..., **options)``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypedDict
+
+from dfllm._exceptions import did_you_mean
+
+Check = Callable[[str, Any], "str | None"]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def positive_int(name: str, value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return f"{name} must be a positive integer, got {value!r}."
+    return None
+
+
+def non_negative_int(name: str, value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return f"{name} must be an integer >= 0, got {value!r}."
+    return None
+
+
+def positive_number(name: str, value: Any) -> str | None:
+    if not _is_number(value) or value <= 0:
+        return f"{name} must be a finite positive number, got {value!r}."
+    return None
+
+
+def number_in(low: float, high: float) -> Check:
+    def check(name: str, value: Any) -> str | None:
+        if not _is_number(value) or not low <= value <= high:
+            return f"{name} must be a number from {low:g} to {high:g}, got {value!r}."
+        return None
+
+    return check
+
+
+def integer(name: str, value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"{name} must be an integer, got {value!r}."
+    return None
+
+
+def text(name: str, value: Any) -> str | None:
+    return None if isinstance(value, str) else f"{name} must be a string, got {value!r}."
+
+
+def flag(name: str, value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"{name} must be True or False, got {value!r}."
+
+
+def one_of(*allowed: Any) -> Check:
+    def check(name: str, value: Any) -> str | None:
+        if isinstance(value, bool) or value not in allowed:
+            return f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}."
+        return None
+
+    return check
+
+
+def _stop(name: str, value: Any) -> str | None:
+    if isinstance(value, str):
+        return None
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return None
+    return f"{name} must be a string or a list of strings, got {value!r}."
+
+
+def _mapping(name: str, value: Any) -> str | None:
+    return None if isinstance(value, Mapping) else f"{name} must be a dict, got {value!r}."
+
+
+# Body fields dfllm sets itself: an extra_body entry for one of them would silently replace it.
+RESERVED_BODY_FIELDS = ("model", "messages", "stream", "n")
+
+
+def _extra_body(name: str, value: Any) -> str | None:
+    if not isinstance(value, Mapping):
+        return f"{name} must be a dict of extra request fields, got {value!r}."
+    clash = [k for k in value if k in RESERVED_BODY_FIELDS]
+    if clash:
+        return (f"{name} may not set {', '.join(repr(k) for k in clash)}: dfllm sets these itself. "
+                "Pass the model as predict's model argument; prompts come from the template.")
+    return None
+
+
+def _choices(name: str, value: Any) -> str | None:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        return f"{name} must be a list of labels, e.g. ['positive', 'negative'], got {value!r}."
+    if not all(isinstance(c, str) and c.strip() for c in value):
+        return f"{name} must be a list of non-empty strings, e.g. ['positive', 'negative'], got {value!r}."
+    if len(set(value)) < 2 or len(set(value)) != len(value):
+        return f"{name} needs at least two labels, each once, got {list(value)!r}."
+    return None
+
+
+def _cache(name: str, value: Any) -> str | None:
+    if isinstance(value, (bool, Path)) or (isinstance(value, str) and value.strip()):
+        return None
+    return f"{name} must be True, False or a file path, got {value!r}."
+
+
+def _progress(name: str, value: Any) -> str | None:
+    return None if value is None or isinstance(value, bool) else (
+        f"{name} must be True, False or None (on when interactive), got {value!r}.")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: how it is checked, documented, sent and named elsewhere."""
+
+    name: str
+    type: str  # as the README shows it
+    default: Any
+    doc: str
+    check: Check
+    sent: bool = False  # a request body field (sampling parameter) rather than policy
+    local: str | None = None  # llama-cpp-python's name for it; None: the local engine ignores it
+    default_text: str | None = None  # how the README shows the default, when not repr(default)
+
+    @property
+    def shown_default(self) -> str:
+        return self.default_text if self.default_text is not None else repr(self.default)
+
+
+_PROVIDERS = "provider's"
+OPTIONS: tuple[Option, ...] = (
+    # Sent to the provider as top-level body fields.
+    Option("max_tokens", "int", None, "most tokens to generate", positive_int, sent=True, local="max_tokens",
+           default_text=_PROVIDERS),
+    Option("max_completion_tokens", "int", None, "OpenAI's newer name for max_tokens", positive_int, sent=True,
+           local="max_tokens", default_text=_PROVIDERS),
+    Option("temperature", "float", None, "sampling temperature, 0 to 2", number_in(0, 2), sent=True,
+           local="temperature", default_text=_PROVIDERS),
+    Option("top_p", "float", None, "nucleus sampling, 0 to 1", number_in(0, 1), sent=True, local="top_p",
+           default_text=_PROVIDERS),
+    Option("top_k", "int", None, "sample from the k most likely tokens", positive_int, sent=True, local="top_k",
+           default_text=_PROVIDERS),
+    Option("min_p", "float", None, "minimum token probability, 0 to 1", number_in(0, 1), sent=True,
+           local="min_p", default_text=_PROVIDERS),
+    Option("seed", "int", None, "sampling seed, for reproducible answers", integer, sent=True, local="seed",
+           default_text=_PROVIDERS),
+    Option("stop", "str | list[str]", None, "stop sequences", _stop, sent=True, local="stop",
+           default_text=_PROVIDERS),
+    Option("presence_penalty", "float", None, "-2 to 2", number_in(-2, 2), sent=True, local="presence_penalty",
+           default_text=_PROVIDERS),
+    Option("frequency_penalty", "float", None, "-2 to 2", number_in(-2, 2), sent=True,
+           local="frequency_penalty", default_text=_PROVIDERS),
+    Option("repetition_penalty", "float", None, "vLLM/llama.cpp repetition penalty", positive_number, sent=True,
+           local="repeat_penalty", default_text=_PROVIDERS),
+    Option("logit_bias", "dict", None, "token id -> bias", _mapping, sent=True, local="logit_bias",
+           default_text=_PROVIDERS),
+    Option("user", "str", None, "end-user id for the provider's abuse monitoring", text, sent=True,
+           default_text="none"),
+    Option("reasoning_effort", "str", None, "reasoning models: 'low', 'medium' or 'high'",
+           one_of("minimal", "low", "medium", "high"), sent=True, default_text=_PROVIDERS),
+    Option("extra_body", "dict", None, "further request body fields (not model, messages, stream, n)",
+           _extra_body, sent=True, default_text="none"),
+    # Read by policy; never sent as such.
+    Option("system", "str", None, "system prompt", text, default_text="none"),
+    Option("choices", "list[str]", None,
+           "the answer must be one of these labels (local: grammar-constrained; HTTP: normalised, "
+           "else a row error with the raw text)", _choices, default_text="none"),
+    Option("concurrency", "int", 64, "requests in flight at most", positive_int),
+    Option("rpm", "float", None, "client-side requests per minute; without it dfllm reads x-ratelimit-* "
+           "headers or learns from 429s", positive_number, default_text="learned"),
+    Option("tpm", "float", None, "client-side tokens per minute", positive_number, default_text="learned"),
+    Option("timeout_s", "float", 120.0, "seconds per request", positive_number),
+    Option("max_retries", "int", 6, "retries on connection errors, timeouts, 408, 409, 429, 5xx; never on "
+           "other 4xx", non_negative_int),
+    Option("max_retry_time_s", "float", 600.0, "total seconds one row may spend retrying and waiting, "
+           "server-requested waits included", positive_number),
+    Option("errors", "str", "raise", "'raise': one BatchError after all rows, with the partial frame as "
+           "err.partial; 'null': null answer plus a {target}_error column", one_of("raise", "null")),
+    Option("cache", "bool | path", True, "persistent SQLite cache ($DFLLM_CACHE_DIR or the user cache dir); "
+           "False, or a file path", _cache),
+    Option("progress", "bool", None, "a tqdm bar; on when interactive", _progress, default_text="auto"),
+    Option("usage_columns", "bool", False, "add {target}_prompt_tokens and {target}_completion_tokens", flag),
+)
+
+OPTION_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+OPTION_NAMES = frozenset(OPTION_BY_NAME)
+SENT_OPTIONS = frozenset(o.name for o in OPTIONS if o.sent)
+# The local engine's parameter names, derived from the table.
+LOCAL_NAMES: dict[str, str] = {o.name: o.local for o in OPTIONS if o.local is not None}
+
+
+class PredictOptions(TypedDict, total=False):
+    """The options ``predict`` takes as keywords: IDEs complete them and mypy checks them.
+
+    Kept in step with ``OPTIONS`` by a test.
+    """
+
+    max_tokens: int
+    max_completion_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    seed: int
+    stop: str | list[str]
+    presence_penalty: float
+    frequency_penalty: float
+    repetition_penalty: float
+    logit_bias: dict[str, float]
+    user: str
+    reasoning_effort: str
+    extra_body: dict[str, Any]
+    system: str | None
+    choices: list[str] | tuple[str, ...] | None
+    concurrency: int
+    rpm: float | None
+    tpm: float | None
+    timeout_s: float
+    max_retries: int
+    max_retry_time_s: float
+    errors: Literal["raise", "null"]
+    cache: bool | str | Path
+    progress: bool | None
+    usage_columns: bool
+
+
+DEFAULT_CONCURRENCY: int = OPTION_BY_NAME["concurrency"].default
+
+
+@dataclass(frozen=True)
+class Options:
+    """Validated options of one call. ``params`` are the body fields sent to the provider."""
+
+    system: str | None = None
+    choices: tuple[str, ...] | None = None
+    concurrency: int = OPTION_BY_NAME["concurrency"].default
+    rpm: float | None = None
+    tpm: float | None = None
+    timeout_s: float = OPTION_BY_NAME["timeout_s"].default
+    max_retries: int = OPTION_BY_NAME["max_retries"].default
+    max_retry_time_s: float = OPTION_BY_NAME["max_retry_time_s"].default
+    errors: Literal["raise", "null"] = "raise"
+    cache: bool | str | Path = True
+    progress: bool | None = None
+    usage_columns: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def cache_path(self) -> Path | None:
+        if self.cache is False:
+            return None
+        if self.cache is True:
+            root = os.environ.get("DFLLM_CACHE_DIR")
+            if not root:
+                import platformdirs
+
+                root = platformdirs.user_cache_dir("dfllm")
+            return Path(root).expanduser() / "responses.sqlite3"
+        return Path(self.cache).expanduser()
+
+
+def unknown_option_problems(names: list[str], extra_valid: frozenset[str] = frozenset()) -> list[str]:
+    valid = sorted(OPTION_NAMES | extra_valid)
+    return [
+        f"Unknown option {name!r}.{did_you_mean(str(name), valid)} Valid options: {', '.join(valid)}."
+        for name in names
+        if name not in OPTION_NAMES and name not in extra_valid
+    ]
+
+
+def option_problems(values: Mapping[str, Any]) -> list[str]:
+    """Every problem with known options' values (None means "not set" and is always fine)."""
+    problems = []
+    for name, value in values.items():
+        option = OPTION_BY_NAME.get(name)
+        if option is None or value is None:
+            continue
+        problem = option.check(name, value)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def build_options(layers: list[Mapping[str, Any]]) -> tuple[Options, list[str]]:
+    """Merge option layers and validate them. Returns the options and every problem found."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+    problems = unknown_option_problems([str(k) for k in merged])
+    problems += option_problems(merged)
+    if problems:
+        return Options(), problems
+    params = {k: v for k, v in merged.items() if k in SENT_OPTIONS and k != "extra_body" and v is not None}
+    if isinstance(merged.get("extra_body"), Mapping):
+        params.update(merged["extra_body"])
+    policy = {k: v for k, v in merged.items() if k in OPTION_NAMES and k not in SENT_OPTIONS and v is not None}
+    if "choices" in policy:
+        policy["choices"] = tuple(policy["choices"])
+    return Options(**policy, params=params), []
+
+
+def options_table_markdown() -> str:
+    """The README's options table, generated from ``OPTIONS``."""
+    lines = ["| option | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{o.name}` | {o.shown_default} | {o.doc} |" for o in OPTIONS]
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""The engine contract: who an engine is, what it can do, and how it completes one request.
+
+Engines move one request and own no policy: they never retry, sleep, rate-limit or cache.
+They raise only dfllm's ``EngineError`` family; the executor decides what to do about it.
+
+An engine declares:
+
+- ``identity``: everything besides the request that decides an answer (provider, base URL,
+  routing headers, model file). It is hashed into every cache key, so two engines with
+  different identities never share cached answers. ``None`` means "unknown": such an engine
+  is never cached (a custom object whose behaviour dfllm cannot see could otherwise be served
+  another object's answers).
+- ``capabilities``: what the executor may ask of it (constrained ``choices``, JSON schema...).
+- ``max_concurrency``: a hard cap on requests in flight (the local engine: one per instance).
+"""
+
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One chat completion to perform.
+
+    ``params`` are sent as top-level body fields (``max_tokens``, ``temperature``, ``seed``...).
+    ``choices``, when given, lets an engine that can constrain decoding do so.
+    """
+
+    model: str
+    messages: list[dict[str, str]]
+    params: dict[str, Any] = field(default_factory=dict)
+    choices: tuple[str, ...] = ()
+    timeout_s: float = 60.0
+    # A JSON Schema the answer must match, for engines whose capabilities say they can enforce it.
+    json_schema: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitState:
+    """What the provider's ``x-ratelimit-*`` headers said about the account's budget."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_s: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_s: float | None = None
+
+
+class Completion(NamedTuple):
+    """The answer to one request, with its token usage as the provider counted it.
+
+    A NamedTuple rather than a dataclass: a cached re-run builds one per row, and a tuple is
+    several times cheaper to make than a frozen dataclass.
+    """
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    rate_limit: RateLimitState | None = None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can do beyond free text. The executor asks only for what is declared."""
+
+    choices: bool = False  # constrains decoding to one of the labels
+    json_schema: bool = False  # enforces a JSON Schema (OpenAI's strict response_format, a grammar)
+    json_mode: bool = False  # guarantees syntactically valid JSON, without a schema
+    batch: bool = False  # a provider batch API (not used yet)
+    streaming: bool = False  # token streaming (not used yet)
+
+
+NO_CAPABILITIES = Capabilities()
+
+
+class Engine(Protocol):
+    """Anything that can complete one request. Create it inside the running event loop.
+
+    Only ``complete`` and ``aclose`` are required of a custom engine object; ``identity``,
+    ``capabilities`` and ``max_concurrency`` default as ``EngineInfo.of`` says.
+    """
+
+    async def complete(self, request: Request) -> Completion:
+        """Perform one request; raise an ``EngineError`` subclass on failure."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and other resources."""
+        ...
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What an engine declared of itself, with the defaults for what it left out."""
+
+    identity: str | None
+    capabilities: Capabilities
+    max_concurrency: int | None
+
+    @classmethod
+    def of(cls, engine: object) -> EngineInfo:
+        identity = getattr(engine, "identity", None)
+        capabilities = getattr(engine, "capabilities", None)
+        cap = getattr(engine, "max_concurrency", None)
+        return cls(
+            identity=identity if isinstance(identity, str) and identity else None,
+            capabilities=capabilities if isinstance(capabilities, Capabilities) else NO_CAPABILITIES,
+            max_concurrency=cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None,
+        )
+
+
+def is_engine(obj: object) -> bool:
+    """Duck-typed: an object with ``complete`` and ``aclose`` methods."""
+    return callable(getattr(obj, "complete", None)) and callable(getattr(obj, "aclose", None))
