@@ -96,22 +96,48 @@ class Executor:
         # Used only while no rpm is known, from the caller or from the provider's headers.
         self._adaptive = AdaptiveRate(clock, sleep)
         self._abort: AuthenticationError | None = None
+        self._cache: Cache | None = None
+        self._entered = False
+
+    async def __aenter__(self) -> Executor:
+        """Open the cache once for several ``run`` calls (batches of one pipeline share it)."""
+        path = self._options.cache_path() if self._cacheable else None
+        if path is not None and self._cache is None:
+            self._cache = Cache(path)
+        self._entered = True
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._entered = False
+        cache, self._cache = self._cache, None
+        if cache is not None:
+            await asyncio.to_thread(cache.close)
 
     async def run(self, work: Sequence[Work]) -> list[Outcome]:
+        """Answer ``work`` in order. Limits, learned rates and the cache carry over between calls
+        on one executor; outside ``async with``, the cache is opened and closed around this call.
+        """
+        if not self._entered:
+            async with self:
+                return await self._run(work)
+        return await self._run(work)
+
+    async def _run(self, work: Sequence[Work]) -> list[Outcome]:
         results: list[Outcome | None] = [None] * len(work)
-        path = self._options.cache_path() if self._cacheable else None
-        cache = Cache(path) if path is not None else None
+        cache = self._cache
         progress = Progress(self._options.progress, len(work), self.stats)
+        hits = 0
         try:
             if cache is not None:
                 with gc_paused():
-                    hits = cache.get_many(w.key for w in work)
-                    results = [hits.get(w.key) for w in work]
-                self.stats.cache_hits = len(hits)
-                progress.advance(len(hits))
+                    found = cache.get_many(w.key for w in work)
+                    results = [found.get(w.key) for w in work]
+                hits = len(found)
+                self.stats.cache_hits += hits
+                progress.advance(hits)
             # Workers share one iterator of pending positions: a queue that costs no memory per row.
             pending = (i for i, r in enumerate(results) if r is None)
-            n_pending = len(work) - self.stats.cache_hits
+            n_pending = len(work) - hits
             workers = [
                 asyncio.ensure_future(self._worker(pending, work, results, cache, progress))
                 for _ in range(min(self._pool, n_pending))
@@ -126,8 +152,6 @@ class Executor:
                 raise self._abort
         finally:
             progress.close()
-            if cache is not None:
-                await asyncio.to_thread(cache.close)
         answered = [r for r in results if r is not None]
         assert len(answered) == len(results), "a worker stopped before the queue was empty"
         return answered
