@@ -39,9 +39,9 @@ def test_choices_constrain_decoding_to_a_label() -> None:
 
 def test_same_seed_same_answers_and_polars_works() -> None:
     df = pl.DataFrame({"text": TEXTS[:2]})
-    options = {"seed": 7, "temperature": 0.8, "max_tokens": 12, "cache": False}
-    first = df.llm.predict("local", "smollm2-135m", "Say something about {{text}}", "a", **options)
-    second = df.llm.predict("local", "smollm2-135m", "Say something about {{text}}", "a", **options)
+    options: dfllm.PredictOptions = {"seed": 7, "temperature": 0.8, "max_tokens": 12, "cache": False}
+    first = dfllm.predict(df, "local", "smollm2-135m", "Say something about {{text}}", "a", **options)
+    second = dfllm.predict(df, "local", "smollm2-135m", "Say something about {{text}}", "a", **options)
     assert first["a"].to_list() == second["a"].to_list()
     assert all(isinstance(a, str) and a for a in first["a"].to_list())
 

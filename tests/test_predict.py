@@ -38,7 +38,7 @@ def test_pandas_accessor_returns_new_frame_with_index_and_target(engine: str, fa
 
 def test_polars_accessor_keeps_row_order_and_returns_polars(engine: str) -> None:
     df = pl.DataFrame({"text": ["great stuff", "awful stuff", "a table"], "n": [1, 2, 3]})
-    out = df.llm.predict(engine, "gpt-4o-mini", "sentiment of: {{text}}", "label")
+    out = df.llm.predict(engine, "gpt-4o-mini", "sentiment of: {{text}}", "label")  # type: ignore[attr-defined]
     assert isinstance(out, pl.DataFrame)
     assert out.columns == ["text", "n", "label"]
     assert out["label"].to_list() == ["positive", "negative", "neutral"]
@@ -79,7 +79,7 @@ def test_all_null_rows_are_not_sent_and_get_null(engine: str, fake: FakeProvider
 
 
 def test_numbers_render_as_shown_in_the_frame(engine: str, fake: FakeProvider) -> None:
-    pl.DataFrame({"n": [3, 4], "f": [0.5, 2.0]}).llm.predict(engine, "m", "{{n}}:{{f}}", "r")
+    dfllm.predict(pl.DataFrame({"n": [3, 4], "f": [0.5, 2.0]}), engine, "m", "{{n}}:{{f}}", "r")
     assert sorted(r.prompt for r in fake.chat_requests) == ["3:0.5", "4:2.0"]
 
 
@@ -127,7 +127,7 @@ def test_a_result_column_that_exists_is_refused_before_any_request(
         clash: str) -> None:
     df = pd.DataFrame({c: ["good"] for c in columns})
     with pytest.raises(dfllm.ParameterError, match=re.escape(f"overwrite existing column(s) {clash}")):
-        df.llm.predict(engine, "m", "sentiment {{t}}", target, **options)  # type: ignore[arg-type]
+        df.llm.predict(engine, "m", "sentiment {{t}}", target, **options)
     assert fake.chat_requests == []
 
 

@@ -52,7 +52,7 @@ def answered(cache: Path) -> int:
 def rerun(fake: FakeProvider, cache: Path) -> pd.DataFrame:
     dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
     df = pd.DataFrame({"t": [f"row {i}" for i in range(ROWS)]})
-    return df.llm.predict("t", "m", "{{t}}", "y", concurrency=CONCURRENCY, cache=str(cache))
+    return dfllm.predict(df, "t", "m", "{{t}}", "y", concurrency=CONCURRENCY, cache=str(cache))
 
 
 def test_kill_9_mid_run_then_rerun_sends_only_the_missing_rows(tmp_path: Path) -> None:
