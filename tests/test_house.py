@@ -273,3 +273,33 @@ def test_readme_options_table_is_generated_from_the_option_table() -> None:
 
 def test_predict_options_typeddict_matches_the_option_table() -> None:
     assert set(PredictOptions.__annotations__) == {o.name for o in OPTIONS}
+
+
+def test_errors_cross_the_jupyter_thread_door_unchanged(engine: str, fake: FakeProvider) -> None:
+    async def notebook_cell() -> None:
+        pd.DataFrame({"t": ["x"]}).llm.predict(engine, "m", "{{nope}}", "y")
+
+    with pytest.raises(dfllm.TemplateError, match="'nope'"):
+        asyncio.run(notebook_cell())
+    assert fake.requests == []
+
+    async def failing_cell() -> None:
+        dfllm.predict(pd.DataFrame({"t": ["x"]}), MockEngine(handler=lambda r: dfllm.BadRequestError("no")),
+                      "m", "{{t}}", "y")
+
+    with pytest.raises(dfllm.BatchError, match="1 of 1 rows failed"):
+        asyncio.run(failing_cell())
+
+
+@pytest.mark.local
+def test_the_demo_runs_offline_on_the_bundled_model() -> None:
+    import subprocess
+    import sys
+
+    pytest.importorskip("llama_cpp")
+    done = subprocess.run([sys.executable, "-m", "dfllm.demo"], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert "8 rows in" in done.stdout and "on the local engine" in done.stdout
+    labels = {line.split()[-1] for line in done.stdout.splitlines()[1:9]}
+    assert labels <= {"positive", "neutral", "negative"}
