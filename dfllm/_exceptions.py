@@ -7,13 +7,16 @@ DfllmError
 │   ├── MissingAPIKeyError    no key given and none in the provider's environment variable
 │   ├── TemplateError         the template names columns the frame lacks, or is malformed
 │   └── ParameterError        an option or USING parameter is unknown or out of range
-├── EngineError               one request failed; carries ``status``, ``retryable``, ``retry_after``
+├── EngineError               one request failed; ``status``, ``retryable``, ``retry_after`` (+ its header)
 │   ├── AuthenticationError   401/403: the key is wrong; stops the whole run at once
 │   ├── BadRequestError       400/404/422 and other 4xx: the request itself is wrong; not retried
 │   ├── RateLimitError        429: carries ``retry_after`` (seconds) when the server said
 │   ├── ServerError           5xx, 408, 409: the provider failed; retried
 │   ├── TransportError        connection refused/reset, timeout: retried
-│   └── ResponseFormatError   2xx whose body is not a chat completion: not retried
+│   ├── RedirectError         3xx to a completion request: never followed (keys, method, body); not retried
+│   └── ResponseFormatError   2xx whose body is not a usable answer: not retried, never cached
+│       ├── RefusalError      the model refused, or the provider's filter withheld the answer
+│       └── IncompleteAnswerError  the answer was cut off (finish_reason "length") or has no text
 ├── LabelError                the answer matched none of ``choices`` (raw text in the message)
 ├── FineTuneError             a fine-tuning job failed or its data is invalid
 └── BatchError                some rows failed; ``.partial`` holds every answer that arrived
@@ -67,10 +70,21 @@ class EngineError(DfllmError):
 
     retryable = False
 
-    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        retry_after_header: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
-        self.retry_after = retry_after  # seconds the server asked us to wait, if it said
+        # Seconds the server asked us to wait, if it said: finite and >= 0, but possibly huge
+        # (``Retry-After: 1e9``); the caller caps it by its own budget.
+        self.retry_after = retry_after
+        # The header that said so, as received (``"retry-after: 1e9"``), to name it in a message.
+        self.retry_after_header = retry_after_header
 
 
 class AuthenticationError(EngineError):
@@ -86,8 +100,15 @@ class RateLimitError(EngineError):
 
     retryable = True
 
-    def __init__(self, message: str, *, status: int | None = 429, retry_after: float | None = None) -> None:
-        super().__init__(message, status=status, retry_after=retry_after)
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = 429,
+        retry_after: float | None = None,
+        retry_after_header: str | None = None,
+    ) -> None:
+        super().__init__(message, status=status, retry_after=retry_after, retry_after_header=retry_after_header)
 
 
 class ServerError(EngineError):
@@ -102,8 +123,24 @@ class TransportError(EngineError):
     retryable = True
 
 
+class RedirectError(EngineError):
+    """The server answered a request with a redirect (3xx).
+
+    Never followed: a redirect can carry the key headers to another host, and a 301/302 turns
+    the POST into a bodyless GET whose answer is not an answer to the prompt.
+    """
+
+
 class ResponseFormatError(EngineError):
-    """A successful status whose body is not a chat completion."""
+    """A successful status whose body is not a usable chat completion."""
+
+
+class RefusalError(ResponseFormatError):
+    """The model refused (``message.refusal``) or the provider's filter withheld the answer."""
+
+
+class IncompleteAnswerError(ResponseFormatError):
+    """The answer was cut off (``finish_reason: "length"``) or carries no text (tool calls only)."""
 
 
 class LabelError(DfllmError):

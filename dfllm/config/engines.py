@@ -7,9 +7,11 @@ opened by ``EngineConfig.connect()`` inside the running loop, for one run, and c
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import urllib.parse
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,10 +153,11 @@ def configure(name: str, provider_name: str, using: Mapping[str, Any]) -> Engine
     text_problems += option_problems({k: v for k, v in using.items() if k in OPTION_NAMES})
     problems += [ParameterError(p) for p in text_problems]
 
-    key = _find_key(provider, using)
-    if key is None and provider.key_required:
-        problems.append(MissingAPIKeyError(_missing_key_message(name, provider)))
     base_url = using.get("base_url") or provider.base_url
+    key = _find_key(provider, using)
+    key_required = provider.key_required and (provider.key_required_off_default or base_url == provider.base_url)
+    if key is None and key_required:
+        problems.append(MissingAPIKeyError(_missing_key_message(name, provider)))
     if kind.needs_base_url and not base_url:
         problems.append(ParameterError(
             f"Provider {provider.name!r} needs base_url, the address of your OpenAI-compatible "
@@ -162,6 +165,8 @@ def configure(name: str, provider_name: str, using: Mapping[str, Any]) -> Engine
         ))
     elif kind.needs_base_url:
         problems += [ParameterError(p) for p in base_url_problems(base_url)]
+    routing_values = {p: using[p] for p in provider.header_params if using.get(p) is not None}
+    problems += [ParameterError(p) for p in _header_param_problems(routing_values)]
     if problems:
         raise problems[0] if len(problems) == 1 else ConfigurationError([str(p) for p in problems])
 
@@ -169,13 +174,16 @@ def configure(name: str, provider_name: str, using: Mapping[str, Any]) -> Engine
     routing: dict[str, str | Secret] = {}
     if key is not None:
         headers[provider.auth_header] = Secret(provider.auth_prefix + key)
-    for param, header in provider.header_params.items():
-        if using.get(param) is not None:
-            value = str(using[param])
-            routing[header] = Secret(value) if param == "virtual_key" else value
+    for param, value in routing_values.items():
+        text = _header_text(value)
+        routing[provider.header_params[param]] = Secret(text) if param in provider.secret_params else text
     headers.update(routing)
     if using.get("provider_api_key") is not None:
-        headers["Authorization"] = Secret(f"Bearer {using['provider_api_key']}")
+        headers["Authorization"] = Secret(f"Bearer {_header_text(using['provider_api_key'])}")
+    if kind.needs_base_url and any(isinstance(v, Secret) for v in headers.values()):
+        _warn_if_cleartext(name, str(base_url))
+    if "config" in routing_values:
+        _warn_if_gateway_retries(name, _header_text(routing_values["config"]))
     options = {**provider.model_defaults, **{k: v for k, v in using.items() if k in OPTION_NAMES}}
     return EngineConfig(
         name=name,
@@ -186,6 +194,76 @@ def configure(name: str, provider_name: str, using: Mapping[str, Any]) -> Engine
         model_path=using.get("model_path"),
         routing=routing,
     )
+
+
+def _header_text(value: Any) -> str:
+    """A header value from a USING parameter: a mapping (a Portkey config) is sent as JSON."""
+    if isinstance(value, Secret):
+        return value.reveal()
+    if isinstance(value, Mapping):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _header_param_problems(values: Mapping[str, Any]) -> list[str]:
+    problems = []
+    config = values.get("config")
+    if isinstance(config, Mapping):
+        try:
+            json.dumps(config)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"config must be JSON-serialisable (strings, numbers, lists, dicts): {exc}.")
+    elif config is not None and not isinstance(config, (str, Secret)):
+        problems.append(
+            f"config must be a dict (sent as JSON) or a string (a JSON text or a saved config's id), "
+            f"got {type(config).__name__}."
+        )
+    host = values.get("custom_host")
+    if host is not None:
+        parts = urllib.parse.urlsplit(str(host))
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+            problems.append(
+                f"custom_host {_shown_url(str(host))!r} must be the http(s) URL of an OpenAI-compatible "
+                "server, without credentials, e.g. custom_host='http://127.0.0.1:8000/v1'."
+            )
+    return problems
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _warn_if_cleartext(name: str, base_url: str) -> None:
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+        warnings.warn(
+            f"Engine {name!r} sends its key in clear text to {base_url} (http://, not https://): anyone on "
+            "the network path can read it. Use https://, or a server on this machine.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def _warn_if_gateway_retries(name: str, config_text: str) -> None:
+    try:
+        config = json.loads(config_text)
+    except (ValueError, RecursionError):
+        return  # a saved config's id: its retries are not visible from here
+    retry = config.get("retry") if isinstance(config, dict) else None
+    attempts = retry.get("attempts") if isinstance(retry, Mapping) else None
+    if isinstance(attempts, (int, float)) and attempts > 0:
+        warnings.warn(
+            f"Engine {name!r}: the Portkey config retries {attempts:g} times, and dfllm retries too "
+            f"(max_retries): each dfllm attempt becomes up to {attempts + 1:g} upstream requests. Keep one "
+            "retry layer: drop `retry` from the config, or pass max_retries=0.",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _find_key(provider: Provider, using: Mapping[str, Any]) -> str | None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import urllib.parse
+from collections.abc import Iterable
+from typing import Any
+
 
 class Secret:
     """Holds a credential; ``repr``/``str`` print a mask, ``reveal()`` gives the value."""
@@ -15,8 +20,8 @@ class Secret:
         return self._value
 
     def scrub(self, text: str) -> str:
-        """Remove the secret from text that might echo it (provider error messages)."""
-        return text.replace(self._value, "***") if self._value else text
+        """Remove the secret, in every form it may be echoed (see ``secret_forms``), from text."""
+        return Scrubber([self])(text)
 
     def __repr__(self) -> str:
         return "Secret('***')"
@@ -32,3 +37,68 @@ class Secret:
     def __reduce__(self) -> tuple[object, ...]:
         # Pickling would write the key to disk (caches, multiprocessing): refuse.
         raise TypeError("dfllm.Secret cannot be pickled; pass the API key again in the new process.")
+
+
+# Forms shorter than this are not scrubbed on their own: replacing "x" or "abc" everywhere would
+# garble every message, and no real credential is that short (the whole header value still is).
+_MIN_FORM = 6
+_SECRET_KEY_WORDS = ("key", "secret", "token", "password", "authorization", "credential")
+
+
+def secret_forms(value: str) -> set[str]:
+    """Every form in which a secret header value may come back in a provider's answer.
+
+    The value itself; without an auth scheme (``"Bearer sk-..."`` -> ``"sk-..."``); its
+    URL-encoded form; and, for a JSON value (a Portkey config), every string under a key
+    that names a credential (``api_key``, ``aws_secret_access_key``...), at any depth.
+    """
+    forms = {value}
+    scheme, _, rest = value.partition(" ")
+    if rest and scheme.lower() in ("bearer", "basic", "token"):
+        forms.add(rest.strip())
+    forms |= _json_credentials(value)
+    forms |= {urllib.parse.quote(form, safe="") for form in list(forms)}
+    return {f for f in forms if f == value or len(f) >= _MIN_FORM}
+
+
+def _json_credentials(value: str) -> set[str]:
+    if not value.lstrip().startswith(("{", "[")):
+        return set()
+    try:
+        payload = json.loads(value)
+    except (ValueError, RecursionError):
+        return set()
+    found: set[str] = set()
+    stack: list[tuple[str, Any]] = [("", payload)]
+    while stack:
+        name, node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend((str(k), v) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((name, v) for v in node)
+        elif isinstance(node, str) and any(word in name.lower() for word in _SECRET_KEY_WORDS):
+            found.add(node)
+    return found
+
+
+class Scrubber:
+    """Removes every form of a set of secrets from text (longest first, so a ``Bearer`` value
+    is masked whole before its bare key is looked for)."""
+
+    __slots__ = ("_forms",)
+
+    def __init__(self, secrets: Iterable[Secret]) -> None:
+        forms: set[str] = set()
+        for secret in secrets:
+            if secret.reveal():
+                forms |= secret_forms(secret.reveal())
+        self._forms = sorted(forms, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for form in self._forms:
+            if form in text:
+                text = text.replace(form, "***")
+        return text
+
+    def __repr__(self) -> str:
+        return f"Scrubber({len(self._forms)} forms)"

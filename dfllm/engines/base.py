@@ -40,7 +40,17 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class RateLimitState:
-    """What the provider's ``x-ratelimit-*`` headers said about the account's budget."""
+    """What the provider's ``x-ratelimit-*`` headers said about the account's budget.
+
+    Every field is parsed from untrusted text and is either None (absent, unparsable or
+    meaningless: a limit of 0 or -1, NaN, infinity, a negative count or duration) or a finite
+    value: limits are >= 1, remaining counts >= 0, resets finite seconds >= 0 (possibly huge:
+    a reset of hours is for the executor to cap by its budget).
+
+    ``headers`` holds the ``(name, value)`` pairs exactly as received (values cut to 100
+    characters), so a message can name the header that asked for a wait or a pace, e.g.
+    ``"x-ratelimit-reset-requests: 6h0m0s"``.
+    """
 
     limit_requests: int | None = None
     remaining_requests: int | None = None
@@ -48,6 +58,14 @@ class RateLimitState:
     limit_tokens: int | None = None
     remaining_tokens: int | None = None
     reset_tokens_s: float | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def header(self, name: str) -> str | None:
+        """``"name: value"`` as the server sent it, or None when it did not send ``name``."""
+        for key, value in self.headers:
+            if key == name:
+                return f"{key}: {value}"
+        return None
 
 
 class Completion(NamedTuple):
@@ -61,6 +79,9 @@ class Completion(NamedTuple):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     rate_limit: RateLimitState | None = None
+    # Why the model stopped, as the provider said ("stop", "eos"...); None when it did not say.
+    # Engines turn "length" and "content_filter" into errors, so a Completion is a whole answer.
+    finish_reason: str | None = None
 
 
 @dataclass(frozen=True)

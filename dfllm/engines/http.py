@@ -2,14 +2,21 @@
 
 This module is the one boundary where aiohttp's exceptions and HTTP statuses become dfllm
 errors. It moves one request at a time and decides nothing about retrying.
+
+Everything the server sends is untrusted: a redirect is never followed, a 2xx that is not a
+whole text answer is an error, headers are parsed into finite values or ignored, and every
+form of the key is scrubbed from every message. aiohttp's own exceptions are never attached
+(their ``request_info`` carries the request headers, key included): errors are raised with a
+scrubbed description of the cause instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from time import time
 from typing import Any
@@ -20,19 +27,27 @@ from dfllm._exceptions import (
     AuthenticationError,
     BadRequestError,
     EngineError,
+    IncompleteAnswerError,
     RateLimitError,
+    RedirectError,
+    RefusalError,
     ResponseFormatError,
     ServerError,
     TransportError,
 )
-from dfllm.config.secrets import Secret
+from dfllm.config.secrets import Scrubber, Secret
 from dfllm.engines.base import NO_CAPABILITIES, Capabilities, Completion, RateLimitState, Request
+
+_SHOWN_BODY = 300  # characters of an unexpected body quoted in a message
+_SHOWN_HEADER = 100  # characters of a header value kept for messages
 
 
 class OpenAICompatibleEngine:
     """POSTs to ``{base_url}/chat/completions`` with the given headers.
 
-    ``headers`` values may be ``Secret``: they are revealed only when the session is built.
+    ``headers`` values may be ``Secret``: they are revealed only when the session is built,
+    and every form of them is scrubbed from messages. ``auth_hint`` replaces the advice given
+    on a 401/403 (a gateway says which of its keys may have been refused).
     """
 
     def __init__(
@@ -42,6 +57,7 @@ class OpenAICompatibleEngine:
         *,
         identity: str | None = None,
         capabilities: Capabilities = NO_CAPABILITIES,
+        auth_hint: str | None = None,
     ) -> None:
         self.identity = identity
         self.capabilities = capabilities
@@ -49,7 +65,8 @@ class OpenAICompatibleEngine:
         self.base_url = base_url.rstrip("/")
         self._url = f"{self.base_url}/chat/completions"
         self._headers = dict(headers)
-        self._secrets = [v for v in headers.values() if isinstance(v, Secret)]
+        self._scrub = Scrubber(v for v in headers.values() if isinstance(v, Secret))
+        self._auth_hint = auth_hint or "Check the API key given to create_engine (or its environment variable)."
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
@@ -70,28 +87,44 @@ class OpenAICompatibleEngine:
     async def complete(self, request: Request) -> Completion:
         body = {"model": request.model, "messages": request.messages, **request.params}
         raw, headers = await self._send("POST", self._url, request.timeout_s, body)
-        return _parse_completion(raw, headers, self.base_url)
+        return parse_completion(raw, headers, self.base_url, self._scrub)
 
     async def get_json(self, path: str, timeout_s: float = 60.0) -> Any:
         """GET ``{base_url}/{path}`` (model listing), with the same error mapping as ``complete``."""
         raw, _ = await self._send("GET", f"{self.base_url}/{path.lstrip('/')}", timeout_s)
         try:
             return json.loads(raw)
-        except ValueError as exc:
-            raise ResponseFormatError(f"GET {path} returned non-JSON: {raw[:200]!r}") from exc
+        except (ValueError, RecursionError):
+            pass
+        raise ResponseFormatError(self._scrub(f"GET {path} returned non-JSON: {_snippet(raw)!r}"))
 
     async def _send(self, method: str, url: str, timeout_s: float,
                     body: Any = None) -> tuple[bytes, Mapping[str, str]]:
         """One HTTP exchange; every aiohttp exception and error status becomes a dfllm error here."""
         timeout = aiohttp.ClientTimeout(total=timeout_s)
+        failure: EngineError | None = None
         try:
-            async with self._session_now().request(method, url, json=body, timeout=timeout) as resp:
+            async with self._session_now().request(
+                method, url, json=body, timeout=timeout, allow_redirects=False
+            ) as resp:
                 raw = await resp.read()
                 status, headers = resp.status, resp.headers
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise TransportError(f"No answer from {self.base_url} within timeout_s={timeout_s}.") from exc
-        except aiohttp.ClientError as exc:
-            raise TransportError(self._scrub(f"{method} {url} failed: {exc!r}")) from exc
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            failure = TransportError(f"No answer from {self.base_url} within timeout_s={timeout_s}.")
+        except (aiohttp.ClientError, OSError) as exc:
+            # Described, not attached: the exception's request_info holds the request headers.
+            failure = TransportError(self._scrub(f"{method} {url} failed: {type(exc).__name__}: {exc}"))
+        # Raised outside the except blocks, so no aiohttp exception rides along as __context__.
+        if failure is not None:
+            raise failure from None
+        if 300 <= status < 400:
+            location = self._scrub(headers.get("Location", "")[:200]) or "(no Location header)"
+            raise RedirectError(
+                f"{self.base_url} answered HTTP {status} redirecting to {location!r}. dfllm does not follow "
+                "redirects of API requests (they would carry the key headers elsewhere, and a 301/302 drops "
+                "the request body). Set base_url to the address that answers directly.",
+                status=status,
+            )
         if status >= 400:
             raise self._status_error(status, headers, raw)
         return raw, headers
@@ -101,110 +134,198 @@ class OpenAICompatibleEngine:
             await self._session.close()
             self._session = None
 
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = secret.scrub(text)
-        return text
-
     def _status_error(self, status: int, headers: Mapping[str, str], raw: bytes) -> EngineError:
         detail = self._scrub(_error_detail(raw))
         where = f"{self.base_url} answered HTTP {status}: {detail}"
         if status in (401, 403):
-            return AuthenticationError(
-                f"{where}. Check the API key given to create_engine (or its environment variable).",
-                status=status,
-            )
+            return AuthenticationError(f"{where}. {self._auth_hint}", status=status)
+        wait = retry_after(headers)
+        seconds, said = (wait[0], self._scrub(wait[1])) if wait else (None, None)
         if status == 429:
-            return RateLimitError(where, status=status, retry_after=retry_after_s(headers))
+            return RateLimitError(where, status=status, retry_after=seconds, retry_after_header=said)
         if status in (408, 409) or status >= 500:
-            return ServerError(where, status=status, retry_after=retry_after_s(headers))
+            return ServerError(where, status=status, retry_after=seconds, retry_after_header=said)
         return BadRequestError(f"{where}. The request was rejected as invalid; it is not retried.", status=status)
+
+
+def _snippet(raw: bytes) -> str:
+    return raw[:_SHOWN_BODY].decode("utf-8", "replace") or "(empty body)"
 
 
 def _error_detail(raw: bytes) -> str:
     try:
         payload = json.loads(raw)
-    except ValueError:
-        return raw[:300].decode("utf-8", "replace") or "(empty body)"
+    except (ValueError, RecursionError):
+        return _snippet(raw)
     if isinstance(payload, dict):
         error = payload.get("error", payload)
         if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])[:300]
+            return str(error["message"])[:_SHOWN_BODY]
         if isinstance(error, str):
-            return error[:300]
-    return str(payload)[:300]
+            return error[:_SHOWN_BODY]
+    return str(payload)[:_SHOWN_BODY]
 
 
-def _parse_completion(raw: bytes, headers: Mapping[str, str], base_url: str) -> Completion:
+def parse_completion(
+    raw: bytes, headers: Mapping[str, str], base_url: str, scrub: Callable[[str], str] = str
+) -> Completion:
+    """The text answer in a 2xx body, or the error saying why the body is not one."""
+    where = f"{base_url} answered 2xx but"
     try:
         payload = json.loads(raw)
-        message = payload["choices"][0]["message"]
-        text = message.get("content") or ""
-        usage = payload.get("usage") or {}
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-        raise ResponseFormatError(
-            f"{base_url} answered 2xx but the body is not a chat completion: {raw[:200]!r}"
-        ) from exc
+    except (ValueError, RecursionError):
+        payload = None
+    choices = payload.get("choices") if isinstance(payload, dict) else None
+    first = choices[0] if isinstance(choices, list) and choices else None
+    message = first.get("message") if isinstance(first, dict) else None
+    if not isinstance(message, dict):
+        what = "the body is not JSON" if payload is None else "the body has no choices[0].message"
+        raise ResponseFormatError(scrub(f"{where} {what}, so it is not a chat completion: {_snippet(raw)!r}"))
+    assert isinstance(first, dict)
+    finish = first.get("finish_reason")
+    finish = finish[:40] if isinstance(finish, str) else None
+    content = message.get("content")
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal:
+        raise RefusalError(scrub(f"{where} the model refused: {refusal[:_SHOWN_BODY]!r}"))
+    if finish == "content_filter":
+        raise RefusalError(f"{where} its content filter withheld the answer (finish_reason 'content_filter').")
+    if finish == "length":
+        raise IncompleteAnswerError(
+            f"{where} the answer was cut off at the token limit (finish_reason 'length'); "
+            "raise max_tokens to get whole answers."
+        )
+    if content is None:
+        why = "the model answered with tool calls, not text" if message.get("tool_calls") else "there is no text"
+        raise IncompleteAnswerError(f"{where} {why} (message.content is null, finish_reason {finish!r}).")
+    if not isinstance(content, str):
+        raise ResponseFormatError(scrub(
+            f"{where} message.content is a {type(content).__name__}, not text: {str(content)[:_SHOWN_BODY]!r}"
+        ))
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    usage = usage if isinstance(usage, dict) else {}
     return Completion(
-        text=text,
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
-        rate_limit=rate_limit_state(headers),
+        text=content,
+        prompt_tokens=_token_count(usage.get("prompt_tokens")),
+        completion_tokens=_token_count(usage.get("completion_tokens")),
+        rate_limit=rate_limit_state(headers, scrub),
+        finish_reason=finish,
     )
 
 
+_MAX_COUNT = 2**53  # beyond this a count is not a count (and not exactly representable)
+
+
+def _token_count(value: Any) -> int:
+    """A usage count, or 0 when the provider sent something that is not one: a bad usage
+    field must never cost a valid answer."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    if not math.isfinite(value) or not 0 <= value <= _MAX_COUNT:
+        return 0
+    return int(value)
+
+
+def _number(text: str | None) -> float | None:
+    """A finite, non-negative number written in ``text``; None for anything else."""
+    if text is None or len(text) > 64:
+        return None
+    try:
+        value = float(text)
+    except (ValueError, OverflowError):
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def retry_after(headers: Mapping[str, str]) -> tuple[float, str] | None:
+    """Seconds the server asked us to wait, and the header that said it (``"retry-after: 5"``).
+
+    ``retry-after-ms`` first, then ``retry-after`` in seconds or as an HTTP date (a past date
+    is 0). The seconds are finite and >= 0 but may be huge; garbage, negative, NaN and infinite
+    values count as not said.
+    """
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        seconds = _number(value)
+        if seconds is None and scale == 1.0:
+            seconds = _http_date_in_s(value)
+        if seconds is not None:
+            return seconds * scale, f"{name}: {value[:_SHOWN_HEADER]}"
+    return None
+
+
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
-    """Seconds the server asked us to wait: ``retry-after-ms``, then ``retry-after`` (secs or date)."""
-    ms = headers.get("retry-after-ms")
-    if ms is not None:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
+    """The seconds of ``retry_after``, or None."""
+    found = retry_after(headers)
+    return found[0] if found else None
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+def _http_date_in_s(value: str) -> float | None:
+    if len(value) > 64:
+        return None
+    try:
+        seconds = parsedate_to_datetime(value).timestamp() - time()
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
+        return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_duration_s(text: str | None) -> float | None:
-    """OpenAI's reset format: ``"1s"``, ``"6m0s"``, ``"20ms"``; a bare number is seconds."""
-    if not text:
+    """OpenAI's reset format: ``"1s"``, ``"6m0s"``, ``"20ms"``; a bare number is seconds.
+
+    Finite and >= 0, or None for anything else.
+    """
+    if not text or len(text) > 64:
         return None
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    parts = _DURATION.findall(text)
-    return sum(float(n) * _UNIT_S[u] for n, u in parts) if parts else None
-
-
-def _int(text: str | None) -> int | None:
-    try:
-        return int(float(text)) if text is not None else None
-    except ValueError:
+    text = text.strip()
+    seconds = _number(text)
+    if seconds is not None:
+        return seconds
+    if not _DURATION.fullmatch(text):
         return None
+    total = sum(float(n) * _UNIT_S[u] for n, u in _DURATION_PART.findall(text))
+    return total if math.isfinite(total) else None
 
 
-def rate_limit_state(headers: Mapping[str, str]) -> RateLimitState | None:
-    if "x-ratelimit-limit-requests" not in headers and "x-ratelimit-limit-tokens" not in headers:
+def _count(text: str | None, minimum: int) -> int | None:
+    value = _number(text)
+    if value is None or value < minimum or value > _MAX_COUNT:
+        return None
+    return int(value)
+
+
+_RATE_LIMIT_HEADERS = (
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+)
+
+
+def rate_limit_state(headers: Mapping[str, str], scrub: Callable[[str], str] = str) -> RateLimitState | None:
+    """The ``x-ratelimit-*`` headers as a ``RateLimitState``; None when none was sent.
+
+    A limit below 1 (``0``, ``-1``), a negative count, or a value that is not a finite number
+    is treated as absent: a header can slow a run only with a meaningful value.
+    """
+    raw = {name: headers.get(name) for name in _RATE_LIMIT_HEADERS}
+    if all(v is None for v in raw.values()):
         return None
     return RateLimitState(
-        limit_requests=_int(headers.get("x-ratelimit-limit-requests")),
-        remaining_requests=_int(headers.get("x-ratelimit-remaining-requests")),
-        reset_requests_s=parse_duration_s(headers.get("x-ratelimit-reset-requests")),
-        limit_tokens=_int(headers.get("x-ratelimit-limit-tokens")),
-        remaining_tokens=_int(headers.get("x-ratelimit-remaining-tokens")),
-        reset_tokens_s=parse_duration_s(headers.get("x-ratelimit-reset-tokens")),
+        limit_requests=_count(raw["x-ratelimit-limit-requests"], 1),
+        remaining_requests=_count(raw["x-ratelimit-remaining-requests"], 0),
+        reset_requests_s=parse_duration_s(raw["x-ratelimit-reset-requests"]),
+        limit_tokens=_count(raw["x-ratelimit-limit-tokens"], 1),
+        remaining_tokens=_count(raw["x-ratelimit-remaining-tokens"], 0),
+        reset_tokens_s=parse_duration_s(raw["x-ratelimit-reset-tokens"]),
+        headers=tuple((k, scrub(v[:_SHOWN_HEADER])) for k, v in raw.items() if v is not None),
     )

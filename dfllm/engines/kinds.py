@@ -47,7 +47,8 @@ class HttpKind:
         from dfllm.engines.http import OpenAICompatibleEngine
 
         return OpenAICompatibleEngine(config.base_url, config.headers, identity=config.identity,
-                                      capabilities=config.provider.capabilities)
+                                      capabilities=config.provider.capabilities,
+                                      auth_hint=config.provider.auth_hint)
 
     def model_problems(self, model: str) -> list[str]:
         return []
@@ -72,7 +73,7 @@ class HttpKind:
     async def _get(config: EngineConfig, path: str) -> Any:
         from dfllm.engines.http import OpenAICompatibleEngine
 
-        engine = OpenAICompatibleEngine(config.base_url, config.headers)
+        engine = OpenAICompatibleEngine(config.base_url, config.headers, auth_hint=config.provider.auth_hint)
         try:
             return await engine.get_json(path)
         finally:

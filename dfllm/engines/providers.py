@@ -20,7 +20,11 @@ class Provider:
     """How to reach one vendor's OpenAI-compatible API.
 
     ``key_params`` are the USING names that carry the key (the seed's name first);
-    ``header_params`` map further USING names to the request header they fill.
+    ``header_params`` map further USING names to the request header they fill;
+    ``secret_params`` are those of them whose value is a credential (masked, scrubbed, and
+    only keyed-hashed into the cache identity). ``key_required_off_default``: False when a
+    self-hosted server of this API (any base_url other than the default) may need no key.
+    ``auth_hint`` is the advice given when the provider refuses the credentials.
     """
 
     name: str
@@ -31,6 +35,9 @@ class Provider:
     auth_header: str = "Authorization"
     auth_prefix: str = "Bearer "
     header_params: Mapping[str, str] = field(default_factory=dict)
+    secret_params: frozenset[str] = frozenset()
+    key_required_off_default: bool = True
+    auth_hint: str | None = None
     model_defaults: Mapping[str, Any] = field(default_factory=dict)
     default_model: str | None = None
     finetunable_models: tuple[str, ...] | None = None  # None: this provider cannot fine-tune
@@ -98,7 +105,18 @@ PROVIDERS: dict[str, Provider] = {
                 "virtual_key": "x-portkey-virtual-key",
                 "provider": "x-portkey-provider",
                 "config": "x-portkey-config",
+                # Where the gateway forwards `provider=` requests: any OpenAI-compatible server.
+                "custom_host": "x-portkey-custom-host",
             },
+            # A config can hold the upstream key (its `api_key`); a virtual key stands for one.
+            secret_params=frozenset({"virtual_key", "config"}),
+            # The open-source gateway you run yourself checks no Portkey key.
+            key_required_off_default=False,
+            auth_hint=(
+                "The request went through the Portkey gateway, so the refused key may be the upstream "
+                "provider's (provider_api_key, the virtual_key, or the api_key inside config) rather than "
+                "portkey_api_key: check each."
+            ),
             # The seed's defaults: claude-2.1, 100 tokens.
             model_defaults={"max_tokens": 100},
             default_model="claude-2.1",

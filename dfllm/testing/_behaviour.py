@@ -32,13 +32,58 @@ class RecordedRequest:
         return str(users[-1]) if users else ""
 
 
+_MISSING: Any = object()
+
+
 @dataclass(frozen=True)
 class Behaviour:
-    kind: Literal["ok", "status", "malformed", "drop"] = "ok"
+    kind: Literal["ok", "status", "malformed", "drop", "body", "echo_headers"] = "ok"
     status: int = 200
     text: str | None = None
     delay_s: float | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    body: Any = None  # "body": bytes sent as is, anything else as JSON
+
+
+def respond(code: int = 200, body: Any = b"", *, headers: dict[str, str] | None = None) -> Behaviour:
+    """Send exactly this status, body (bytes as is, anything else as JSON) and headers."""
+    return Behaviour("body", status=code, body=body, headers=dict(headers or {}))
+
+
+def answer(
+    content: Any = "ok",
+    *,
+    finish_reason: Any = "stop",
+    refusal: Any = None,
+    tool_calls: Any = None,
+    usage: Any = _MISSING,
+    headers: dict[str, str] | None = None,
+) -> Behaviour:
+    """A 200 chat completion with these fields as given, however wrong (``content=None``,
+    ``content=42``, ``finish_reason="length"``, ``usage={"prompt_tokens": "lots"}``...)."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if refusal is not None:
+        message["refusal"] = refusal
+    if tool_calls is not None:
+        message["tool_calls"] = tool_calls
+    body: dict[str, Any] = {
+        "id": "chatcmpl-scripted",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+    }
+    body["usage"] = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2} if usage is _MISSING else usage
+    return respond(200, body, headers=headers)
+
+
+def redirect(code: int, location: str) -> Behaviour:
+    """A redirect (301, 302, 307, 308...) to ``location``."""
+    return respond(code, b"", headers={"Location": location})
+
+
+def echo_headers(code: int = 400) -> Behaviour:
+    """Fail (or, with a 2xx code, answer junk) with a body quoting every request header value,
+    bare and as sent: a proxy that echoes the key back."""
+    return Behaviour("echo_headers", status=code)
 
 
 def ok(text: str | None = None, *, delay_s: float | None = None) -> Behaviour:
@@ -52,9 +97,10 @@ def status(
     retry_after: float | None = None,
     retry_after_ms: float | None = None,
     delay_s: float | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Behaviour:
-    """Fail with an HTTP status and an OpenAI-shaped error body."""
-    headers: dict[str, str] = {}
+    """Fail with an HTTP status and an OpenAI-shaped error body (``headers`` added as given)."""
+    headers = dict(headers or {})
     if retry_after is not None:
         headers["retry-after"] = f"{retry_after:g}"
     if retry_after_ms is not None:

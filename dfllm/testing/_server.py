@@ -182,6 +182,12 @@ class FakeProviderApp:
             raise asyncio.CancelledError  # aiohttp drops the handler; the client sees a reset
         if behaviour.kind == "malformed":
             return self._respond(web.Response(status=200, text='{"choices": [', content_type="application/json"))
+        if behaviour.kind == "body":
+            raw = behaviour.body if isinstance(behaviour.body, bytes) else json.dumps(behaviour.body).encode()
+            return self._respond(web.Response(status=behaviour.status, body=raw, headers=behaviour.headers,
+                                              content_type="application/json"))
+        if behaviour.kind == "echo_headers":
+            return self._respond(_echo_headers(behaviour.status, recorded))
         if behaviour.kind == "status":
             response = _error(behaviour.status, f"Scripted failure {behaviour.status}.", "scripted")
             response.headers.update(behaviour.headers)
@@ -250,6 +256,20 @@ def _completion_json(index: int, model: str, messages: list[Any], text: str) -> 
             },
         }
     ).encode()
+
+
+def _echo_headers(code: int, recorded: RecordedRequest) -> web.Response:
+    """Every request header value, as sent and without an auth scheme, in the body's message
+    (and outside JSON too, so a client quoting the raw body is caught as well)."""
+    values = []
+    for value in recorded.headers.values():
+        values.append(value)
+        values.append(value.split(" ", 1)[-1])
+    echoed = " | ".join(values)
+    if code >= 400:
+        body = {"error": {"message": f"Bad credentials: {echoed}", "type": "echo", "param": None, "code": "echo"}}
+        return web.json_response(body, status=code)
+    return web.Response(status=code, text=f"<html>upstream said: {echoed}</html>", content_type="text/html")
 
 
 def _error(code: int, message: str, kind: str) -> web.Response:
