@@ -9,6 +9,7 @@ once per session, bound to 127.0.0.1 only. Without ``node``/``npm`` these tests 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import socket
 import subprocess
@@ -176,3 +177,36 @@ def test_gateway_retries_multiply_dfllms_and_are_warned_about(gateway: tuple[str
         sent = len(upstream.chat_requests)
     assert result["answer_error"][0].startswith("ServerError")
     assert sent == (1 + 1) * (1 + 1)  # (dfllm attempts) x (gateway attempts)
+
+
+# -- configuration, no gateway needed -------------------------------------------------------------
+
+def test_config_and_upstream_keys_are_secrets_only_hashed_into_identity() -> None:
+    from dfllm.config.secrets import Secret
+
+    config = {"provider": "openai", "api_key": UPSTREAM_KEY}
+    engine = dfllm.create_engine("pk", "portkey", base_url="http://127.0.0.1:8787/v1", config=config,
+                                 provider_api_key="sk-another-upstream-999", virtual_key="vk-1234567890")
+    assert isinstance(engine.headers["x-portkey-config"], Secret)
+    assert json.loads(engine.headers["x-portkey-config"].reveal()) == config  # JSON, not a Python repr
+    for secret in (UPSTREAM_KEY, "sk-another-upstream-999", "vk-1234567890"):
+        assert secret not in engine.identity and secret not in repr(engine)
+    other = dfllm.create_engine("pk2", "portkey", base_url="http://127.0.0.1:8787/v1",
+                                config={"provider": "openai", "api_key": "sk-different-key-000"})
+    assert other.identity != engine.identity  # a different config routes elsewhere: another cache namespace
+
+
+def test_a_portkey_key_is_needed_only_for_portkeys_own_service() -> None:
+    with pytest.raises(dfllm.MissingAPIKeyError, match="PORTKEY_API_KEY"):
+        dfllm.create_engine("pk", "portkey", provider="openai", provider_api_key="sk-x")
+    engine = dfllm.create_engine("pk", "portkey", base_url="http://127.0.0.1:8787/v1", provider="openai",
+                                 provider_api_key="sk-x", custom_host="http://127.0.0.1:8000/v1")
+    assert "x-portkey-api-key" not in engine.headers
+    assert engine.headers["x-portkey-custom-host"] == "http://127.0.0.1:8000/v1"
+
+
+def test_bad_config_and_custom_host_are_reported_together() -> None:
+    with pytest.raises(dfllm.ConfigurationError) as info:
+        dfllm.create_engine("pk", "portkey", base_url="http://127.0.0.1:8787/v1", config=42,
+                            custom_host="ftp://files.example.com")
+    assert "config must be a dict" in str(info.value) and "custom_host 'ftp://files.example.com'" in str(info.value)
