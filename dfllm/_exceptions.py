@@ -140,7 +140,15 @@ class RefusalError(ResponseFormatError):
 
 
 class IncompleteAnswerError(ResponseFormatError):
-    """The answer was cut off (``finish_reason: "length"``) or carries no text (tool calls only)."""
+    """The answer was cut off (``finish_reason: "length"``) or carries no text (tool calls only).
+
+    ``text`` holds the cut-off text (None when there was none), for a caller that can still use
+    a prefix (a label that was complete before the limit).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, text: str | None = None) -> None:
+        super().__init__(message, status=status)
+        self.text = text
 
 
 class LabelError(DfllmError):

@@ -100,6 +100,7 @@ def test_not_an_answer_appears_in_batch_error_with_its_reason(fake: FakeProvider
         _predict(engine)
     assert "IncompleteAnswerError" in str(info.value) and "finish_reason 'length'" in str(info.value)
     assert isinstance(info.value.errors[1], dfllm.IncompleteAnswerError)
+    assert info.value.errors[1].text == "cut" and "'cut'" in str(info.value.errors[1])
     assert not info.value.errors[1].retryable
     assert info.value.partial["y"][0] == "m says: Say: one"
 

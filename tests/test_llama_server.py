@@ -80,9 +80,10 @@ def test_choices_on_an_http_engine_normalise_or_report(llama_server: str) -> Non
                          "sentiment", choices=["positive", "negative"], max_tokens=8, temperature=0,
                          errors="null")
     for label, error in zip(out["sentiment"], out["sentiment_error"], strict=True):
-        # Either a clean label, or a LabelError that shows the raw answer: never a silent guess.
+        # Either a clean label, or an error that shows the raw answer (a LabelError, or an
+        # IncompleteAnswerError when max_tokens cut it off): never a silent guess.
         assert (label in ("positive", "negative") and pd.isna(error)) or (
-            pd.isna(label) and error.startswith("LabelError: The answer"))
+            pd.isna(label) and error.startswith(("LabelError: The answer", "IncompleteAnswerError: ")))
 
 
 def test_model_listing_from_llama_cpp_server(llama_server: str) -> None:

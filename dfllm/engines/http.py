@@ -191,9 +191,11 @@ def parse_completion(
     if finish == "content_filter":
         raise RefusalError(f"{where} its content filter withheld the answer (finish_reason 'content_filter').")
     if finish == "length":
+        shown = f": {content[:80]!r}" if isinstance(content, str) else ""
         raise IncompleteAnswerError(
-            f"{where} the answer was cut off at the token limit (finish_reason 'length'); "
-            "raise max_tokens to get whole answers."
+            scrub(f"{where} the answer was cut off at the token limit (finish_reason 'length'){shown}; "
+                  "raise max_tokens to get whole answers."),
+            text=content if isinstance(content, str) else None,
         )
     if content is None:
         why = "the model answered with tool calls, not text" if message.get("tool_calls") else "there is no text"
