@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 
 from dfllm._api import apredict, last_run, predict
+from dfllm._estimate import Estimate, estimate
 from dfllm._exceptions import (
     AuthenticationError,
     BadRequestError,
@@ -50,6 +51,7 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "EngineError",
+    "Estimate",
     "FineTuneError",
     "IncompleteAnswerError",
     "LabelError",
@@ -73,6 +75,7 @@ __all__ = [
     "create_engine",
     "create_model",
     "drop_engine",
+    "estimate",
     "finetune",
     "last_run",
     "list_engines",

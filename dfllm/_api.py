@@ -7,6 +7,7 @@ into a new frame of the caller's library.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Mapping
@@ -65,6 +66,8 @@ class Plan:
     spec: RequestSpec
     work: list[Work] = field(default_factory=list)
     row_work: list[int] = field(default_factory=list)  # row -> index into work, -1: all-null row
+    template: Template | None = None
+    keys: RequestKeys | None = None
 
 
 def predict(df: Frame, engine: Any, model: str | None = None, template: str | Template | None = None,
@@ -187,11 +190,23 @@ def make_plan(df: Any, engine: Any, model: str | None, template: str | Template 
     # Only an engine that constrains decoding is sent choices; others' answers are normalised after.
     choices = options.choices if (options.choices and info.capabilities.choices) else ()
     spec = RequestSpec(model, options.params, options.system, choices, options.timeout_s)
-    plan = Plan(df, adapter, target, options, config, engine_obj, info, spec)
     keys = RequestKeys(info.identity or "", model, options.system, options.params,
                        {"choices": list(options.choices or ())})
+    plan = Plan(df, adapter, target, options, config, engine_obj, info, spec, template=parsed, keys=keys)
     _render(plan, parsed, keys)
     return plan
+
+
+def plan_batch(plan: Plan, df: Any) -> Plan:
+    """The same validated call on ``df``, a further batch with the columns of ``plan``'s frame.
+
+    Pipelines validate once (on the first batch, or an empty frame of the input's schema) and
+    then render batch after batch with the engine, options and keys already resolved.
+    """
+    assert plan.template is not None and plan.keys is not None
+    batch = dataclasses.replace(plan, df=df, adapter=frames.adapter_for(df), work=[], row_work=[])
+    _render(batch, plan.template, plan.keys)
+    return batch
 
 
 def _new_columns(target: str, options: Options) -> list[str]:

@@ -136,6 +136,8 @@ class Option:
     sent: bool = False  # a request body field (sampling parameter) rather than policy
     local: str | None = None  # llama-cpp-python's name for it; None: the local engine ignores it
     default_text: str | None = None  # how the README shows the default, when not repr(default)
+    # How the command line's text becomes a value; None: parsed by ``type`` (see dfllm.cli).
+    parse: Callable[[str], Any] | None = None
 
     @property
     def shown_default(self) -> str:

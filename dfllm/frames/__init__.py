@@ -63,7 +63,7 @@ class FrameAdapter(Protocol):
 
 _ADAPTERS: dict[str, FrameAdapter] = {}
 # Frame libraries dfllm knows, by the top-level module their frames' types live in.
-_KNOWN = {"pandas": "dfllm.frames.pandas", "polars": "dfllm.frames.polars"}
+_KNOWN = {"pandas": "dfllm.frames.pandas", "polars": "dfllm.frames.polars", "pyarrow": "dfllm.frames.arrow"}
 
 
 def register(adapter: FrameAdapter) -> None:

@@ -1,0 +1,186 @@
+"""``dfllm.estimate``: what a prediction would send, cost and take, without sending anything.
+
+It plans the call exactly as ``predict`` does (same validation, same unique prompts, same cache
+keys), looks the keys up in the cache, and counts the tokens of the prompts that would go out:
+with tiktoken where it is installed and its encoding loads, else four characters a token (and
+says so). Time comes from the limits the call sets and a latency you assume; cost only from
+prices you give (per million tokens), since any built-in price table would go stale.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from typing_extensions import Unpack
+
+from dfllm._api import Plan, make_plan
+from dfllm.config.options import PredictOptions
+from dfllm.runtime.cache import Cache
+
+_ASSUMED_COMPLETION_TOKENS = 256  # the executor's own assumption when nothing bounds an answer
+_TOKENS_PER_MESSAGE = 4  # chat formatting around each message (role, separators)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The numbers ``estimate`` found; ``str()`` gives a short report."""
+
+    rows: int
+    skipped_null_rows: int
+    unique_prompts: int
+    cache_hits: int
+    requests: int  # unique prompts not in the cache: what would be sent, before any retry
+    prompt_tokens: int
+    completion_tokens: int
+    tokenizer: str
+    completion_basis: str
+    latency_s: float
+    wall_s: float
+    bound_by: str
+    cost: float | None
+
+    def __str__(self) -> str:
+        lines = [
+            f"rows                 {self.rows:,} ({self.skipped_null_rows:,} all-null, not sent)",
+            f"unique prompts       {self.unique_prompts:,}",
+            f"cache hits           {self.cache_hits:,}",
+            f"requests to send     {self.requests:,}",
+            f"prompt tokens        {self.prompt_tokens:,} ({self.tokenizer})",
+            f"completion tokens    {self.completion_tokens:,} ({self.completion_basis})",
+            f"wall time            {_duration(self.wall_s)} (bound by {self.bound_by}; "
+            f"{self.latency_s:g} s latency assumed)",
+        ]
+        if self.cost is not None:
+            lines.append(f"cost                 {self.cost:,.4f} (at the prices given per million tokens)")
+        else:
+            lines.append("cost                 give prices per million tokens to see it")
+        return "\n".join(lines)
+
+
+def estimate(df: Any, engine: Any, model: str | None = None, template: str | None = None,
+             target: str | None = None, *, latency_s: float = 1.0, completion_tokens: int | None = None,
+             prompt_price: float | None = None, completion_price: float | None = None,
+             **options: Unpack[PredictOptions]) -> Estimate:
+    """Rows, unique prompts, cache hits, requests, tokens, time and cost of a ``predict`` call.
+
+    Same arguments as ``predict``, plus: ``latency_s``, the seconds one request is assumed to
+    take; ``completion_tokens``, the answer length to assume per request (default: the longest
+    choice, else ``max_tokens``, else 256); ``prompt_price`` and ``completion_price``, per
+    million tokens, in your currency. Sends no request.
+    """
+    plan = make_plan(df, engine, model, template, target, options)
+    estimator = Estimator(plan, latency_s=latency_s, completion_tokens=completion_tokens,
+                          prompt_price=prompt_price, completion_price=completion_price)
+    try:
+        estimator.add(plan)
+        return estimator.result()
+    finally:
+        estimator.close()
+
+
+class Estimator:
+    """Accumulates an estimate over batches of one call (the command's ``--dry-run`` on a file)."""
+
+    def __init__(self, plan: Plan, *, latency_s: float = 1.0, completion_tokens: int | None = None,
+                 prompt_price: float | None = None, completion_price: float | None = None) -> None:
+        if not (math.isfinite(latency_s) and latency_s > 0):
+            raise ValueError(f"latency_s must be a positive number of seconds, got {latency_s!r}.")
+        self._plan = plan
+        self._latency_s = latency_s
+        self._prompt_price = prompt_price
+        self._completion_price = completion_price
+        self._count, self._tokenizer = token_counter(plan.spec.model)
+        self._per_answer, self._completion_basis = self._completion_estimate(completion_tokens)
+        path = plan.options.cache_path() if plan.info.identity is not None else None
+        # Only an existing cache can hold answers; a dry run never creates one.
+        self._cache = Cache(path) if path is not None and path.exists() else None
+        self._seen: set[int] = set()  # keys' rowids: a prompt repeated in a later batch is sent once
+        self.rows = self.skipped = self.unique = self.hits = self.requests = 0
+        self.prompt_tokens = 0
+
+    def _completion_estimate(self, given: int | None) -> tuple[int, str]:
+        if given is not None:
+            return given, "as given"
+        choices = self._plan.options.choices
+        if choices:
+            return max(self._count(c) for c in choices) + 1, "the longest choice"
+        params = self._plan.spec.params
+        budget = params.get("max_tokens") or params.get("max_completion_tokens")
+        if budget:
+            return int(budget), "max_tokens each, an upper bound"
+        return _ASSUMED_COMPLETION_TOKENS, f"{_ASSUMED_COMPLETION_TOKENS} each assumed; pass completion_tokens"
+
+    def add(self, plan: Plan) -> None:
+        self.rows += len(plan.row_work)
+        self.skipped += plan.row_work.count(-1)
+        fresh = [w for w in plan.work if w.key[0] not in self._seen]
+        self._seen.update(w.key[0] for w in fresh)
+        self.unique += len(fresh)
+        found = self._cache.get_many(w.key for w in fresh) if self._cache is not None else {}
+        self.hits += len(found)
+        system = plan.spec.system
+        system_tokens = self._count(system) + _TOKENS_PER_MESSAGE if system else 0
+        for item in fresh:
+            if item.key in found:
+                continue
+            self.requests += 1
+            self.prompt_tokens += system_tokens + self._count(item.prompt) + _TOKENS_PER_MESSAGE
+
+    def result(self) -> Estimate:
+        options = self._plan.options
+        completion = self.requests * self._per_answer
+        per_request = (self.prompt_tokens / self.requests if self.requests else 0) + self._per_answer
+        rates = {f"concurrency {options.concurrency}": options.concurrency / self._latency_s}
+        if options.rpm:
+            rates[f"rpm {options.rpm:g}"] = options.rpm / 60
+        if options.tpm and per_request:
+            rates[f"tpm {options.tpm:g}"] = options.tpm / 60 / per_request
+        bound_by = min(rates, key=lambda name: rates[name])
+        if not options.rpm:
+            bound_by += "; no rpm given, so the provider's own limits may slow it further"
+        cost = None
+        if self._prompt_price is not None or self._completion_price is not None:
+            cost = (self.prompt_tokens * (self._prompt_price or 0.0)
+                    + completion * (self._completion_price or 0.0)) / 1e6
+        return Estimate(self.rows, self.skipped, self.unique, self.hits, self.requests, self.prompt_tokens,
+                        completion, self._tokenizer, self._completion_basis, self._latency_s,
+                        self.requests / min(rates.values()), bound_by, cost)
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
+
+
+def token_counter(model: str) -> tuple[Callable[[str], int], str]:
+    """A function counting a text's tokens for ``model``, and what it is (tiktoken or chars/4)."""
+    try:
+        import tiktoken
+    except ImportError:
+        return _chars_over_4, "estimated at 4 characters a token; install tiktoken to count"
+    try:
+        try:
+            encoding = tiktoken.encoding_for_model(model)
+        except KeyError:  # not an OpenAI model name: the current OpenAI encoding is the closest guess
+            encoding = tiktoken.get_encoding("o200k_base")
+    except Exception as exc:  # tiktoken downloads its encodings on first use; offline it cannot
+        return _chars_over_4, f"estimated at 4 characters a token; tiktoken could not load: {type(exc).__name__}"
+
+    def count(text: str) -> int:
+        return len(encoding.encode(text, disallowed_special=()))
+
+    return count, f"tiktoken {encoding.name}"
+
+
+def _chars_over_4(text: str) -> int:
+    return len(text) // 4 + 1
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,402 @@
+"""The ``dfllm`` command: predict over files of any size, list engines and models.
+
+    dfllm predict INPUT OUTPUT --engine openai --model gpt-4o-mini --template '...' --target y [options]
+    dfllm engines
+    dfllm models --engine openai
+
+Every predict option is a flag generated from the option table (``dfllm.config.options``),
+its help text from the option's doc, its value parsed by the option's type. Keys come from
+the provider's environment variable (or ``--key-env VAR``); a key given as ``--param`` works
+but is warned about, since it lands in shell history and the process list.
+
+Exit status: 0 every row answered; 1 some rows failed (their errors are in the error
+column); 2 configuration errors (all listed, nothing sent); 3 the run stopped (key refused,
+unreadable input); 130 interrupted. Answers already received are in the cache, so running
+the same command again sends only the rows still without an answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from dfllm._api import Plan, make_plan, write_back
+from dfllm._exceptions import BatchError, ConfigurationError, DfllmError
+from dfllm.config.engines import EngineConfig, configure
+from dfllm.config.options import OPTIONS, Option
+from dfllm.engines.providers import PROVIDERS, Provider
+from dfllm.runtime.progress import RunStats
+
+OK, ROWS_FAILED, CONFIGURATION, STOPPED, INTERRUPTED = 0, 1, 2, 3, 130
+DEFAULT_BATCH_ROWS = 50_000
+_ENGINE_NAME = "cli"
+
+
+class _Problems(Exception):
+    """Configuration problems found before any request: printed together, exit status 2."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+# -- values from text, by the option table's type ------------------------------------------------
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _bool_or_path(text: str) -> bool | str:
+    try:
+        return _bool(text)
+    except ValueError:
+        return text
+
+
+def _json_or_text(text: str) -> Any:
+    """JSON when it reads as JSON (or names a .json file, or is @file), else the text itself."""
+    if text.startswith("@") or (text.endswith(".json") and Path(text).is_file()):
+        return json.loads(Path(text.removeprefix("@")).read_text(encoding="utf-8"))
+    if text[:1] in "[{\"" or text in ("null", "true", "false"):
+        return json.loads(text)
+    return text
+
+
+def _str_list(text: str) -> list[str]:
+    if text.startswith("["):
+        value = json.loads(text)
+        return value if isinstance(value, list) else [text]
+    return [part.strip() for part in text.split(",")]
+
+
+def _json_object(text: str) -> Any:
+    value = _json_or_text(text)
+    if isinstance(value, str):
+        raise ValueError('expected a JSON object, e.g. \'{"key": 1}\', or @file.json')
+    return value
+
+
+PARSERS: dict[str, Callable[[str], Any]] = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "bool": _bool,
+    "bool | path": _bool_or_path,
+    "list[str]": _str_list,
+    "str | list[str]": _json_or_text,
+    "dict": _json_object,
+}
+
+
+def parser_for(option: Option) -> Callable[[str], Any]:
+    return option.parse or PARSERS.get(option.type, _json_or_text)
+
+
+# -- the argument parser ------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dfllm", description="LLM predictions on the rows of a file.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    predict = commands.add_parser(
+        "predict", help="add a column of answers to a Parquet, CSV or JSON Lines file",
+        description="Add a column of LLM answers to INPUT's rows and write them with every input column "
+                    "to OUTPUT. Killed and run again with the same arguments, it sends only the rows "
+                    "still without an answer. Exit status: 0 all answered, 1 some rows failed, "
+                    "2 configuration errors, 3 the run stopped, 130 interrupted.")
+    predict.add_argument("input", help="input file (.parquet, .csv, .jsonl), or - for stdin")
+    predict.add_argument("output", help="output file, written atomically; or - for stdout")
+    _add_engine_arguments(predict)
+    predict.add_argument("--model", help="the provider's model id (default: the provider's default)")
+    predict.add_argument("--template", required=True, help="the prompt, with {{column}} placeholders")
+    predict.add_argument("--target", required=True, help="name of the new answer column")
+    predict.add_argument("--input-format", choices=["parquet", "csv", "jsonl"], help="when not by extension")
+    predict.add_argument("--output-format", choices=["parquet", "csv", "jsonl"], help="when not by extension")
+    predict.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS,
+                         help=f"rows read, sent and written at a time (default {DEFAULT_BATCH_ROWS:,})")
+    dry = predict.add_argument_group("dry run", "with --dry-run, only estimate: nothing is sent or written")
+    dry.add_argument("--dry-run", action="store_true", help="print rows, cache hits, requests, tokens, "
+                     "time and cost; send nothing")
+    dry.add_argument("--latency-s", type=float, default=1.0, help="seconds one request is assumed to take")
+    dry.add_argument("--completion-tokens", type=int, help="answer tokens to assume per request")
+    dry.add_argument("--prompt-price", type=float, help="price per million prompt tokens")
+    dry.add_argument("--completion-price", type=float, help="price per million completion tokens")
+
+    options = predict.add_argument_group("predict options", "from the option table (the README lists them too)")
+    for option in OPTIONS:
+        flag = "--" + option.name.replace("_", "-")
+        default = "null, with a {target}_error column" if option.name == "errors" else option.shown_default
+        help_text = f"{option.doc} (default: {default})".replace("%", "%%")
+        if option.type == "bool":
+            options.add_argument(flag, dest=f"option_{option.name}", action=argparse.BooleanOptionalAction,
+                                 default=None, help=help_text)
+        else:
+            options.add_argument(flag, dest=f"option_{option.name}", metavar=option.type.upper().replace(" ", ""),
+                                 default=None, help=help_text)
+
+    engines = commands.add_parser("engines", help="list the providers and the environment variable of each key")
+    engines.set_defaults()
+    models = commands.add_parser("models", help="list the models an engine offers")
+    _add_engine_arguments(models)
+    return parser
+
+
+def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", required=True, help=f"a provider: {', '.join(PROVIDERS)}")
+    parser.add_argument("--base-url", help="the API's root URL, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a provider parameter, e.g. virtual_key=... for Portkey (repeatable)")
+    parser.add_argument("--key-env", metavar="VAR", help="read the API key from this environment variable "
+                        "instead of the provider's usual one")
+
+
+# -- configuration ------------------------------------------------------------------------------
+def engine_config(args: argparse.Namespace, problems: list[str]) -> EngineConfig | None:
+    """The engine from --engine/--base-url/--param/--key-env, or None with its problems added."""
+    provider = PROVIDERS.get(args.engine)
+    using: dict[str, Any] = {}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            problems.append(f"--param takes KEY=VALUE, got {_masked(item)!r}.")
+            continue
+        using[name] = value
+        if provider is not None and _is_key_param(provider.key_params, name):
+            env = provider.key_env or "--key-env VAR"
+            print(f"dfllm: warning: --param {name}=... puts a key in your shell history and the process list; "
+                  f"set {env} instead.", file=sys.stderr)
+    if args.base_url is not None:
+        using["base_url"] = args.base_url
+    if args.key_env is not None:
+        value = os.environ.get(args.key_env)
+        if not value:
+            problems.append(f"--key-env {args.key_env}: that environment variable is not set.")
+        elif provider is not None and provider.key_params:
+            using[provider.key_params[-1]] = value
+    if provider is not None and provider.key_required and not _has_key(provider, using):
+        problems.append(f"No API key for {provider.name}: set the environment variable {provider.key_env}, "
+                        "or name another one with --key-env VAR.")
+        return None
+    try:
+        return configure(_ENGINE_NAME, args.engine, using)
+    except ConfigurationError as exc:
+        problems += exc.problems
+        return None
+
+
+def _has_key(provider: Provider, using: dict[str, Any]) -> bool:
+    return any(using.get(p) for p in provider.key_params) or bool(provider.key_env and os.environ.get(provider.key_env))
+
+
+def _is_key_param(key_params: Sequence[str], name: str) -> bool:
+    return name in key_params or name in ("api_key", "provider_api_key") or name.endswith("_api_key")
+
+
+def _masked(item: str) -> str:
+    name, _, value = item.partition("=")
+    return f"{name}=***" if value else name
+
+
+def option_values(args: argparse.Namespace, problems: list[str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = getattr(args, f"option_{option.name}")
+        if raw is None:
+            continue
+        if isinstance(raw, bool):
+            values[option.name] = raw
+            continue
+        try:
+            values[option.name] = parser_for(option)(raw)
+        except (ValueError, OSError) as exc:
+            problems.append(f"--{option.name.replace('_', '-')} {raw!r}: {exc}. Expected {option.type}.")
+    values.setdefault("errors", "null")  # a file keeps every row: failures go to the error column
+    return values
+
+
+class _NoEngine:
+    """Stands in for an engine whose own configuration failed, so the rest is still checked."""
+
+    async def complete(self, request: Any) -> Any:
+        raise AssertionError("a run with configuration problems never sends")
+
+    async def aclose(self) -> None:
+        return None
+
+
+# -- commands -----------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "engines":
+            return cmd_engines()
+        if args.command == "models":
+            return cmd_models(args)
+        return cmd_predict(args)
+    except _Problems as exc:
+        _print_problems(exc.problems)
+        return CONFIGURATION
+    except KeyboardInterrupt:
+        print("dfllm: interrupted. Answers received so far are cached: run the same command again to "
+              "resume.", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _print_problems(problems: list[str]) -> None:
+    print(f"dfllm: {len(problems)} configuration problem{'s' if len(problems) > 1 else ''}, "
+          "nothing was sent:", file=sys.stderr)
+    for problem in problems:
+        print(f"  - {problem}", file=sys.stderr)
+
+
+def cmd_engines() -> int:
+    rows = [("provider", "key variable", "base URL", "default model")]
+    for p in PROVIDERS.values():
+        key = p.key_env or ("none needed" if not p.key_required else "-")
+        rows.append((p.name, key, p.base_url or "--base-url required" if p.kind == "http" else "in process",
+                     p.default_model or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from dfllm.config.catalog import list_models
+
+    problems: list[str] = []
+    config = engine_config(args, problems)
+    if problems or config is None:
+        raise _Problems(problems)
+    try:
+        for model in list_models(config):
+            print(model)
+    except DfllmError as exc:
+        print(f"dfllm: {exc}", file=sys.stderr)
+        return STOPPED
+    return OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from dfllm.frames import files
+
+    problems: list[str] = []
+    in_fmt, in_problems = files.format_problems(args.input, args.input_format, output=False)
+    out_fmt, out_problems = files.format_problems(args.output, args.output_format, output=True)
+    problems += in_problems + out_problems
+    if args.batch_rows <= 0:
+        problems.append(f"--batch-rows must be a positive number of rows, got {args.batch_rows}.")
+    config = engine_config(args, problems)
+    options = option_values(args, problems)
+    source = None
+    if in_fmt is not None and not in_problems:
+        try:
+            source = files.open_source(args.input, in_fmt, max(args.batch_rows, 1))
+        except (OSError, ValueError) as exc:  # pyarrow's read errors are ValueError (ArrowInvalid)
+            problems.append(f"Cannot read {args.input!r} as {in_fmt}: {exc}")
+    try:
+        plan = _plan(source, config, args, options, problems)
+        if problems or plan is None or source is None or out_fmt is None:
+            raise _Problems(problems)
+        if args.dry_run:
+            return _dry_run(plan, source, args)
+        return _run(plan, source, args.output, out_fmt)
+    finally:
+        if source is not None:
+            source.close()
+
+
+def _plan(source: Any, config: EngineConfig | None, args: argparse.Namespace, options: dict[str, Any],
+          problems: list[str]) -> Plan | None:
+    import pyarrow as pa
+
+    schema = source.schema if source is not None else pa.schema([])
+    engine: Any = config if config is not None else _NoEngine()
+    try:
+        plan = make_plan(schema.empty_table(), engine, args.model, args.template, args.target, options)
+    except ConfigurationError as exc:
+        if source is None:  # without the input's columns, only non-column problems mean anything
+            problems += [p for p in exc.problems if "column" not in p]
+        else:
+            problems += exc.problems
+        return None
+    return plan if config is not None else None
+
+
+def _dry_run(plan: Plan, source: Any, args: argparse.Namespace) -> int:
+    from dfllm._api import plan_batch
+    from dfllm._estimate import Estimator
+
+    estimator = Estimator(plan, latency_s=args.latency_s, completion_tokens=args.completion_tokens,
+                          prompt_price=args.prompt_price, completion_price=args.completion_price)
+    try:
+        for batch in source.batches():
+            estimator.add(plan_batch(plan, batch))
+        print(estimator.result())
+    finally:
+        estimator.close()
+    return OK
+
+
+def _run(plan: Plan, source: Any, output: str, out_fmt: str) -> int:
+    from dfllm.frames.files import Sink
+
+    stats = RunStats()
+    schema = write_back(plan, [], RunStats()).schema
+    try:
+        sink = Sink(output, out_fmt, schema)
+    except (OSError, ValueError) as exc:
+        raise _Problems([f"Cannot write {output!r} as {out_fmt}: {exc}"]) from exc
+    committed = False
+    try:
+        asyncio.run(_stream(plan, source, sink, stats))
+        sink.commit()
+        committed = True
+    except BatchError as exc:
+        print(f"dfllm: {exc}\ndfllm: errors='raise': {output} was not written. Answers received are cached.",
+              file=sys.stderr)
+        return ROWS_FAILED
+    except DfllmError as exc:
+        print(f"dfllm: the run stopped: {exc}\ndfllm: {output} was not written. Answers received are cached: "
+              "fix the cause and run the same command again.", file=sys.stderr)
+        return STOPPED
+    except (OSError, ValueError) as exc:
+        print(f"dfllm: the run stopped reading or writing: {exc}\ndfllm: {output} was not written.",
+              file=sys.stderr)
+        return STOPPED
+    finally:
+        if not committed:
+            sink.abort()
+        print(summary(stats), file=sys.stderr)
+    return ROWS_FAILED if stats.failed_rows else OK
+
+
+async def _stream(plan: Plan, source: Any, sink: Any, stats: RunStats) -> None:
+    from dfllm.pipeline import BatchRunner
+
+    async with BatchRunner(plan, stats, total_rows=source.total_rows) as runner:
+        for batch in source.batches():
+            sink.write(await runner.predict(batch))
+
+
+def summary(stats: RunStats) -> str:
+    return (f"dfllm: {stats.rows:,} rows ({stats.skipped_null_rows:,} all-null), "
+            f"{stats.unique_prompts:,} unique prompts, {stats.cache_hits:,} cache hits, "
+            f"{stats.requests:,} requests, {stats.retries:,} retries, {stats.rate_limited:,} 429s, "
+            f"{stats.prompt_tokens:,}+{stats.completion_tokens:,} tokens, "
+            f"{stats.failed_rows:,} failed rows, {stats.elapsed_s:.1f} s")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""Polars LazyFrame: ``lf.llm.predict(...)`` returns a LazyFrame; requests happen at collect.
+
+The result is a Polars IO source (``register_io_source``) whose schema, input columns plus the
+answer columns, is declared up front, so it composes with ``scan_parquet(...)`` and
+``sink_parquet(...)`` and ``explain()`` sends nothing. Why an IO source rather than
+``map_batches``: a source is one generator per collect, which gives the engine session, the
+executor (its limits, learned rates, pause) and the cache one lifetime, opened at the first
+batch and closed after the last, where ``map_batches`` calls an independent function per batch
+with no end to hang the session's closing on.
+
+Everything a caller can get wrong is checked when ``predict`` is called, before any request.
+At collect, the input streams through in batches of ``batch_rows``; each batch's unique prompts
+fan out concurrently. Filters on input columns are applied before predicting (no request for a
+row that is filtered out); filters on answer columns after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+from polars.io.plugins import register_io_source
+from typing_extensions import Unpack
+
+from dfllm.frames.accessor import taken_by_other
+
+if TYPE_CHECKING:
+    from dfllm._api import Plan
+    from dfllm.config.options import PredictOptions
+    from dfllm.prompt.template import Template
+    from dfllm.runtime.progress import RunStats
+
+DEFAULT_BATCH_ROWS = 50_000
+
+
+class LazyLLMAccessor:
+    """``lf.llm.predict(engine, model, template, target, **options)``: a LazyFrame with the answers."""
+
+    def __init__(self, lf: pl.LazyFrame) -> None:
+        self._lf = lf
+
+    def predict(self, engine: Any, model: str | None = None, template: str | Template | None = None,
+                target: str | None = None, *, stats: RunStats | None = None,
+                batch_rows: int = DEFAULT_BATCH_ROWS, **options: Unpack[PredictOptions]) -> pl.LazyFrame:
+        """Like ``dfllm.predict``, lazily. ``stats`` receives the counters of every collect."""
+        return predict_lazy(self._lf, engine, model, template, target, stats=stats, batch_rows=batch_rows,
+                            **options)
+
+
+def predict_lazy(lf: pl.LazyFrame, engine: Any, model: str | None = None, template: str | Template | None = None,
+                 target: str | None = None, *, stats: RunStats | None = None,
+                 batch_rows: int = DEFAULT_BATCH_ROWS, **options: Unpack[PredictOptions]) -> pl.LazyFrame:
+    from dfllm._api import make_plan, write_back
+    from dfllm._exceptions import ParameterError
+    from dfllm.runtime.progress import RunStats
+
+    if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows <= 0:
+        raise ParameterError(f"batch_rows must be a positive number of rows, got {batch_rows!r}.")
+    input_schema = lf.collect_schema()
+    plan = make_plan(pl.DataFrame(schema=input_schema), engine, model, template, target, options)
+    output_schema = write_back(plan, [], RunStats()).collect_schema()
+
+    def source(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
+               batch_size: int | None) -> Iterator[pl.DataFrame]:
+        return _batches(lf, plan, stats, batch_rows, with_columns, predicate, n_rows)
+
+    return register_io_source(source, schema=output_schema, validate_schema=True,
+                              explain_name="dfllm.predict", explain_detail=f"target={plan.target!r}")
+
+
+def _batches(lf: pl.LazyFrame, plan: Plan, stats: RunStats | None, batch_rows: int,
+             with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None) -> Iterator[pl.DataFrame]:
+    from dfllm.pipeline import BackgroundRunner
+    from dfllm.runtime.progress import RunStats
+
+    inputs = lf.collect_schema().names()
+    assert plan.template is not None
+    after = predicate
+    if predicate is not None and set(predicate.meta.root_names()) <= set(inputs):
+        lf, after = lf.filter(predicate), None  # a row-wise prediction commutes with this filter
+    if n_rows is not None and after is None:
+        lf = lf.head(n_rows)
+    needed = set(with_columns or inputs) | set(plan.template.fields)
+    if after is not None:
+        needed |= set(after.meta.root_names())
+    lf = lf.select([c for c in inputs if c in needed])
+    runner = BackgroundRunner(plan, stats if stats is not None else RunStats())
+    left = n_rows
+    try:
+        for batch in lf.collect_batches(chunk_size=batch_rows):
+            out = runner.predict(batch)
+            if after is not None:
+                out = out.filter(after)
+            if with_columns is not None:
+                out = out.select(with_columns)
+            if left is not None:
+                out, left = out.head(left), left - min(left, out.height)
+            yield out
+            if left == 0:
+                return
+    finally:
+        runner.close()
+
+
+if not taken_by_other(pl.LazyFrame):
+    pl.api.register_lazyframe_namespace("llm")(LazyLLMAccessor)
