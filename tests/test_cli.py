@@ -1,0 +1,243 @@
+"""The ``dfllm`` command end to end: a real subprocess against the fake provider on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pytest
+
+from dfllm.cli import PARSERS, build_parser
+from dfllm.config.options import OPTIONS
+from dfllm.testing import DEFAULT_MODELS, FakeProvider
+
+from .conftest import KEY
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env.update(PYTHONPATH=str(ROOT), DFLLM_CACHE_DIR=str(tmp_path / "cache"), OPENAI_API_KEY=KEY, **extra)
+    return env
+
+
+def dfllm_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dfllm", *args]
+
+
+def predict_args(fake: FakeProvider, src: str, dst: str, *more: str) -> list[str]:
+    return dfllm_cmd("predict", src, dst, "--engine", "openai", "--base-url", fake.base_url, "--model", "m",
+                     "--template", "say {{t}}", "--target", "y", *more)
+
+
+def run(cmd: list[str], tmp_path: Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, env=env_for(tmp_path), capture_output=True, text=True, timeout=120,
+                          **kwargs)  # type: ignore[call-overload, no-any-return]
+
+
+def table(rows: int) -> pa.Table:
+    # Every 10th row repeats an earlier prompt, every 50th has no text: nulls and duplicates keep their places.
+    texts = [None if i % 50 == 7 else f"row {i % 100 if i % 10 == 3 else i}" for i in range(rows)]
+    return pa.table({"id": list(range(rows)), "t": texts})
+
+
+def write(t: pa.Table, path: Path) -> None:
+    if path.suffix == ".parquet":
+        pq.write_table(t, path)
+    elif path.suffix == ".csv":
+        pa_csv.write_csv(t, path)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in t.to_pylist()))
+
+
+def read(path: Path) -> list[dict[str, object]]:
+    if path.suffix == ".parquet":
+        rows: list[dict[str, object]] = pq.read_table(path).to_pylist()
+    elif path.suffix == ".csv":
+        convert = pa_csv.ConvertOptions(strings_can_be_null=True, column_types={"id": pa.int64()})
+        rows = pa_csv.read_csv(path, convert_options=convert).to_pylist()
+    else:
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows:
+        row["id"] = int(row["id"])  # type: ignore[call-overload]  # CSV input is read as text
+    return rows
+
+
+def expected(t: pa.Table) -> list[dict[str, object]]:
+    return [{**r, "y": None if r["t"] is None else f"say {r['t']}", "y_error": None} for r in t.to_pylist()]
+
+
+@pytest.mark.parametrize(("src", "dst"), [("in.parquet", "out.csv"), ("in.csv", "out.jsonl"),
+                                          ("in.jsonl", "out.parquet")])
+def test_each_format_in_and_out_keeps_rows_order_and_columns(tmp_path: Path, src: str, dst: str) -> None:
+    t = table(700)
+    write(t, tmp_path / src)
+    with FakeProvider(responder="echo") as fake:
+        done = run(predict_args(fake, str(tmp_path / src), str(tmp_path / dst), "--batch-rows", "128"), tmp_path)
+        sent = len(fake.chat_requests)
+    assert done.returncode == 0, done.stderr
+    rows = read(tmp_path / dst)
+    assert [list(r) for r in rows[:1]] == [["id", "t", "y", "y_error"]]
+    assert rows == expected(t)
+    # A prompt goes once, even when it repeats in a later batch.
+    unique = len({r["t"] for r in t.to_pylist() if r["t"] is not None})
+    assert sent == unique
+    assert "700 rows" in done.stderr and "0 failed rows" in done.stderr
+    assert not list(tmp_path.glob(".*dfllm-part"))
+
+
+def test_stdin_to_stdout(tmp_path: Path) -> None:
+    t = table(50)
+    write(t, tmp_path / "in.csv")
+    with FakeProvider(responder="echo") as fake:
+        done = run(predict_args(fake, "-", "-", "--input-format", "csv", "--output-format", "jsonl"), tmp_path,
+                   input=(tmp_path / "in.csv").read_text())
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(int(r["id"]), r["y"]) for r in rows] == [(r["id"], r["y"]) for r in expected(t)]
+
+
+def test_kill_9_mid_file_then_rerun_sends_only_missing_rows(tmp_path: Path) -> None:
+    rows, concurrency = 3000, 16
+    t = pa.table({"id": list(range(rows)), "t": [f"row {i}" for i in range(rows)]})
+    pq.write_table(t, tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    args = ("--batch-rows", "400", "--concurrency", str(concurrency), "--no-progress")
+    with FakeProvider(latency_s=0.01, responder="echo") as fake:
+        child = subprocess.Popen(predict_args(fake, str(tmp_path / "in.parquet"), str(out), *args),
+                                 env=env_for(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while len(fake.chat_requests) < rows // 2:
+            assert time.monotonic() < deadline and child.poll() is None, "the command never got half way"
+            time.sleep(0.005)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        assert not out.exists()  # never half-written: the output appears only when complete
+        first = len(fake.chat_requests)
+        done = run(predict_args(fake, str(tmp_path / "in.parquet"), str(out), *args), tmp_path)
+        resent = len(fake.chat_requests) - first
+    assert done.returncode == 0, done.stderr
+    assert pq.read_table(out).column("y").to_pylist() == [f"say row {i}" for i in range(rows)]
+    assert pq.read_table(out).column("id").to_pylist() == list(range(rows))
+    # Only rows without a committed answer go again: what was in flight or not yet flushed at the kill.
+    assert rows - first <= resent <= rows - first + concurrency + 200
+    assert resent < rows // 2 + concurrency + 200
+
+
+def test_failed_rows_exit_1_with_their_errors_in_the_error_column(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"t": ["yes", "maybe", "no", "yes"]}), tmp_path / "in.parquet")
+    with FakeProvider(responder="echo") as fake:
+        done = run(dfllm_cmd("predict", str(tmp_path / "in.parquet"), str(tmp_path / "out.parquet"),
+                             "--engine", "openai", "--base-url", fake.base_url, "--model", "m",
+                             "--template", "{{t}}", "--target", "y", "--choices", "yes,no"), tmp_path)
+    assert done.returncode == 1, done.stderr
+    out = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert [r["y"] for r in out] == ["yes", None, "no", "yes"]
+    assert [r["y_error"] is not None for r in out] == [False, True, False, False]
+    assert "LabelError" in str(out[1]["y_error"]) and "1 failed rows" in done.stderr
+
+
+def test_configuration_errors_exit_2_all_at_once_before_any_request(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"t": ["a"]}), tmp_path / "in.parquet")
+    with FakeProvider() as fake:
+        done = run(dfllm_cmd("predict", str(tmp_path / "in.parquet"), str(tmp_path / "out.xlsx"), "--engine",
+                             "openai", "--base-url", fake.base_url, "--template", "{{text}}", "--target", "t",
+                             "--rpm", "fast", "--concurrency", "0", "--temperature", "9"), tmp_path)
+        sent = len(fake.requests)
+    assert done.returncode == 2
+    for needle in ("out.xlsx", "--rpm 'fast'", "concurrency must be a positive integer", "temperature",
+                   "column 'text'", "overwrite existing column(s) ['t']"):
+        assert needle in done.stderr
+    assert sent == 0
+    assert not (tmp_path / "out.xlsx").exists()
+
+
+def test_a_key_on_the_command_line_is_warned_about_and_never_echoed(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"t": ["a"]}), tmp_path / "in.parquet")
+    secret = "sk-cli-secret-0123456789"
+    with FakeProvider(responder="echo", api_key=secret) as fake:
+        env = env_for(tmp_path)
+        del env["OPENAI_API_KEY"]
+        missing = subprocess.run(predict_args(fake, str(tmp_path / "in.parquet"), str(tmp_path / "o.parquet")),
+                                 env=env, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(predict_args(fake, str(tmp_path / "in.parquet"), str(tmp_path / "o.parquet"),
+                                           "--param", f"api_key={secret}"),
+                              env=env, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "OPENAI_API_KEY" in missing.stderr
+    assert done.returncode == 0, done.stderr
+    assert "shell history" in done.stderr and "OPENAI_API_KEY" in done.stderr
+    assert secret not in done.stderr + done.stdout + missing.stderr
+
+
+def test_a_refused_key_stops_the_run_exit_3_and_writes_nothing(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"t": [f"r{i}" for i in range(40)]}), tmp_path / "in.parquet")
+    with FakeProvider(api_key="another-key") as fake:
+        done = run(predict_args(fake, str(tmp_path / "in.parquet"), str(tmp_path / "out.parquet")), tmp_path)
+    assert done.returncode == 3, done.stderr
+    assert "AuthenticationError" in done.stderr or "key" in done.stderr
+    assert KEY not in done.stderr
+    assert list(tmp_path.glob("*out.parquet*")) == []
+
+
+def test_dry_run_sends_nothing_and_counts_the_cache(tmp_path: Path) -> None:
+    t = table(300)
+    pq.write_table(t, tmp_path / "in.parquet")
+    unique = len({r["t"] for r in t.to_pylist() if r["t"] is not None})
+    src, dst = str(tmp_path / "in.parquet"), str(tmp_path / "out.parquet")
+    with FakeProvider(responder="echo") as fake:
+        before = run(predict_args(fake, src, dst, "--dry-run", "--prompt-price", "1", "--completion-price", "2",
+                                  "--completion-tokens", "3"), tmp_path)
+        assert len(fake.requests) == 0
+        assert run(predict_args(fake, src, dst), tmp_path).returncode == 0
+        sent = len(fake.requests)
+        after = run(predict_args(fake, src, str(tmp_path / "other.parquet"), "--dry-run"), tmp_path)
+        assert len(fake.requests) == sent
+    assert before.returncode == 0 and after.returncode == 0
+    assert f"requests to send     {unique:,}" in before.stdout
+    assert f"completion tokens    {3 * unique:,}" in before.stdout
+    assert "cost" in before.stdout and "4 characters a token" in before.stdout
+    assert f"cache hits           {unique:,}" in after.stdout and "requests to send     0" in after.stdout
+    assert not (tmp_path / "other.parquet").exists()
+
+
+def test_engines_and_models(tmp_path: Path) -> None:
+    engines = run(dfllm_cmd("engines"), tmp_path)
+    assert engines.returncode == 0
+    assert "openai" in engines.stdout and "OPENAI_API_KEY" in engines.stdout and "PORTKEY_API_KEY" in engines.stdout
+    with FakeProvider() as fake:
+        models = run(dfllm_cmd("models", "--engine", "openai_compatible", "--base-url", fake.base_url), tmp_path)
+    assert models.returncode == 0, models.stderr
+    assert models.stdout.split() == list(DEFAULT_MODELS)
+
+
+def test_every_option_is_a_flag_with_its_doc_and_a_parser() -> None:
+    predict = build_parser()._subparsers._group_actions[0].choices["predict"]  # type: ignore[union-attr]
+    flags = {a.dest: a for a in predict._actions}
+    for option in OPTIONS:
+        action = flags[f"option_{option.name}"]
+        assert f"--{option.name.replace('_', '-')}" in action.option_strings
+        assert option.doc in (action.help or "").replace("%%", "%")
+        assert option.parse is not None or option.type in PARSERS, f"no parser for {option.name}'s type"
+
+
+def test_flag_values_are_parsed_to_the_options_types(tmp_path: Path) -> None:
+    from dfllm.cli import option_values
+
+    args = build_parser().parse_args(
+        ["predict", "a.csv", "b.csv", "--engine", "openai", "--template", "x", "--target", "y",
+         "--concurrency", "8", "--rpm", "90.5", "--choices", "a, b", "--usage-columns", "--cache", "false",
+         "--stop", '["x", "y"]', "--logit-bias", '{"1": 2}'])
+    problems: list[str] = []
+    values = option_values(args, problems)
+    assert problems == []
+    assert values == {"concurrency": 8, "rpm": 90.5, "choices": ["a", "b"], "usage_columns": True, "cache": False,
+                      "stop": ["x", "y"], "logit_bias": {"1": 2}, "errors": "null"}

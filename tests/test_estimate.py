@@ -1,0 +1,67 @@
+"""``dfllm.estimate``: the numbers of a run without the run; asserted from the fake provider's records."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import dfllm
+from dfllm.testing import FakeProvider
+
+
+def frame() -> pd.DataFrame:
+    # 12 rows: 2 all-null, 10 prompts of which 6 unique.
+    texts = ["a" * 40, "b" * 40, None, "a" * 40, "c" * 80, "d", "e", None, "a" * 40, "b" * 40, "d", "f"]
+    return pd.DataFrame({"t": texts})
+
+
+def test_counts_rows_prompts_and_tokens_and_sends_nothing(fake: FakeProvider, engine: str) -> None:
+    est = dfllm.estimate(frame(), engine, "m", "{{t}}", "y", max_tokens=10)
+    assert fake.requests == []
+    assert (est.rows, est.skipped_null_rows, est.unique_prompts, est.cache_hits, est.requests) == (12, 2, 6, 0, 6)
+    if est.tokenizer.startswith("estimated"):  # chars/4 + 1 per text, plus 4 per message
+        assert est.prompt_tokens == sum(n // 4 + 1 + 4 for n in (40, 40, 80, 1, 1, 1))
+    assert est.completion_tokens == 60 and "upper bound" in est.completion_basis
+    assert "requests to send     6" in str(est)
+
+
+def test_cache_hits_after_a_run_mean_nothing_to_send(fake: FakeProvider, engine: str) -> None:
+    dfllm.predict(frame().head(5), engine, "m", "{{t}}", "y")
+    sent = len(fake.chat_requests)
+    est = dfllm.estimate(frame(), engine, "m", "{{t}}", "y")
+    assert len(fake.chat_requests) == sent == 3
+    assert (est.cache_hits, est.requests) == (3, 3)
+
+
+def test_no_cache_file_is_created_by_an_estimate(tmp_path: pytest.TempPathFactory, fake: FakeProvider,
+                                                  engine: str) -> None:
+    path = f"{tmp_path}/never.sqlite3"
+    dfllm.estimate(frame(), engine, "m", "{{t}}", "y", cache=path)
+    import os
+
+    assert not os.path.exists(path)
+
+
+def test_wall_time_is_bound_by_the_tightest_limit(engine: str) -> None:
+    by_concurrency = dfllm.estimate(frame(), engine, "m", "{{t}}", "y", concurrency=2, latency_s=3.0)
+    assert by_concurrency.wall_s == pytest.approx(6 * 3.0 / 2) and by_concurrency.bound_by.startswith("concurrency")
+    by_rpm = dfllm.estimate(frame(), engine, "m", "{{t}}", "y", rpm=6, latency_s=0.1)
+    assert by_rpm.wall_s == pytest.approx(60.0) and by_rpm.bound_by.startswith("rpm 6")
+    per_request = by_rpm.prompt_tokens / 6 + 256
+    by_tpm = dfllm.estimate(frame(), engine, "m", "{{t}}", "y", tpm=per_request, latency_s=0.1)
+    assert by_tpm.wall_s == pytest.approx(360.0) and by_tpm.bound_by.startswith("tpm")
+
+
+def test_cost_only_from_prices_given(engine: str) -> None:
+    none = dfllm.estimate(frame(), engine, "m", "{{t}}", "y")
+    assert none.cost is None and "give prices" in str(none)
+    est = dfllm.estimate(frame(), engine, "m", "{{t}}", "y", choices=["yes", "no"], prompt_price=2.0,
+                         completion_price=10.0)
+    assert est.completion_basis == "the longest choice"
+    assert est.cost == pytest.approx((est.prompt_tokens * 2.0 + est.completion_tokens * 10.0) / 1e6)
+
+
+def test_bad_options_are_configuration_errors_before_anything(fake: FakeProvider, engine: str) -> None:
+    with pytest.raises(dfllm.ConfigurationError):
+        dfllm.estimate(frame(), engine, "m", "{{nope}}", "y", concurrency=-1)
+    assert fake.requests == []

@@ -1,0 +1,62 @@
+"""``lf.llm.predict`` on a Polars LazyFrame: nothing sent before collect, one session for all batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import dfllm
+from dfllm.testing import FakeProvider
+
+
+def source(tmp_path: Path, rows: int) -> pl.LazyFrame:
+    pl.DataFrame({"id": range(rows), "t": [None if i % 9 == 4 else f"r{i % 250}" for i in range(rows)]}).write_parquet(
+        tmp_path / "in.parquet")
+    return pl.scan_parquet(tmp_path / "in.parquet")
+
+
+def test_sink_parquet_sends_only_at_collect_and_answers_every_row(tmp_path: Path, fake: FakeProvider,
+                                                                  engine: str) -> None:
+    stats = dfllm.RunStats()
+    lf = source(tmp_path, 1000).llm.predict(engine, "m", "say {{t}}", "y", batch_rows=128, concurrency=8,
+                                            stats=stats, usage_columns=True)
+    assert lf.collect_schema() == pl.Schema({"id": pl.Int64, "t": pl.String, "y": pl.String,
+                                             "y_prompt_tokens": pl.Int64, "y_completion_tokens": pl.Int64})
+    lf.explain()
+    assert fake.chat_requests == []
+    lf.sink_parquet(tmp_path / "out.parquet")
+    out = pl.read_parquet(tmp_path / "out.parquet")
+    assert out["id"].to_list() == list(range(1000))
+    assert out["y"].to_list() == [None if i % 9 == 4 else f"m says: say r{i % 250}" for i in range(1000)]
+    # One cache and one executor for every batch: each unique prompt is sent once in all.
+    assert len(fake.chat_requests) == 250 == stats.requests
+    assert stats.rows == 1000 and stats.failed_rows == 0
+    assert fake.peak_in_flight <= 8
+
+
+def test_filters_on_inputs_run_before_predicting_and_on_answers_after(tmp_path: Path, fake: FakeProvider,
+                                                                      engine: str) -> None:
+    lf = source(tmp_path, 500).llm.predict(engine, "m", "{{t}}", "y", batch_rows=100, cache=False)
+    small = lf.filter(pl.col("id") < 50).collect()
+    assert small.height == 50 and len(fake.chat_requests) == len({f"r{i}" for i in range(50) if i % 9 != 4})
+    picked = lf.filter(pl.col("y").str.ends_with("r7")).select("id", "y").collect()
+    assert picked["id"].to_list() == [7, 257] and picked.columns == ["id", "y"]
+
+
+def test_configuration_errors_surface_at_predict_not_at_collect(tmp_path: Path, fake: FakeProvider,
+                                                                engine: str) -> None:
+    with pytest.raises(dfllm.ConfigurationError) as caught:
+        source(tmp_path, 10).llm.predict(engine, "m", "{{text}}", "t", concurrency=0)
+    assert len(caught.value.problems) >= 3
+    assert fake.requests == []
+
+
+def test_failed_rows_follow_the_errors_option(tmp_path: Path, fake: FakeProvider, engine: str) -> None:
+    lf = pl.LazyFrame({"t": ["yes", "maybe"]})
+    out = lf.llm.predict(engine, "m", "{{t}}", "y", choices=["yes", "no"], errors="null").collect()
+    assert out["y"].to_list() == ["yes", None] and out["y"].dtype == pl.Enum(["yes", "no"])
+    assert out["y_error"][1].startswith("LabelError")
+    with pytest.raises(dfllm.BatchError):
+        lf.llm.predict(engine, "m", "{{t}}", "z", choices=["yes", "no"]).collect()
