@@ -1,10 +1,11 @@
 """dfllm: LLM predictions on DataFrame rows.
 
-``import dfllm`` registers ``df.llm`` on pandas and Polars frames (whichever are installed).
+``import dfllm`` registers ``df.llm`` on pandas, Polars and Dask frames (whichever are installed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 
 from dfllm._api import apredict, last_run, predict
@@ -39,6 +40,7 @@ from dfllm.engines.base import Capabilities, Completion, Engine, Request
 from dfllm.engines.providers import Provider, register_provider
 from dfllm.prompt.template import Template
 from dfllm.runtime.progress import RunStats
+from dfllm.runtime.stores import FsspecCache
 
 __all__ = [
     "AuthenticationError",
@@ -53,6 +55,7 @@ __all__ = [
     "EngineError",
     "Estimate",
     "FineTuneError",
+    "FsspecCache",
     "IncompleteAnswerError",
     "LabelError",
     "MissingAPIKeyError",
@@ -84,6 +87,7 @@ __all__ = [
     "register_provider",
 ]
 
-for _frame_library in ("pandas", "polars"):
+for _frame_library in ("pandas", "polars", "dask"):
     if importlib.util.find_spec(_frame_library) is not None:
-        importlib.import_module(f"dfllm.frames.{_frame_library}")
+        with contextlib.suppress(ImportError):  # dask installed without its dataframe extra
+            importlib.import_module(f"dfllm.frames.{_frame_library}")

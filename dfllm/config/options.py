@@ -16,9 +16,12 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from dfllm._exceptions import did_you_mean
+
+if TYPE_CHECKING:
+    from dfllm.runtime.stores import CacheLocation
 
 Check = Callable[[str, Any], "str | None"]
 
@@ -116,7 +119,9 @@ def _choices(name: str, value: Any) -> str | None:
 def _cache(name: str, value: Any) -> str | None:
     if isinstance(value, (bool, Path)) or (isinstance(value, str) and value.strip()):
         return None
-    return f"{name} must be True, False or a file path, got {value!r}."
+    if callable(getattr(value, "open", None)):  # a cache location such as dfllm.FsspecCache
+        return None
+    return f"{name} must be True, False, a file path, a URL such as 's3://bucket/dir' or a dfllm.FsspecCache, got {value!r}."
 
 
 def _progress(name: str, value: Any) -> str | None:
@@ -193,8 +198,8 @@ OPTIONS: tuple[Option, ...] = (
            "server-requested waits included", positive_number),
     Option("errors", "str", "raise", "'raise': one BatchError after all rows, with the partial frame as "
            "err.partial; 'null': null answer plus a {target}_error column", one_of("raise", "null")),
-    Option("cache", "bool | path", True, "persistent SQLite cache ($DFLLM_CACHE_DIR or the user cache dir); "
-           "False, or a file path", _cache),
+    Option("cache", "bool | path | url", True, "persistent SQLite cache ($DFLLM_CACHE_DIR or the user cache dir); "
+           "False, a file path, or a URL / dfllm.FsspecCache (one object per answer on any fsspec path)", _cache),
     Option("progress", "bool", None, "a tqdm bar; on when interactive", _progress, default_text="auto"),
     Option("usage_columns", "bool", False, "add {target}_prompt_tokens and {target}_completion_tokens", flag),
 )
@@ -236,7 +241,7 @@ class PredictOptions(TypedDict, total=False):
     max_retries: int
     max_retry_time_s: float
     errors: Literal["raise", "null"]
-    cache: bool | str | Path
+    cache: bool | str | Path | CacheLocation
     progress: bool | None
     usage_columns: bool
 
@@ -257,13 +262,15 @@ class Options:
     max_retries: int = OPTION_BY_NAME["max_retries"].default
     max_retry_time_s: float = OPTION_BY_NAME["max_retry_time_s"].default
     errors: Literal["raise", "null"] = "raise"
-    cache: bool | str | Path = True
+    cache: bool | str | Path | CacheLocation = True
     progress: bool | None = None
     usage_columns: bool = False
     params: dict[str, Any] = field(default_factory=dict)
 
     def cache_path(self) -> Path | None:
-        if self.cache is False:
+        """The SQLite file the ``cache`` option names (None: no cache, or another kind of store)."""
+        if self.cache is False or not isinstance(self.cache, (bool, str, Path)) or (
+                isinstance(self.cache, str) and "://" in self.cache):
             return None
         if self.cache is True:
             root = os.environ.get("DFLLM_CACHE_DIR")

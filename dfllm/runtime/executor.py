@@ -14,14 +14,14 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from dfllm._exceptions import AuthenticationError, EngineError, RateLimitError
 from dfllm.config.options import Options
 from dfllm.engines.base import Completion, Engine, RateLimitState, Request
 from dfllm.prompt.keys import Key
 from dfllm.runtime.bulk import gc_paused
-from dfllm.runtime.cache import Cache
+from dfllm.runtime.stores import Store, open_store
 from dfllm.runtime.limiter import AdaptiveRate, Clock, Pacer, Pause, Sleep, Window
 from dfllm.runtime.progress import Progress, RunStats
 
@@ -65,6 +65,17 @@ def estimate_tokens(request: Request) -> int:
     return prompt + int(budget or _DEFAULT_COMPLETION_ESTIMATE)
 
 
+class Gate(Protocol):
+    """A limit shared beyond this executor (the Dask cluster's rate budget), passed right before
+    each send; told of every 429 and every rate-limit header, so it can tell the others."""
+
+    async def acquire(self, tokens: int) -> None: ...
+
+    def on_rate_limited(self, retry_after: float | None) -> None: ...
+
+    def on_headers(self, state: RateLimitState) -> None: ...
+
+
 class Executor:
     def __init__(
         self,
@@ -78,8 +89,10 @@ class Executor:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self._engine = engine
+        self._gate = gate
         self._cacheable = cacheable
         self._spec = spec
         self._options = options
@@ -96,14 +109,13 @@ class Executor:
         # Used only while no rpm is known, from the caller or from the provider's headers.
         self._adaptive = AdaptiveRate(clock, sleep)
         self._abort: AuthenticationError | None = None
-        self._cache: Cache | None = None
+        self._cache: Store | None = None
         self._entered = False
 
     async def __aenter__(self) -> Executor:
         """Open the cache once for several ``run`` calls (batches of one pipeline share it)."""
-        path = self._options.cache_path() if self._cacheable else None
-        if path is not None and self._cache is None:
-            self._cache = Cache(path)
+        if self._cacheable and self._cache is None:
+            self._cache = open_store(self._options.cache)
         self._entered = True
         return self
 
@@ -161,7 +173,7 @@ class Executor:
         pending: Iterator[int],
         work: Sequence[Work],
         results: list[Outcome | None],
-        cache: Cache | None,
+        cache: Store | None,
         progress: Progress,
     ) -> None:
         for i in pending:
@@ -194,6 +206,8 @@ class Executor:
                     await self._adaptive.acquire()
                 if self._tpm is not None:
                     await self._tpm.acquire(min(estimate_tokens(request), self._tpm.per_minute))
+                if self._gate is not None:
+                    await self._gate.acquire(estimate_tokens(request))
                 if self._abort is not None:  # the key was refused while we waited: send nothing more
                     return self._abort
                 sent_at = self._clock()
@@ -212,6 +226,8 @@ class Executor:
                 self._adaptive.on_success()
                 if completion.rate_limit is not None:
                     self._learn(completion.rate_limit)
+                    if self._gate is not None:
+                        self._gate.on_headers(completion.rate_limit)
                 return completion
             finally:
                 self._window.release()
@@ -219,6 +235,8 @@ class Executor:
             delay = error.retry_after if error.retry_after is not None else self._backoff(attempt)
             if isinstance(error, RateLimitError):
                 self.stats.rate_limited += 1
+                if self._gate is not None:
+                    self._gate.on_rate_limited(error.retry_after)
                 self._window.on_rate_limited(sent_at)
                 if self._rpm is None:
                     self._adaptive.on_rate_limited(sent_at)

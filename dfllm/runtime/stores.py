@@ -1,0 +1,173 @@
+"""Cache backends: where answers already paid for are kept, so no process asks for them again.
+
+A ``Store`` looks answers up in bulk, takes each new answer the moment it arrives (returning at
+once), and writes everything it was handed before ``close`` returns. Two backends:
+
+- ``Cache`` (``dfllm.runtime.cache``): one SQLite file; serves every process on one host.
+- ``FsspecCache``: one small object per answer on any fsspec path (a shared disk, ``s3://``,
+  ``gs://``), named by its key, so processes on many hosts share answers without a server.
+  Objects are immutable once written: two workers that answer the same prompt write the same
+  name, and either copy is a valid answer.
+
+``open_store(options.cache)`` turns the ``cache`` option into an open store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from dfllm.engines.base import Completion
+from dfllm.prompt.keys import Key
+
+_WRITERS = 4  # object stores answer puts in tens of ms: a few in parallel keep up with the run
+
+
+class Store(Protocol):
+    def get_many(self, keys: Iterable[Key]) -> dict[Key, Completion]: ...
+
+    def put(self, key: Key, completion: Completion) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class CacheLocation(Protocol):
+    """A picklable description of a store: what the ``cache`` option may hold besides a path."""
+
+    def open(self) -> Store: ...
+
+
+def object_name(key: Key) -> str:
+    """The key as 32 hex digits (its two signed halves read as unsigned)."""
+    return f"{key[0] & 0xFFFFFFFFFFFFFFFF:016x}{key[1] & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+class FsspecCache:
+    """Answers as ``{url}/{key}.json`` objects on any fsspec file system.
+
+    ``FsspecCache("s3://bucket/dfllm", anon=False)``: keyword arguments are fsspec's storage
+    options. This object only names the place; ``open()`` connects. It pickles, so it can be
+    the ``cache`` option of a Dask run and be opened on every worker.
+    """
+
+    def __init__(self, url: str, **storage_options: Any) -> None:
+        if not isinstance(url, str) or not url.strip():
+            raise ValueError(f"FsspecCache needs a URL or path, got {url!r}")
+        self.url = url.rstrip("/")
+        self.storage_options = storage_options
+
+    def __repr__(self) -> str:
+        return f"FsspecCache({self.url!r})"  # storage options may hold credentials
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FsspecCache) and (other.url, other.storage_options) == (
+            self.url, self.storage_options)
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    def open(self) -> FsspecStore:
+        return FsspecStore(self.url, self.storage_options)
+
+
+class FsspecStore:
+    """An open ``FsspecCache``: lookups read the objects in one batch; puts go to writer threads."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any]) -> None:
+        import fsspec
+
+        self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        self.root = root.rstrip("/")
+        self._local = "file" in _protocols(self.fs)
+        self.fs.makedirs(self.root, exist_ok=True)
+        self._writers = ThreadPoolExecutor(_WRITERS, thread_name_prefix="dfllm-fsspec-writer")
+        self._pending: set[Future[None]] = set()
+        self.written = 0
+
+    def _path(self, key: Key) -> str:
+        return f"{self.root}/{object_name(key)}.json"
+
+    def get_many(self, keys: Iterable[Key]) -> dict[Key, Completion]:
+        by_path = {self._path(k): k for k in keys}
+        if not by_path:
+            return {}
+        blobs = self.fs.cat(list(by_path), on_error="omit")
+        found: dict[Key, Completion] = {}
+        for path, blob in blobs.items():
+            completion = _decode(blob)
+            key = by_path.get(path) or by_path.get(self.fs._strip_protocol(path))
+            if completion is not None and key is not None:  # a torn or foreign object is a miss
+                found[key] = completion
+        return found
+
+    def put(self, key: Key, completion: Completion) -> None:
+        future = self._writers.submit(self._write, key, completion)
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+
+    def _write(self, key: Key, completion: Completion) -> None:
+        data = json.dumps({"text": completion.text, "prompt_tokens": completion.prompt_tokens,
+                           "completion_tokens": completion.completion_tokens}).encode()
+        path = self._path(key)
+        if self._local:
+            # A reader must never see half an object: write aside, then rename over (atomic).
+            scratch = f"{path}.{uuid.uuid4().hex}.tmp"
+            with open(scratch, "wb") as handle:
+                handle.write(data)
+            os.replace(scratch, path)
+        else:
+            self.fs.pipe_file(path, data)  # an object store's PUT is all-or-nothing
+        self.written += 1
+
+    def close(self) -> None:
+        """Write everything handed over so far; raise the first write error, if any."""
+        pending = list(self._pending)
+        self._writers.shutdown(wait=True)
+        for future in pending:
+            future.result()
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def _decode(blob: bytes) -> Completion | None:
+    try:
+        record = json.loads(blob)
+        return Completion(str(record["text"]), int(record["prompt_tokens"]), int(record["completion_tokens"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def open_store(cache: object) -> Store | None:
+    """The open store the ``cache`` option names: False (none), True (the default SQLite file),
+    a file path (SQLite), a URL with ``://`` (``FsspecCache``), or a ``CacheLocation``."""
+    from dfllm.config.options import Options
+    from dfllm.runtime.cache import Cache
+
+    if cache is False:
+        return None
+    if isinstance(cache, str) and "://" in cache:
+        return FsspecCache(cache).open()
+    if not isinstance(cache, (bool, str, Path)) and isinstance(cache, CacheLocation):
+        return cache.open()
+    path = Options(cache=cache).cache_path()  # type: ignore[arg-type]
+    return Cache(path) if path is not None else None
+
+
+def cache_location(cache: object) -> object:
+    """The ``cache`` option made explicit, for another process: True becomes this process's path."""
+    if cache is True:
+        from dfllm.config.options import Options
+
+        return Options(cache=True).cache_path()
+    if isinstance(cache, Path):
+        return cache.expanduser()
+    return cache
