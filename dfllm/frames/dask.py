@@ -241,9 +241,17 @@ def _scheduler_call() -> Any:
 
 
 async def _answer(runtime: Any, call: PartitionCall, plan: Any, gate_call: Any) -> list[Outcome]:
+    import asyncio
+
     from dfllm.runtime.executor import Executor
+    from dfllm.runtime.stores import SharedStore, open_store
 
     assert plan.config is not None
+    # One open cache per worker, lent to every call's executor; flushed as each partition ends,
+    # so an answer is on disk before its task reports done.
+    location = plan.options.cache
+    store = runtime.shared(("store", location), lambda: open_store(location)) if location is not False else None
+    plan.options = replace(plan.options, cache=SharedStore(store) if store is not None else False)
     engine = runtime.engine((plan.info.identity, call.engine.key_id), plan.config.connect)
     gate = None
     if gate_call is not None:
@@ -256,6 +264,8 @@ async def _answer(runtime: Any, call: PartitionCall, plan: Any, gate_call: Any) 
         engine, plan.options, RunStats(), plan.spec, concurrency_cap=plan.info.max_concurrency,
         cacheable=plan.info.identity is not None, gate=gate))
     outcomes: list[Outcome] = await executor.run(plan.work)
+    if store is not None:
+        await asyncio.to_thread(store.flush)
     return outcomes
 
 

@@ -45,7 +45,8 @@ class Cache:
         self._reader.execute(_SCHEMA)
         self._reader.commit()
         self._flush_s = flush_s
-        self._queue: queue.SimpleQueue[tuple[Key, Completion] | None] = queue.SimpleQueue()
+        # An Event asks the writer to commit what it has and set it (flush); None stops it.
+        self._queue: queue.SimpleQueue[tuple[Key, Completion] | threading.Event | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="dfllm-cache-writer", daemon=True)
         self._writer.start()
         self.written = 0
@@ -69,6 +70,14 @@ class Cache:
     def put(self, key: Key, completion: Completion) -> None:
         self._queue.put((key, completion))
 
+    def flush(self) -> None:
+        """Return once everything handed over so far is committed (a long-lived cache's run end)."""
+        if self._writer.is_alive():
+            done = threading.Event()
+            self._queue.put(done)
+            while not done.wait(0.5) and self._writer.is_alive():
+                pass
+
     def close(self) -> None:
         """Write everything handed over so far, then close. Safe to call twice."""
         if self._writer.is_alive():
@@ -85,6 +94,10 @@ class Cache:
                 first = self._queue.get()
                 if first is None:
                     break
+                flushed: threading.Event | None = None
+                if isinstance(first, threading.Event):
+                    first.set()  # nothing is pending: everything before it is committed
+                    continue
                 batch = [first]
                 deadline = time.monotonic() + self._flush_s
                 while len(batch) < 1000 and (left := deadline - time.monotonic()) > 0:
@@ -95,6 +108,9 @@ class Cache:
                     if item is None:
                         done = True
                         break
+                    if isinstance(item, threading.Event):
+                        flushed = item
+                        break
                     batch.append(item)
                 if batch:
                     db.executemany(
@@ -103,5 +119,7 @@ class Cache:
                     )
                     db.commit()
                     self.written += len(batch)
+                if flushed is not None:
+                    flushed.set()
         finally:
             db.close()

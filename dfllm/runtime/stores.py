@@ -1,7 +1,7 @@
 """Cache backends: where answers already paid for are kept, so no process asks for them again.
 
 A ``Store`` looks answers up in bulk, takes each new answer the moment it arrives (returning at
-once), and writes everything it was handed before ``close`` returns. Two backends:
+once), and writes everything it was handed before ``flush`` or ``close`` returns. Two backends:
 
 - ``Cache`` (``dfllm.runtime.cache``): one SQLite file; serves every process on one host.
 - ``FsspecCache``: one small object per answer on any fsspec path (a shared disk, ``s3://``,
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
+import time
 import uuid
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 from dfllm.engines.base import Completion
 from dfllm.prompt.keys import Key
 
+_OPEN_ATTEMPTS = 8
 _WRITERS = 4  # object stores answer puts in tens of ms: a few in parallel keep up with the run
 
 
@@ -32,6 +35,8 @@ class Store(Protocol):
     def get_many(self, keys: Iterable[Key]) -> dict[Key, Completion]: ...
 
     def put(self, key: Key, completion: Completion) -> None: ...
+
+    def flush(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -125,8 +130,12 @@ class FsspecStore:
             self.fs.pipe_file(path, data)  # an object store's PUT is all-or-nothing
         self.written += 1
 
+    def flush(self) -> None:
+        """Return once everything handed over so far is written; raise the first write error."""
+        for future in list(self._pending):
+            future.result()
+
     def close(self) -> None:
-        """Write everything handed over so far; raise the first write error, if any."""
         pending = list(self._pending)
         self._writers.shutdown(wait=True)
         for future in pending:
@@ -159,7 +168,46 @@ def open_store(cache: object) -> Store | None:
     if not isinstance(cache, (bool, str, Path)) and isinstance(cache, CacheLocation):
         return cache.open()
     path = Options(cache=cache).cache_path()  # type: ignore[arg-type]
-    return Cache(path) if path is not None else None
+    if path is None:
+        return None
+    for attempt in range(_OPEN_ATTEMPTS):
+        try:
+            return Cache(path)
+        except sqlite3.OperationalError as exc:
+            # Processes that open a new file at once race to switch it to WAL; the loser is
+            # told "locked" without waiting. The winner finishes in milliseconds.
+            if "locked" not in str(exc) or attempt == _OPEN_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+class SharedStore:
+    """One open store lent to several executors (the ``cache`` option of each): their ``close``
+    only flushes; the owner closes the store itself."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def open(self) -> Store:
+        return _Borrowed(self.store)
+
+
+class _Borrowed:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def get_many(self, keys: Iterable[Key]) -> dict[Key, Completion]:
+        return self._store.get_many(keys)
+
+    def put(self, key: Key, completion: Completion) -> None:
+        self._store.put(key, completion)
+
+    def flush(self) -> None:
+        self._store.flush()
+
+    def close(self) -> None:
+        self._store.flush()
 
 
 def cache_location(cache: object) -> object:

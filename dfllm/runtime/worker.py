@@ -79,6 +79,10 @@ class WorkerRuntime:
             await executor.__aexit__(None, None, None)
         for engine in self._engines.values():
             await engine.aclose()
+        for value in self._shared.values():
+            close = getattr(value, "close", None)
+            if callable(close):  # open caches: blocking is fine, the process is on its way out
+                close()
         self._executors.clear()
         self._engines.clear()
 

@@ -1,0 +1,267 @@
+"""Dask: lazy ``ddf.llm.predict`` on a real LocalCluster with worker processes, against the fake
+provider on 127.0.0.1 (it runs in this process; workers reach it over loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+dd = pytest.importorskip("dask.dataframe")
+distributed = pytest.importorskip("distributed")
+
+import cloudpickle  # noqa: E402
+import pandas as pd  # noqa: E402
+
+import dfllm  # noqa: E402
+from dfllm.engines.base import Completion  # noqa: E402
+from dfllm.frames.dask import EngineSpec  # noqa: E402
+from dfllm.runtime.coordinator import LEASE_S, Budgets, ClusterGate, RateCoordinator  # noqa: E402
+from dfllm.runtime.stores import FsspecCache, object_name, open_store  # noqa: E402
+from dfllm.testing import FakeClock, FakeProvider, sequence, status  # noqa: E402
+from tests.conftest import KEY  # noqa: E402
+
+MODEL = "gpt-4o-mini"
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    # Started once: two worker processes take several seconds on a loaded 2-core machine.
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=40) as cluster, distributed.Client(cluster) as client:
+        client.wait_for_workers(2, timeout=120)
+        yield client
+
+
+def frame(n: int, prefix: str = "row") -> pd.DataFrame:
+    # A shuffled index: answers must come back in row order, not index order.
+    return pd.DataFrame({"text": [f"{prefix} {i}" for i in range(n)]}, index=list(range(n))[::-1])
+
+
+def expected(texts: list[str]) -> list[str]:
+    return [f"{MODEL} says: Echo {t}" for t in texts]
+
+
+# -- the coordinator's schedule, on a fake clock ---------------------------------------------------
+
+def test_leases_from_many_workers_never_exceed_the_budget() -> None:
+    clock = FakeClock()
+    budgets = Budgets(clock, lease_s=1.0)
+    sends: list[float] = []
+    for step in range(200):  # three workers asking in turn, every 50 ms, for more than they may have
+        clock.now = step * 0.05
+        reply = budgets.lease("b", f"w{step % 3}", want=50, rpm=600)
+        sends += [clock.now + reply["first_s"] + i * reply["interval_s"] for i in range(reply["count"])]
+        assert reply["first_s"] + reply["count"] * reply["interval_s"] <= 1.0 + 1e-9  # one window ahead at most
+    sends.sort()
+    assert all(b - a >= 0.1 - 1e-9 for a, b in zip(sends, sends[1:], strict=False))
+    assert len(sends) >= 0.95 * (sends[-1] - sends[0]) * 10  # and the budget is used
+
+
+def test_a_pause_moves_every_later_lease_past_it_and_a_dead_worker_loses_one_window() -> None:
+    clock = FakeClock()
+    budgets = Budgets(clock, lease_s=1.0)
+    budgets.lease("b", "w0", want=100, rpm=600)  # w0 holds its share and dies
+    budgets.forget_worker("w0")
+    budgets.pause("b", 5.0)
+    reply = budgets.lease("b", "w1", want=100, rpm=600)
+    assert reply["pause_s"] == 5.0 and reply["first_s"] >= 5.0
+    assert reply["first_s"] <= 5.0 + 1e-9  # what w0 held was before the pause: nothing more is lost
+    budgets.pause("b", 1e9)  # a hostile Retry-After cannot stop the cluster for long
+    assert budgets.lease("b", "w1", want=1, rpm=600)["pause_s"] <= 60.0
+
+
+def test_gate_sends_at_leased_times_and_tells_the_coordinator_of_429s_and_learned_limits() -> None:
+    clock = FakeClock()
+    budgets = Budgets(clock, lease_s=1.0)
+    calls: list[str] = []
+
+    async def call(op: str, **fields: Any) -> Any:
+        calls.append(op)
+        return getattr(budgets, op.removeprefix("dfllm_"))(**fields)
+
+    async def scenario() -> list[float]:
+        gate = ClusterGate("b", "w", call, rpm=None, tpm=None, workers=2, clock=clock, sleep=clock.sleep)
+        from dfllm.engines.base import RateLimitState
+
+        gate.on_headers(RateLimitState(limit_requests=120))  # learned: 2 per second for the cluster
+        await asyncio.sleep(0)
+        times = []
+        for _ in range(5):
+            await gate.acquire(10)
+            times.append(clock.now)
+        gate.on_rate_limited(3.0)
+        await asyncio.sleep(0)
+        await gate.acquire(10)
+        times.append(clock.now)
+        return times
+
+    times = asyncio.run(scenario())
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert all(g >= 0.5 - 1e-9 for g in gaps[:4])
+    assert gaps[4] >= 3.0
+    assert "dfllm_learn" in calls and "dfllm_pause" in calls
+
+
+# -- the cache backend -----------------------------------------------------------------------------
+
+def test_fsspec_cache_round_trip_is_atomic_and_a_torn_object_is_a_miss(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path}/answers")
+    assert store is not None
+    store.put((1, -2), Completion("yes", 3, 1))
+    store.close()
+    names = os.listdir(tmp_path / "answers")
+    assert names == [f"{object_name((1, -2))}.json"]  # no scratch file left behind
+    (tmp_path / "answers" / f"{object_name((5, 5))}.json").write_bytes(b'{"text": "tru')
+    again = FsspecCache(f"file://{tmp_path}/answers").open()
+    assert again.get_many([(1, -2), (5, 5), (9, 9)]) == {(1, -2): Completion("yes", 3, 1)}
+    again.close()
+    assert cloudpickle.loads(cloudpickle.dumps(FsspecCache("memory://x"))) == FsspecCache("memory://x")
+
+
+def test_predict_with_an_fsspec_cache_costs_nothing_the_second_time(tmp_path: Path) -> None:
+    with FakeProvider() as fake:
+        dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
+        df = frame(6)
+        for _ in range(2):
+            out = dfllm.predict(df, "t", MODEL, "Echo {{text}}", "answer", cache=f"file://{tmp_path}/c")
+            assert out["answer"].tolist() == expected(df["text"].tolist())
+        assert len(fake.chat_requests) == 6
+        assert not any(KEY in p.read_text() for p in (tmp_path / "c").iterdir())
+
+
+# -- on a real cluster -----------------------------------------------------------------------------
+
+def test_graph_build_sends_nothing_and_compute_answers_every_row_in_order(client: Any) -> None:
+    with FakeProvider() as fake:
+        dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
+        df = frame(40)
+        df.loc[df.index[::4], "text"] = "same"  # duplicates: sent once per partition
+        ddf = dd.from_pandas(df, npartitions=4, sort=False)
+        out = ddf.llm.predict("t", MODEL, "Echo {{text}}", "answer")
+        lazy = dfllm.predict(ddf, "t", MODEL, "Echo {{text}}", "answer")
+        assert isinstance(out, dd.DataFrame) and isinstance(lazy, dd.DataFrame)
+        assert list(out.columns) == ["text", "answer"] and str(out.dtypes["answer"]) == "string"
+        assert fake.chat_requests == []
+        result = out.compute()
+        assert result.index.tolist() == df.index.tolist()
+        assert result["answer"].tolist() == expected(df["text"].tolist())
+        # Each prompt is sent once per partition at most (fewer: another partition's answer may be
+        # in the shared cache already).
+        per_partition = sum(part["text"].nunique() for part in (df.iloc[i * 10:(i + 1) * 10] for i in range(4)))
+        sent = len(fake.chat_requests)
+        assert df["text"].nunique() <= sent <= per_partition
+        assert all(r.headers.get("Authorization") == f"Bearer {KEY}" for r in fake.chat_requests)
+        result = lazy.compute()  # the cache on this host serves both workers: nothing is asked again
+        assert result["answer"].tolist() == expected(df["text"].tolist())
+        assert len(fake.chat_requests) == sent
+
+
+def test_bad_input_is_reported_when_the_graph_is_built(client: Any) -> None:
+    ddf = dd.from_pandas(frame(4), npartitions=2)
+    dfllm.create_engine("t", "openai", api_key=KEY, base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(dfllm.ConfigurationError) as info:
+        ddf.llm.predict("t", MODEL, "Echo {{txt}}", "text", temperature=9)
+    message = str(info.value)
+    assert "txt" in message and "temperature" in message and "overwrite" in message
+
+
+def test_engine_spec_survives_pickling_and_the_key_is_nowhere_in_the_graph(client: Any) -> None:
+    config = dfllm.create_engine("t", "openai", api_key=KEY, base_url="http://127.0.0.1:9/v1")
+    spec = EngineSpec.of(config)
+    again = cloudpickle.loads(cloudpickle.dumps(spec))
+    assert again == spec and again.config().identity == config.identity
+    out = dd.from_pandas(frame(8), npartitions=2).llm.predict("t", MODEL, "Echo {{text}}", "answer")
+    graph = dict(out.__dask_graph__())
+    assert KEY.encode() not in cloudpickle.dumps(graph)
+    assert KEY not in repr(graph) and KEY not in repr(out.__dask_keys__()) and KEY not in repr(out)
+    assert KEY not in repr(spec)
+
+
+def _gate_leases() -> dict[str, int]:
+    from dfllm.runtime import worker
+
+    runtime = worker._runtime
+    if runtime is None:
+        return {}
+    return {str(k[1]): g.leases for k, g in runtime._shared.items() if k[0] == "gate"}
+
+
+def test_two_workers_together_stay_under_the_servers_rpm_cap_and_use_it(client: Any) -> None:
+    cap = 900.0  # 15 a second; 150 rows take about ten seconds
+    with FakeProvider(rpm=cap, ratelimit_headers=False) as fake:
+        dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
+        ddf = dd.from_pandas(frame(150, "capped"), npartitions=2, sort=False)
+        result = ddf.llm.predict("t", MODEL, "Echo {{text}}", "answer", rpm=cap).compute()
+        assert result["answer"].notna().all()
+        statuses = [s for _, s in fake.app.responses]
+        ok = sorted(t for t, s in fake.app.responses if s == 200)
+    assert statuses.count(429) / len(statuses) < 0.03
+    achieved = (len(ok) - 1) / (ok[-1] - ok[0]) * 60
+    assert 0.9 * cap <= achieved <= 1.05 * cap, achieved
+    leases = client.run(_gate_leases)
+    assert all(any(n > 0 for n in by_budget.values()) for by_budget in leases.values()), leases
+
+
+def test_a_retry_after_seen_by_one_worker_pauses_the_other(client: Any) -> None:
+    pause_s = 3.0
+    script = sequence([None] * 20 + [status(429, retry_after=pause_s)])
+    with FakeProvider(script=script) as fake:
+        dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
+        ddf = dd.from_pandas(frame(80, "paused"), npartitions=2, sort=False)
+        result = ddf.llm.predict("t", MODEL, "Echo {{text}}", "answer", rpm=600).compute()
+        assert result["answer"].notna().all()
+        arrivals = [r.arrived_at for r in fake.chat_requests]
+        refused_at = next(t for t, s in fake.app.responses if s == 429)
+    # Slots leased before the 429 may still be used (one lease window); then nobody sends.
+    silent = [t for t in arrivals if refused_at + LEASE_S + 0.3 < t < refused_at + pause_s - 0.1]
+    assert silent == []
+    assert len([t for t in arrivals if t > refused_at + pause_s]) > 10  # both resumed and finished
+
+
+def test_without_a_coordinator_on_the_scheduler_each_worker_keeps_a_static_share(
+        client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    client.unregister_scheduler_plugin(RateCoordinator.name)
+
+    async def refuse(self: RateCoordinator, scheduler: Any) -> None:
+        raise ModuleNotFoundError("No module named 'dfllm'")
+
+    monkeypatch.setattr(RateCoordinator, "start", refuse)  # the scheduler runs in this process
+    with FakeProvider() as fake:
+        dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
+        ddf = dd.from_pandas(frame(20, "static"), npartitions=2, sort=False)
+        with pytest.warns(UserWarning, match=r"static share \(1/2\) of rpm"):
+            out = ddf.llm.predict("t", MODEL, "Echo {{text}}", "answer", rpm=1200)
+        started = time.monotonic()
+        assert out.compute()["answer"].notna().all()
+        # Each worker paces at 600/min (one per 0.1 s) for its 10 rows: about a second, not half.
+        assert time.monotonic() - started >= 0.85
+
+
+def test_a_worker_killed_mid_run_costs_no_request_for_rows_already_answered(client: Any) -> None:
+    with FakeProvider(latency_s=0.05) as fake:
+        dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
+        df = frame(400, "kill")
+        ddf = dd.from_pandas(df, npartitions=4, sort=False)
+        future = client.compute(ddf.llm.predict("t", MODEL, "Echo {{text}}", "answer", concurrency=2))
+        deadline = time.monotonic() + 120
+        while len(fake.chat_requests) < 160 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        pids = client.run(os.getpid)
+        killed_at = time.monotonic()
+        os.kill(next(iter(pids.values())), signal.SIGKILL)
+        result = future.result(timeout=180)
+        assert result["answer"].tolist() == expected(df["text"].tolist())
+        requests = list(fake.chat_requests)
+    # Answered (50 ms latency) and committed (the cache flushes every 0.1 s) well before the kill.
+    answered_before = {r.prompt for r in requests if r.arrived_at < killed_at - 0.6}
+    asked = Counter(r.prompt for r in requests)
+    assert answered_before and all(asked[p] == 1 for p in answered_before)
+    client.wait_for_workers(2, timeout=120)
