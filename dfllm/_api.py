@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from typing_extensions import Unpack
 
@@ -88,7 +88,7 @@ def predict(df: Frame, engine: Any, model: str | None = None, template: str | Te
     if _is_dask(df):
         from dfllm.frames.dask import predict as predict_dask
 
-        return predict_dask(df, engine, model, template, target, **options)  # type: ignore[no-any-return]
+        return cast(Frame, predict_dask(cast(Any, df), engine, model, template, target, **options))
     return run_sync(apredict(df, engine, model, template, target, stats=stats, **options))
 
 

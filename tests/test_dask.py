@@ -4,6 +4,7 @@ provider on 127.0.0.1 (it runs in this process; workers reach it over loopback).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import time
@@ -61,7 +62,7 @@ def test_leases_from_many_workers_never_exceed_the_budget() -> None:
         sends += [clock.now + reply["first_s"] + i * reply["interval_s"] for i in range(reply["count"])]
         assert reply["first_s"] + reply["count"] * reply["interval_s"] <= 1.0 + 1e-9  # one window ahead at most
     sends.sort()
-    assert all(b - a >= 0.1 - 1e-9 for a, b in zip(sends, sends[1:], strict=False))
+    assert all(b - a >= 0.1 - 1e-9 for a, b in itertools.pairwise(sends))
     assert len(sends) >= 0.95 * (sends[-1] - sends[0]) * 10  # and the budget is used
 
 
@@ -104,7 +105,7 @@ def test_gate_sends_at_leased_times_and_tells_the_coordinator_of_429s_and_learne
         return times
 
     times = asyncio.run(scenario())
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(g >= 0.5 - 1e-9 for g in gaps[:4])
     assert gaps[4] >= 3.0
     assert "dfllm_learn" in calls and "dfllm_pause" in calls

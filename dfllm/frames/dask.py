@@ -143,7 +143,7 @@ def predict(ddf: dd.DataFrame, engine: Any, model: str | None = None, template: 
     text = template.text if isinstance(template, Template) else str(template)
     call = PartitionCall(spec, plan.spec.model, text, plan.target, call_options, budget,
                          coordinated, share, workers, uuid.uuid4().hex)
-    result: dd.DataFrame = ddf.map_partitions(_predict_partition, call, meta=meta)
+    result: dd.DataFrame = ddf.map_partitions(_predict_partition, call, meta=meta)  # type: ignore[no-untyped-call]
     return result
 
 
@@ -158,7 +158,7 @@ def _connect_cluster(spec: EngineSpec, limited: float | None) -> tuple[bool, flo
     except ImportError:
         return False, 1.0, 1
     try:
-        client = default_client()
+        client = default_client()  # type: ignore[no-untyped-call]
     except ValueError:
         return False, 1.0, 1
     if spec.key_id is not None:
@@ -189,7 +189,7 @@ except ImportError:  # dask without distributed: only the local schedulers
     WorkerPlugin = object  # type: ignore[assignment,misc]
 
 
-class _KeyPlugin(WorkerPlugin):  # type: ignore[misc,valid-type]
+class _KeyPlugin(WorkerPlugin):
     """Puts one API key in each worker's memory (``_KEYS``), as Dask passes credentials to workers."""
 
     idempotent = True
@@ -233,7 +233,8 @@ def _scheduler_call() -> Any:
     worker = get_worker()
 
     async def call(op: str, **fields: Any) -> Any:
-        future = asyncio.run_coroutine_threadsafe(getattr(worker.scheduler, op)(**fields), worker.loop.asyncio_loop)
+        future = asyncio.run_coroutine_threadsafe(getattr(worker.scheduler, op)(**fields),
+                                                  worker.loop.asyncio_loop)  # type: ignore[attr-defined]
         return await asyncio.wrap_future(future)
 
     call.worker_address = worker.address  # type: ignore[attr-defined]
@@ -285,4 +286,4 @@ class DaskAccessor:
 
 
 if not taken_by_other(dd.DataFrame):
-    register_dataframe_accessor("llm")(DaskAccessor)
+    register_dataframe_accessor("llm")(DaskAccessor)  # type: ignore[no-untyped-call]

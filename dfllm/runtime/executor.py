@@ -21,9 +21,9 @@ from dfllm.config.options import Options
 from dfllm.engines.base import Completion, Engine, RateLimitState, Request
 from dfllm.prompt.keys import Key
 from dfllm.runtime.bulk import gc_paused
-from dfllm.runtime.stores import Store, open_store
 from dfllm.runtime.limiter import AdaptiveRate, Clock, Pacer, Pause, Sleep, Window
 from dfllm.runtime.progress import Progress, RunStats
+from dfllm.runtime.stores import Store, open_store
 
 Outcome = Completion | EngineError
 

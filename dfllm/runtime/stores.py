@@ -85,7 +85,7 @@ class FsspecStore:
     """An open ``FsspecCache``: lookups read the objects in one batch; puts go to writer threads."""
 
     def __init__(self, url: str, storage_options: dict[str, Any]) -> None:
-        import fsspec
+        import fsspec  # type: ignore[import-untyped]
 
         self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
         self.root = root.rstrip("/")
