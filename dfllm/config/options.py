@@ -121,8 +121,8 @@ def _cache(name: str, value: Any) -> str | None:
         return None
     if callable(getattr(value, "open", None)):  # a cache location such as dfllm.FsspecCache
         return None
-    return (f"{name} must be True, False, a file path, a URL such as 's3://bucket/dir' or a dfllm.FsspecCache, "
-            f"got {value!r}.")
+    return (f"{name} must be True, False or a file path (or a URL such as 's3://bucket/dir', or a "
+            f"dfllm.FsspecCache), got {value!r}.")
 
 
 def _progress(name: str, value: Any) -> str | None:
