@@ -88,7 +88,7 @@ def capped(args: argparse.Namespace) -> None:
                 report(f"{workers} workers, dfllm cluster budget", *measure(fake, args.rows, lambda: ddf.llm.predict(
                     "bench", MODEL, TEMPLATE, "answer", rpm=cap, cache=False).compute()), cap)
                 peers = dd.from_pandas(frame(args.rows, f"p{workers}"), npartitions=2 * workers)
-                meta = peers._meta.assign(answer=pd.Series(dtype="string"))
+                meta = peers._meta.assign(answer=pd.Series(dtype="string"), answer_error=pd.Series(dtype="string"))
                 report(f"{workers} workers, each limiting itself to the cap", *measure(
                     fake, args.rows, lambda: peers.map_partitions(
                         _peer_partition, fake.base_url, cap, meta=meta).compute()), cap)
