@@ -94,6 +94,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "str": str,
     "bool": _bool,
     "bool | path": _bool_or_path,
+    "bool | path | url": _bool_or_path,
     "list[str]": _str_list,
     "str | list[str]": _json_or_text,
     "dict": _json_object,
