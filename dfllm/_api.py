@@ -23,6 +23,7 @@ from dfllm._exceptions import (
     DfllmError,
     LabelError,
     ParameterError,
+    SchemaError,
     TemplateError,
 )
 from dfllm.config.engines import EngineConfig, resolve_engine
@@ -30,10 +31,11 @@ from dfllm.config.options import Options, PredictOptions, build_options
 from dfllm.engines.base import Completion, Engine, EngineInfo
 from dfllm.frames import Column, ColumnType
 from dfllm.outputs.choices import normalise_label
+from dfllm.outputs.columns import schema_column_names, schema_columns
 from dfllm.prompt.keys import RequestKeys
 from dfllm.prompt.template import Template
 from dfllm.runtime.bulk import gc_paused
-from dfllm.runtime.executor import Executor, Outcome, RequestSpec, Work
+from dfllm.runtime.executor import Executor, Outcome, RequestSpec, Validate, Work
 from dfllm.runtime.progress import RunStats
 from dfllm.runtime.sync import run_sync
 
@@ -118,7 +120,8 @@ async def run_plan(plan: Plan, stats: RunStats) -> list[Outcome]:
     try:
         executor = Executor(runner, plan.options, stats, plan.spec,
                             concurrency_cap=plan.info.max_concurrency,
-                            cacheable=plan.info.identity is not None)
+                            cacheable=plan.info.identity is not None,
+                            validate=schema_validator(plan.options))
         return await executor.run(plan.work)
     finally:
         stats.elapsed_s = time.perf_counter() - started
@@ -198,9 +201,8 @@ def make_plan(df: Any, engine: Any, model: str | None, template: str | Template 
         info = EngineInfo.of(engine_obj)
     # Only an engine that constrains decoding is sent choices; others' answers are normalised after.
     choices = options.choices if (options.choices and info.capabilities.choices) else ()
-    spec = RequestSpec(model, options.params, options.system, choices, options.timeout_s)
-    keys = RequestKeys(info.identity or "", model, options.system, options.params,
-                       {"choices": list(options.choices or ())})
+    spec = _request_spec(model, options, info, choices)
+    keys = RequestKeys(info.identity or "", model, options.system, options.params, _constraints(options))
     plan = Plan(df, adapter, target, options, config, engine_obj, info, spec, template=parsed, keys=keys)
     _render(plan, parsed, keys)
     return plan
@@ -218,8 +220,33 @@ def plan_batch(plan: Plan, df: Any) -> Plan:
     return batch
 
 
+def _request_spec(model: str, options: Options, info: EngineInfo, choices: tuple[str, ...]) -> RequestSpec:
+    if options.schema is None:
+        return RequestSpec(model, options.params, options.system, choices, options.timeout_s)
+    from dfllm.outputs.wire import request_parts
+
+    system, params, json_schema = request_parts(options.schema, info.capabilities, options.system, options.params)
+    return RequestSpec(model, params, system, choices, options.timeout_s, json_schema)
+
+
+def _constraints(options: Options) -> dict[str, Any]:
+    constraints: dict[str, Any] = {"choices": list(options.choices or ())}
+    if options.schema is not None:  # only then: plain-text calls keep the keys they always had
+        constraints["schema"] = options.schema.wire
+    return constraints
+
+
+def schema_validator(options: Options) -> Validate | None:
+    """The executor's check of each answer against ``options.schema`` (None without a schema)."""
+    if options.schema is None:
+        return None
+    from dfllm.outputs.parse import validator
+
+    return validator(options.schema)
+
+
 def _new_columns(target: str, options: Options) -> list[str]:
-    names = [target]
+    names = schema_column_names(target, options.schema) if options.schema is not None else [target]
     if options.usage_columns:
         names += [f"{target}_prompt_tokens", f"{target}_completion_tokens"]
     if options.errors == "null":
@@ -229,6 +256,10 @@ def _new_columns(target: str, options: Options) -> list[str]:
 
 def _column_problems(existing: list[str], new: list[str]) -> list[str]:
     problems = []
+    repeated = sorted({c for c in new if new.count(c) > 1})
+    if repeated:
+        problems.append(f"The result would name two columns {repeated}: rename the schema field that collides "
+                        "with dfllm's own columns ({target}_error, {target}_prompt_tokens...).")
     duplicated = sorted({c for c in existing if existing.count(c) > 1})
     if duplicated:
         problems.append(f"The frame has duplicated column names {duplicated}; answers could not be placed "
@@ -262,13 +293,13 @@ def _render(plan: Plan, template: Template, keys: RequestKeys) -> None:
 def write_back(plan: Plan, outcomes: list[Outcome], stats: RunStats) -> Any:
     """The result frame; raises ``BatchError`` (holding it) when rows failed and errors='raise'."""
     options, target = plan.options, plan.target
-    answers_by_work: list[str | None] = []
+    answers_by_work: list[Any] = []
     errors_by_work: list[DfllmError | None] = []
     for outcome in outcomes:
         answer, error = _answer(outcome, options)
         answers_by_work.append(answer)
         errors_by_work.append(error)
-    answers: list[str | None] = []
+    answers: list[Any] = []
     row_errors: dict[int, BaseException] = {}
     for row, index in enumerate(plan.row_work):
         if index < 0:
@@ -281,8 +312,11 @@ def write_back(plan: Plan, outcomes: list[Outcome], stats: RunStats) -> Any:
     stats.failed_rows = len(row_errors)
     for exc in row_errors.values():
         stats.errors[type(exc).__name__] = stats.errors.get(type(exc).__name__, 0) + 1
-    answer_type = ColumnType("category", categories=options.choices) if options.choices else ColumnType("string")
-    columns: dict[str, Column] = {target: Column(answers, answer_type)}
+    if options.schema is not None:
+        columns = schema_columns(target, options.schema, answers)
+    else:
+        answer_type = ColumnType("category", categories=options.choices) if options.choices else ColumnType("string")
+        columns = {target: Column(answers, answer_type)}
     if options.usage_columns:
         for name in ("prompt_tokens", "completion_tokens"):
             columns[f"{target}_{name}"] = Column([
@@ -300,9 +334,16 @@ def write_back(plan: Plan, outcomes: list[Outcome], stats: RunStats) -> Any:
     return frame
 
 
-def _answer(outcome: Outcome, options: Options) -> tuple[str | None, DfllmError | None]:
+def _answer(outcome: Outcome, options: Options) -> tuple[Any, DfllmError | None]:
     if not isinstance(outcome, Completion):
         return None, outcome
+    if options.schema is not None:
+        from dfllm.outputs.parse import parse_answer
+
+        try:  # the executor validated it already; this second parse yields the values
+            return parse_answer(outcome.text, options.schema), None
+        except SchemaError as exc:
+            return None, exc
     if not options.choices:
         return outcome.text, None
     try:

@@ -18,6 +18,7 @@ DfllmError
 │       ├── RefusalError      the model refused, or the provider's filter withheld the answer
 │       └── IncompleteAnswerError  the answer was cut off (finish_reason "length") or has no text
 ├── LabelError                the answer matched none of ``choices`` (raw text in the message)
+├── SchemaError               the answer does not fit ``schema``, after every re-ask; carries ``raw``
 ├── FineTuneError             a fine-tuning job failed or its data is invalid
 └── BatchError                some rows failed; ``.partial`` holds every answer that arrived
 ```
@@ -153,6 +154,16 @@ class IncompleteAnswerError(ResponseFormatError):
 
 class LabelError(DfllmError):
     """The model's answer matched none of the allowed ``choices``."""
+
+
+class SchemaError(DfllmError):
+    """The model's answer does not fit the ``schema``; ``raw`` is its text, ``problem`` says why."""
+
+    def __init__(self, message: str, *, raw: str = "", problem: str = "", repairable: bool = True) -> None:
+        super().__init__(message)
+        self.raw = raw
+        self.problem = problem or message
+        self.repairable = repairable  # False: asking again cannot help (the answer was cut off)
 
 
 class FineTuneError(DfllmError):

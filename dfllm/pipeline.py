@@ -21,7 +21,7 @@ from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from dfllm._api import Plan, plan_batch, write_back
+from dfllm._api import Plan, plan_batch, schema_validator, write_back
 from dfllm.engines.base import Completion, Engine
 from dfllm.prompt.keys import Key
 from dfllm.runtime.executor import Executor, Outcome, Work
@@ -62,7 +62,8 @@ class BatchRunner:
         options = dataclasses.replace(plan.options, progress=False)
         self._executor = Executor(runner, options, self.stats, plan.spec,
                                   concurrency_cap=plan.info.max_concurrency,
-                                  cacheable=plan.info.identity is not None)
+                                  cacheable=plan.info.identity is not None,
+                                  validate=schema_validator(plan.options))
         try:
             await self._executor.__aenter__()
         except BaseException:

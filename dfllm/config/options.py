@@ -22,6 +22,7 @@ from dfllm._exceptions import did_you_mean
 
 if TYPE_CHECKING:
     from dfllm.runtime.stores import CacheLocation
+    from dfllm.outputs.schema import OutputSchema
 
 Check = Callable[[str, Any], "str | None"]
 
@@ -116,6 +117,17 @@ def _choices(name: str, value: Any) -> str | None:
     return None
 
 
+def _schema(name: str, value: Any) -> str | None:
+    from dfllm._exceptions import ParameterError
+    from dfllm.outputs.schema import normalise_schema
+
+    try:
+        normalise_schema(value)
+    except ParameterError as exc:
+        return " ".join(exc.problems)
+    return None
+
+
 def _cache(name: str, value: Any) -> str | None:
     if isinstance(value, (bool, Path)) or (isinstance(value, str) and value.strip()):
         return None
@@ -188,6 +200,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("choices", "list[str]", None,
            "the answer must be one of these labels (local: grammar-constrained; HTTP: normalised, "
            "else a row error with the raw text)", _choices, default_text="none"),
+    Option("schema", "pydantic model | dict", None,
+           "answers as typed columns {target}_{field}: a pydantic model class, a JSON Schema dict, or "
+           "{'field': type}; see Structured outputs", _schema, default_text="none"),
+    Option("max_repairs", "int", 2, "re-asks of a row whose answer does not fit the schema, showing the "
+           "model its answer and the validation error; then a row error", non_negative_int),
     Option("concurrency", "int", 64, "requests in flight at most", positive_int),
     Option("rpm", "float", None, "client-side requests per minute; without it dfllm reads x-ratelimit-* "
            "headers or learns from 429s", positive_number, default_text="learned"),
@@ -235,6 +252,8 @@ class PredictOptions(TypedDict, total=False):
     extra_body: dict[str, Any]
     system: str | None
     choices: list[str] | tuple[str, ...] | None
+    schema: Any
+    max_repairs: int
     concurrency: int
     rpm: float | None
     tpm: float | None
@@ -256,6 +275,8 @@ class Options:
 
     system: str | None = None
     choices: tuple[str, ...] | None = None
+    schema: OutputSchema | None = None
+    max_repairs: int = OPTION_BY_NAME["max_repairs"].default
     concurrency: int = OPTION_BY_NAME["concurrency"].default
     rpm: float | None = None
     tpm: float | None = None
@@ -312,6 +333,9 @@ def build_options(layers: list[Mapping[str, Any]]) -> tuple[Options, list[str]]:
         merged.update(layer)
     problems = unknown_option_problems([str(k) for k in merged])
     problems += option_problems(merged)
+    if merged.get("schema") is not None and merged.get("choices") is not None:
+        problems.append("choices and schema cannot be combined: use choices for one label, or a schema field "
+                        "typed Literal['a', 'b'] for labels among other fields.")
     if problems:
         return Options(), problems
     params = {k: v for k, v in merged.items() if k in SENT_OPTIONS and k != "extra_body" and v is not None}
@@ -320,6 +344,10 @@ def build_options(layers: list[Mapping[str, Any]]) -> tuple[Options, list[str]]:
     policy = {k: v for k, v in merged.items() if k in OPTION_NAMES and k not in SENT_OPTIONS and v is not None}
     if "choices" in policy:
         policy["choices"] = tuple(policy["choices"])
+    if "schema" in policy:
+        from dfllm.outputs.schema import normalise_schema
+
+        policy["schema"] = normalise_schema(policy["schema"])
     return Options(**policy, params=params), []
 
 

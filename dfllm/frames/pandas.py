@@ -13,7 +13,9 @@ from dfllm.frames.accessor import LLMAccessor, taken_by_other
 
 
 def pandas_dtype(kind: ColumnType) -> Any:
-    """The nullable pandas dtype for a logical column type (``object`` where pandas has none)."""
+    """The nullable pandas dtype for a logical column type: ``string``, ``Int64``, ``Float64``,
+    ``boolean``, ``category`` (choices, Literal and Enum fields), ``datetime64`` (dates and UTC
+    datetimes); ``object`` holding Python lists, dicts and JSON values for lists and nested objects."""
     if kind.kind == "category":
         return pd.CategoricalDtype(list(kind.categories))
     return {"string": "string", "int": "Int64", "float": "Float64", "bool": "boolean",

@@ -12,17 +12,21 @@ from dfllm.frames.accessor import LLMAccessor, taken_by_other
 
 
 def polars_dtype(kind: ColumnType) -> Any:
-    """The Polars dtype for a logical column type (``Object`` for free-form JSON)."""
+    """The Polars dtype for a logical column type: String, Int64, Float64, Boolean, Date, Datetime,
+    Enum (choices, Literal and Enum fields), List, Struct; ``Object`` for free-form JSON."""
     simple = {"string": pl.String, "int": pl.Int64, "float": pl.Float64, "bool": pl.Boolean,
               "date": pl.Date, "datetime": pl.Datetime}
     if kind.kind in simple:
         return simple[kind.kind]
     if kind.kind == "category":
         return pl.Enum(list(kind.categories))
+    # Polars cannot nest Object: a list or struct holding free-form JSON is an Object column itself.
     if kind.kind == "list" and kind.item is not None:
-        return pl.List(polars_dtype(kind.item))
+        item = polars_dtype(kind.item)
+        return pl.Object if item == pl.Object else pl.List(item)
     if kind.kind == "struct":
-        return pl.Struct({name: polars_dtype(t) for name, t in kind.fields})
+        fields = {name: polars_dtype(t) for name, t in kind.fields}
+        return pl.Object if any(t == pl.Object for t in fields.values()) else pl.Struct(fields)
     return pl.Object
 
 

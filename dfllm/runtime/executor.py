@@ -5,6 +5,13 @@ that request. It owns the cache (look up first, write each answer the moment it 
 concurrency (a fixed pool of workers and an AIMD window), rate limits (paced ``rpm``/``tpm``,
 limits learned from ``x-ratelimit-*`` headers, a pause for every worker on ``Retry-After``),
 retries (bounded in attempts and total time, with jittered exponential backoff) and progress.
+
+Answers that must fit a schema are checked here too, because a re-ask is policy: given a
+``validate`` callback (an answer -> ``None`` when it fits, else the ``SchemaError``), a row whose
+answer does not fit is asked again, at most ``max_repairs`` times, with its previous answer and
+the validation problem in the conversation; then the ``SchemaError`` is that row's outcome. Only
+answers that fit are cached, and a cached answer is checked again on read (a changed schema,
+or an entry written by an older dfllm, is asked afresh rather than served in a stale shape).
 """
 
 from __future__ import annotations
@@ -12,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from dfllm._exceptions import AuthenticationError, EngineError, RateLimitError
+from dfllm._exceptions import AuthenticationError, EngineError, RateLimitError, SchemaError
 from dfllm.config.options import Options
 from dfllm.engines.base import Completion, Engine, RateLimitState, Request
 from dfllm.prompt.keys import Key
@@ -25,7 +32,8 @@ from dfllm.runtime.limiter import AdaptiveRate, Clock, Pacer, Pause, Sleep, Wind
 from dfllm.runtime.progress import Progress, RunStats
 from dfllm.runtime.stores import Store, open_store
 
-Outcome = Completion | EngineError
+Outcome = Completion | EngineError | SchemaError
+Validate = Callable[[Completion], "SchemaError | None"]
 
 # Before the first answer we know nothing of the account's limits: start this many in flight
 # (doubling per round trip) rather than firing the whole pool at once into a possible cap.
@@ -40,6 +48,8 @@ class Work(NamedTuple):
 
     key: Key
     prompt: str
+    # A re-ask: the previous answers and what was wrong with them, after the prompt.
+    history: tuple[dict[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -51,11 +61,14 @@ class RequestSpec:
     system: str | None = None
     choices: tuple[str, ...] = ()
     timeout_s: float = 120.0
+    json_schema: dict[str, Any] | None = None
 
-    def build(self, prompt: str) -> Request:
+    def build(self, prompt: str, history: Sequence[dict[str, str]] = ()) -> Request:
         user = {"role": "user", "content": prompt}
         messages = [{"role": "system", "content": self.system}, user] if self.system else [user]
-        return Request(self.model, messages, self.params, self.choices, self.timeout_s)
+        if history:
+            messages += history
+        return Request(self.model, messages, self.params, self.choices, self.timeout_s, self.json_schema)
 
 
 def estimate_tokens(request: Request) -> int:
@@ -86,6 +99,7 @@ class Executor:
         *,
         concurrency_cap: int | None = None,
         cacheable: bool = True,
+        validate: Validate | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
@@ -94,6 +108,7 @@ class Executor:
         self._engine = engine
         self._gate = gate
         self._cacheable = cacheable
+        self._validate = validate
         self._spec = spec
         self._options = options
         self.stats = stats
@@ -143,6 +158,8 @@ class Executor:
             if cache is not None:
                 with gc_paused():
                     found = cache.get_many(w.key for w in work)
+                    if self._validate is not None:
+                        found = {k: c for k, c in found.items() if self._validate(c) is None}
                     results = [found.get(w.key) for w in work]
                 hits = len(found)
                 self.stats.cache_hits += hits
@@ -180,7 +197,7 @@ class Executor:
             if self._abort is not None:
                 return
             item = work[i]
-            outcome = await self._attempt(item)
+            outcome = await self._answer(item)
             results[i] = outcome
             if isinstance(outcome, Completion):
                 self.stats.succeeded += 1
@@ -190,8 +207,28 @@ class Executor:
                     cache.put(item.key, outcome)
             progress.advance()
 
+    async def _answer(self, item: Work) -> Outcome:
+        """The row's outcome: the engine's answer, re-asked while it does not fit the schema."""
+        outcome = await self._attempt(item)
+        repairs = 0
+        while self._validate is not None and isinstance(outcome, Completion):
+            problem = self._validate(outcome)
+            if problem is None:
+                break
+            if not problem.repairable or repairs >= self._options.max_repairs or self._abort is not None:
+                return problem
+            repairs += 1
+            self.stats.repairs += 1
+            item = item._replace(history=(*item.history, {"role": "assistant", "content": outcome.text}, {
+                "role": "user",
+                "content": f"That answer does not fit the required JSON schema: {problem.problem}. "
+                           "Reply with only the corrected JSON object.",
+            }))
+            outcome = await self._attempt(item)
+        return outcome
+
     async def _attempt(self, item: Work) -> Outcome:
-        request = self._spec.build(item.prompt)
+        request = self._spec.build(item.prompt, item.history)
         started = self._clock()
         attempt = 0
         while True:

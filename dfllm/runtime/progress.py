@@ -17,6 +17,7 @@ class RunStats:
     cache_hits: int = 0
     requests: int = 0  # HTTP requests sent, retries included
     retries: int = 0
+    repairs: int = 0  # re-asks of answers that did not fit the schema
     rate_limited: int = 0  # 429 answers
     succeeded: int = 0  # unique prompts answered by the provider in this run
     failed_rows: int = 0
