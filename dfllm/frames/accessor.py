@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from typing_extensions import Unpack
@@ -14,7 +15,11 @@ if TYPE_CHECKING:
 
 
 class LLMAccessor:
-    """``df.llm.predict(engine, model, template, target, **options)``; see ``dfllm.predict``."""
+    """``df.llm.predict(engine, model, template, target, **options)``; see ``dfllm.predict``.
+
+    The verbs ``classify``, ``extract`` and ``filter`` are thin doors onto ``predict`` too; see
+    ``dfllm.outputs.verbs``.
+    """
 
     def __init__(self, df: Any) -> None:
         self._df = df
@@ -32,6 +37,27 @@ class LLMAccessor:
         from dfllm._api import apredict
 
         return await apredict(self._df, engine, model, template, target, stats=stats, **options)
+
+    def classify(self, column: str, labels: Sequence[str], *, engine: Any = "local", model: str | None = None,
+                 target: str | None = None, **options: Unpack[PredictOptions]) -> Any:
+        """A ``{column}_label`` column (or ``target``): one of ``labels`` per row, categorical."""
+        from dfllm.outputs.verbs import classify
+
+        return classify(self._df, column, labels, engine=engine, model=model, target=target, **options)
+
+    def extract(self, column: str, fields: Any, *, engine: Any = "local", model: str | None = None,
+                target: str | None = None, **options: Unpack[PredictOptions]) -> Any:
+        """Typed ``{column}_{field}`` columns: ``fields`` is a list of names or any ``schema`` form."""
+        from dfllm.outputs.verbs import extract
+
+        return extract(self._df, column, fields, engine=engine, model=model, target=target, **options)
+
+    def filter(self, template: str, *, engine: Any = "local", model: str | None = None,
+               **options: Unpack[PredictOptions]) -> Any:
+        """The rows the model answers "yes" for ``template``, a yes/no question about each row."""
+        from dfllm.outputs.verbs import filter as filter_rows
+
+        return filter_rows(self._df, template, engine=engine, model=model, **options)
 
     def finetune(self, engine: Any, base_model: str, **options: Any) -> Any:
         from dfllm._finetune import finetune

@@ -55,6 +55,10 @@ class PandasAdapter:
             out[name] = series
         return out
 
+    def keep_rows(self, df: Any, mask: list[bool]) -> Any:
+        """The rows where ``mask`` is true, with their index labels (``df.llm.filter``)."""
+        return df.iloc[[i for i, keep in enumerate(mask) if keep]]
+
 
 register(PandasAdapter())
 if not taken_by_other(pd.DataFrame):

@@ -50,6 +50,10 @@ class PolarsAdapter:
                   for name, c in columns.items()]
         return df.with_columns(series)
 
+    def keep_rows(self, df: Any, mask: list[bool]) -> Any:
+        """The rows where ``mask`` is true (``df.llm.filter``)."""
+        return df.filter(pl.Series(mask, dtype=pl.Boolean))
+
 
 register(PolarsAdapter())
 if not taken_by_other(pl.DataFrame):

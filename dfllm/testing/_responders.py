@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 Responder = Callable[[str, str], str]  # (model, prompt) -> answer
 
@@ -41,3 +43,48 @@ def smart(model: str, prompt: str) -> str:
 
 
 RESPONDERS: dict[str, Responder] = {"echo": echo, "sentiment": sentiment, "smart": smart}
+
+
+def requested_schema(body: Any) -> Mapping[str, Any] | None:
+    """The JSON Schema a chat request asks its answer to match (OpenAI's or the json_object form)."""
+    response_format = body.get("response_format") if isinstance(body, Mapping) else None
+    if not isinstance(response_format, Mapping):
+        return None
+    schema = response_format.get("schema")
+    if response_format.get("type") == "json_schema" and isinstance(response_format.get("json_schema"), Mapping):
+        schema = response_format["json_schema"].get("schema")
+    return schema if isinstance(schema, Mapping) else None
+
+
+def conforming(schema: Mapping[str, Any], prompt: str) -> str:
+    """A JSON object that matches ``schema``, varying with the prompt (what a schema-enforcing API sends)."""
+    return json.dumps(_value(schema, prompt), separators=(",", ":"))
+
+
+def _value(schema: Any, prompt: str) -> Any:
+    if not isinstance(schema, Mapping):
+        return None
+    if schema.get("enum"):
+        return schema["enum"][len(prompt) % len(schema["enum"])]
+    if "const" in schema:
+        return schema["const"]
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            options = [s for s in schema[key] if isinstance(s, Mapping) and s.get("type") != "null"]
+            return _value(options[0], prompt) if options else None
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        return {k: _value(v, prompt) for k, v in (schema.get("properties") or {}).items()}
+    if kind == "array":
+        return [_value(schema.get("items", {"type": "string"}), prompt)]
+    if kind == "string":
+        return {"date": "2024-01-31", "date-time": "2024-01-31T12:00:00Z"}.get(schema.get("format", ""), prompt[-40:])
+    if kind == "integer":
+        return len(prompt)
+    if kind == "number":
+        return len(prompt) / 4
+    if kind == "boolean":
+        return len(prompt) % 2 == 0
+    return None

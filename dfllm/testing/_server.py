@@ -2,8 +2,9 @@
 
 It answers ``POST /v1/chat/completions`` and ``GET /v1/models`` in OpenAI's shape, plays a
 per-request script (latency, 429 with Retry-After, 5xx, 401, malformed JSON, dropped
-connections), can enforce an RPM cap the client does not know, and records every request so
-tests assert from the server's side.
+connections), answers a request with a JSON Schema ``response_format`` with a conforming
+object, can enforce an RPM cap the client does not know, and records every request so tests
+assert from the server's side.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from aiohttp import web
 
 from dfllm.testing._behaviour import Behaviour, RecordedRequest, Script
 from dfllm.testing._finetune import FineTuneRoutes
-from dfllm.testing._responders import RESPONDERS, Responder
+from dfllm.testing._responders import RESPONDERS, Responder, conforming, requested_schema
 
 DEFAULT_MODELS = ("gpt-4o-mini", "mistral-7b", "mistralai/Mistral-7B-Instruct-v0.1", "claude-2.1")
 
@@ -194,7 +195,13 @@ class FakeProviderApp:
             return self._respond(response)
         body = recorded.body if isinstance(recorded.body, dict) else {}
         model = str(body.get("model", ""))
-        text = behaviour.text if behaviour.text is not None else self.responder(model, recorded.prompt)
+        schema = requested_schema(body)
+        if behaviour.text is not None:
+            text = behaviour.text
+        elif schema is not None:  # as a schema-enforcing API does: a conforming object, whatever the responder
+            text = conforming(schema, recorded.prompt)
+        else:
+            text = self.responder(model, recorded.prompt)
         response = web.Response(
             body=_completion_json(recorded.index, model, body.get("messages", []), text),
             content_type="application/json",

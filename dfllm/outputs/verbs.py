@@ -1,0 +1,84 @@
+"""Verbs: the common questions asked of a frame, each a few lines over ``predict``.
+
+- ``classify(df, column, labels)``: one label per row, in a categorical ``{column}_label`` column.
+- ``extract(df, column, fields)``: typed ``{column}_{field}`` columns (``fields``: a list of
+  names, read as strings, or any ``schema`` form).
+- ``filter(df, template)``: the rows the model answers "yes" for.
+
+They build a template and options and call ``predict``: one execution path, the same cache,
+limits, retries and errors. ``engine`` defaults to ``"local"`` (the bundled model, offline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from typing_extensions import Unpack
+
+from dfllm import frames
+from dfllm._exceptions import ParameterError
+from dfllm.config.options import PredictOptions
+
+_YES_NO = ["yes", "no"]
+
+
+def classify(df: Any, column: str, labels: Sequence[str], *, engine: Any = "local", model: str | None = None,
+             target: str | None = None, **options: Unpack[PredictOptions]) -> Any:
+    """A copy of ``df`` with ``target`` (default ``{column}_label``): one of ``labels`` per row."""
+    from dfllm._api import predict
+
+    shown = ", ".join(str(label) for label in labels) if _is_labels(labels) else repr(labels)
+    template = (f"Classify the text into exactly one of these labels: {shown}. Answer with the label only."
+                f"\n\nText: {{{{{column}}}}}")
+    call: dict[str, Any] = {**options, "choices": list(labels) if _is_labels(labels) else labels}
+    return predict(df, engine, model, template, target or f"{column}_label", **call)
+
+
+def extract(df: Any, column: str, fields: Any, *, engine: Any = "local", model: str | None = None,
+            target: str | None = None, **options: Unpack[PredictOptions]) -> Any:
+    """A copy of ``df`` with one typed column ``{target}_{field}`` per field (``target``: ``column``)."""
+    from dfllm._api import predict
+
+    if isinstance(fields, (list, tuple)) and all(isinstance(f, str) for f in fields):
+        fields = {name: str for name in fields}
+    names = _field_names(fields)
+    template = f"Extract these fields from the text: {', '.join(names)}.\n\nText: {{{{{column}}}}}"
+    call: dict[str, Any] = {**options, "schema": fields}
+    return predict(df, engine, model, template, target or column, **call)
+
+
+def filter(df: Any, template: str, *, engine: Any = "local", model: str | None = None,
+           **options: Unpack[PredictOptions]) -> Any:
+    """The rows of ``df`` the model answers "yes" for ``template`` (a yes/no question about the row).
+
+    Rows answered "no", and with ``errors="null"`` rows whose answer failed, are left out; with
+    ``errors="raise"`` a failed row raises ``BatchError`` as ``predict`` does.
+    """
+    from dfllm._api import predict
+
+    adapter = frames.adapter_for(df)
+    keep_rows = getattr(adapter, "keep_rows", None)
+    if keep_rows is None:
+        raise ParameterError(f"filter does not support {adapter.name} frames yet; use predict and filter the column.")
+    existing = set(adapter.column_names(df))
+    target = next(t for t in (f"_dfllm_keep{i or ''}" for i in range(len(existing) + 1))
+                  if not {t, f"{t}_error"} & existing)
+    system = options.get("system") or "Answer the question about the text with yes or no only."
+    call: dict[str, Any] = {**options, "choices": _YES_NO, "system": system}
+    answered = predict(df, engine, model, template, target, **call)
+    return keep_rows(df, [answer == "yes" for answer in adapter.column_values(answered, target)])
+
+
+def _is_labels(labels: Any) -> bool:
+    return isinstance(labels, (list, tuple)) and all(isinstance(label, str) for label in labels)
+
+
+def _field_names(fields: Any) -> list[str]:
+    """The field names to mention in the prompt; the schema itself is checked by ``predict``."""
+    from dfllm.outputs.schema import normalise_schema
+
+    try:
+        return [key for key, _, _ in normalise_schema(fields).fields]
+    except ParameterError:
+        return []  # predict reports the problem with every other one

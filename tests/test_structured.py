@@ -1,0 +1,416 @@
+"""Structured outputs: schema forms, typed columns, the wire, validation with bounded repair, cache."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import enum
+import json
+from typing import Annotated, Any, Literal
+
+import pandas as pd
+import polars as pl
+import pydantic
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dfllm
+from dfllm.engines.base import Capabilities, Completion, Request
+from dfllm.outputs.parse import drop_trailing_commas, extract_json, parse_answer
+from dfllm.outputs.schema import normalise_schema
+from dfllm.testing import Behaviour, FakeProvider, MockEngine, RecordedRequest, ok
+from dfllm.testing._behaviour import Script
+
+from .conftest import KEY
+
+STRICT = Capabilities(json_schema=True, json_mode=True)
+SCHEMA = {"n": int, "label": Literal["a", "b"], "tags": list[str]}
+
+
+def json_engine(answers: dict[str, Any], capabilities: Capabilities = STRICT) -> MockEngine:
+    """Answers each prompt (the last user message of the first turn) with its scripted text."""
+    def handler(request: Request) -> str:
+        prompt = next(m["content"] for m in request.messages if m["role"] == "user")
+        answer = answers[prompt]
+        return answer if isinstance(answer, str) else json.dumps(answer)
+
+    return MockEngine(handler, capabilities=capabilities)
+
+
+def assert_strict(schema: Any) -> None:
+    """OpenAI strict mode: every object closed, every property required, no $ref left."""
+    if isinstance(schema, dict):
+        assert "$ref" not in schema and "$defs" not in schema
+        if "properties" in schema:
+            assert schema["additionalProperties"] is False
+            assert schema["required"] == list(schema["properties"])
+        for value in schema.values():
+            assert_strict(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            assert_strict(value)
+
+
+# -- the three schema forms ----------------------------------------------------------------
+
+class Mood(enum.Enum):
+    HAPPY = "happy"
+    SAD = "sad"
+
+
+class Address(pydantic.BaseModel):
+    city: str
+    zip: int | None = None
+
+
+class Person(pydantic.BaseModel):
+    name: str
+    age: int
+    keywords: list[str] = pydantic.Field(alias="json")  # an alias names the answer key and the column
+    mood: Mood
+    born: dt.date
+    address: Address | None = None
+
+
+def test_the_three_schema_forms_give_the_same_fields_and_a_strict_wire_schema() -> None:
+    mapping = normalise_schema({"name": str, "age": int, "sentiment": Literal["positive", "negative"],
+                                "when": dt.date, "tags": list[str], "json": float})
+    json_schema = normalise_schema({
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                       "sentiment": {"type": "string", "enum": ["positive", "negative"]},
+                       "when": {"type": "string", "format": "date"},
+                       "tags": {"type": "array", "items": {"type": "string"}}, "json": {"type": "number"}},
+        "required": ["name", "age", "sentiment", "when", "tags", "json"],
+    })
+    assert [(k, t) for k, _, t in mapping.fields] == [(k, t) for k, _, t in json_schema.fields]
+    assert [t.kind for _, _, t in mapping.fields] == ["string", "int", "category", "date", "list", "float"]
+    assert mapping.wire == json_schema.wire
+    person = normalise_schema(Person)
+    assert [k for k, _, _ in person.fields] == ["name", "age", "json", "mood", "born", "address"]
+    assert [t.kind for _, _, t in person.fields] == ["string", "int", "list", "category", "date", "struct"]
+    for schema in (mapping, json_schema, person):
+        assert_strict(schema.wire)
+    # An optional field is required on the wire but nullable.
+    assert {"type": "null"} in person.wire["properties"]["address"]["anyOf"]
+
+
+def test_bad_schemas_are_one_configuration_error_before_any_request() -> None:
+    engine = json_engine({})
+    df = pd.DataFrame({"text": ["x"]})
+    with pytest.raises(dfllm.ParameterError) as info:
+        dfllm.predict(df, engine, "m", "{{text}}", "t", schema={"age": "int", "_private": str, "ok": int})
+    message = str(info.value)
+    assert "'age' must be a type" in message and "'_private'" in message
+    with pytest.raises(dfllm.ParameterError, match="choices and schema cannot be combined"):
+        dfllm.predict(df, engine, "m", "{{text}}", "t", schema={"a": int}, choices=["x", "y"])
+    with pytest.raises(dfllm.ParameterError, match="unsupported JSON Schema"):
+        dfllm.predict(df, engine, "m", "{{text}}", "t",
+                      schema={"type": "object", "properties": {"a": {"type": "blob"}}})
+    assert engine.requests == []
+
+
+def test_a_schema_column_that_would_overwrite_one_is_refused_before_any_request() -> None:
+    engine = json_engine({})
+    df = pd.DataFrame({"text": ["x"], "t_n": [1]})
+    with pytest.raises(dfllm.ConfigurationError, match=r"overwrite existing column\(s\) \['t_n'\]"):
+        dfllm.predict(df, engine, "m", "{{text}}", "t", schema={"n": int})
+    with pytest.raises(dfllm.ConfigurationError, match=r"name two columns \['t_error'\]"):
+        dfllm.predict(df, engine, "m", "{{text}}", "t", schema={"error": str}, errors="null")
+    assert engine.requests == []
+
+
+# -- typed columns: any schema, any conforming answer ---------------------------------------
+
+# (annotation, value strategy, pandas dtype, polars dtype)
+FIELD_KINDS: list[tuple[Any, st.SearchStrategy[Any], str, Any]] = [
+    (str, st.text(max_size=12), "string", pl.String),
+    (int, st.integers(-(2**63), 2**63 - 1), "Int64", pl.Int64),
+    (float, st.floats(allow_nan=False, allow_infinity=False), "Float64", pl.Float64),
+    (bool, st.booleans(), "boolean", pl.Boolean),
+    (Literal["x", "y", "z"], st.sampled_from(["x", "y", "z"]), "category", pl.Enum(["x", "y", "z"])),
+    (dt.date, st.dates(), "datetime64", pl.Date),
+    (list[str], st.lists(st.text(max_size=4), max_size=3), "object", pl.List(pl.String)),
+    (int | None, st.none() | st.integers(-1000, 1000), "Int64", pl.Int64),
+]
+NAMES = st.from_regex(r"[a-z][a-z0-9_]{0,6}", fullmatch=True).filter(lambda n: n != "error")
+
+
+@st.composite
+def schemas_and_rows(draw: st.DrawFn) -> tuple[dict[str, int], list[dict[str, Any]], int | None]:
+    names = draw(st.lists(NAMES, min_size=1, max_size=4, unique=True))
+    kinds = {name: draw(st.integers(0, len(FIELD_KINDS) - 1)) for name in names}
+    rows = draw(st.lists(st.fixed_dictionaries({n: FIELD_KINDS[k][1] for n, k in kinds.items()}),
+                         min_size=1, max_size=4))
+    bad = draw(st.none() | st.integers(0, len(rows) - 1))
+    return kinds, rows, bad
+
+
+def _encode(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, dt.date) else value
+
+
+@settings(max_examples=60, deadline=None)
+@given(schemas_and_rows())
+def test_any_schema_and_conforming_answers_give_typed_columns_that_round_trip(
+        case: tuple[dict[str, int], list[dict[str, Any]], int | None]) -> None:
+    kinds, rows, bad = case
+    schema = {name: FIELD_KINDS[k][0] for name, k in kinds.items()}
+    answers: dict[str, Any] = {f"row {i}": {n: _encode(v) for n, v in row.items()} for i, row in enumerate(rows)}
+    if bad is not None:
+        # Not an object of the schema: a wrong type in the first field.
+        answers[f"row {bad}"] = {**answers[f"row {bad}"], next(iter(schema)): {"nested": "object"}}
+    prompts = list(answers)
+    for frame in (pd.DataFrame({"text": prompts}), pl.DataFrame({"text": prompts})):
+        out = dfllm.predict(frame, json_engine(answers), "m", "{{text}}", "t", schema=schema, cache=False,
+                            errors="null", max_repairs=1)
+        is_pandas = isinstance(out, pd.DataFrame)
+        errors = out["t_error"].tolist() if is_pandas else out["t_error"].to_list()
+        for name, k in kinds.items():
+            _, _, pandas_dtype, polars_dtype = FIELD_KINDS[k]
+            column = out[f"t_{name}"]
+            if is_pandas:
+                assert str(column.dtype).startswith(pandas_dtype), (name, column.dtype)
+                values = column.tolist()
+            else:
+                assert column.dtype == polars_dtype, (name, column.dtype)
+                values = column.to_list()
+            for i, row in enumerate(rows):
+                got = values[i]
+                if i == bad:
+                    assert got is None or pd.isna(got)
+                    continue
+                expected = row[name]
+                if is_pandas and isinstance(expected, dt.date):
+                    expected = pd.Timestamp(expected)
+                if expected is None:
+                    assert got is None or pd.isna(got)
+                else:
+                    assert got == expected, (name, got, expected)
+        for i, error in enumerate(errors):
+            if i == bad:
+                assert error.startswith("SchemaError: The answer does not match the schema") and '{"nested"' in error
+            else:
+                assert error is None or pd.isna(error)
+
+
+# -- parsing: tolerant about where the JSON is, strict about types --------------------------
+
+def test_parse_tolerates_fences_prose_and_trailing_commas_but_not_wrong_types() -> None:
+    schema = normalise_schema({"name": str, "tags": list[str]})
+    expected = ("a, b}", ["x,]", "y"])
+    body = '{"name": "a, b}", "tags": ["x,]", "y",],}'
+    assert parse_answer('{"name": "a, b}", "tags": ["x,]", "y"]}', schema) == expected
+    assert parse_answer(f"Here you go:\n```json\n{body}\n```\nAnything else?", schema) == expected
+    assert parse_answer(f"Sure {{ok}} the answer is {body} hope it helps", schema) == expected
+    assert drop_trailing_commas('{"a": "x,}", "b": [1,],}') == '{"a": "x,}", "b": [1]}'
+    assert extract_json("no json here") is None
+    with pytest.raises(dfllm.SchemaError, match="no JSON object") as info:
+        parse_answer("I cannot help with that.", schema)
+    assert info.value.raw == "I cannot help with that."
+    with pytest.raises(dfllm.SchemaError, match="tags: Input should be a valid array"):
+        parse_answer('{"name": "a", "tags": "x"}', schema)
+    numbers = normalise_schema({"n": int})
+    with pytest.raises(dfllm.SchemaError, match="valid integer"):
+        parse_answer('{"n": "5"}', numbers)  # strict: no string-to-int coercion
+    with pytest.raises(dfllm.SchemaError, match="64-bit"):
+        parse_answer('{"n": 99999999999999999999}', numbers)
+    with pytest.raises(dfllm.SchemaError, match="n: Field required"):
+        parse_answer("{}", numbers)
+
+
+# -- the wire, repair and row errors, against the fake provider -----------------------------
+
+def test_response_format_on_the_wire_and_typed_columns(engine: str, fake: FakeProvider) -> None:
+    df = pd.DataFrame({"text": ["one", "two"]})
+    out = df.llm.predict(engine, "gpt-4o-mini", "About {{text}}", "t", schema=Person)
+    body = fake.chat_requests[0].body
+    response_format = body["response_format"]
+    assert response_format["type"] == "json_schema"
+    assert response_format["json_schema"]["name"] == "Person" and response_format["json_schema"]["strict"] is True
+    assert response_format["json_schema"]["schema"] == normalise_schema(Person).wire
+    assert_strict(response_format["json_schema"]["schema"])
+    assert [m["role"] for m in body["messages"]] == ["user"]  # enforced: the prompt is not padded
+    assert list(out.columns) == ["text", "t_name", "t_age", "t_json", "t_mood", "t_born", "t_address"]
+    assert out["t_age"].tolist() == [len("About one"), len("About two")]
+    assert str(out["t_mood"].dtype) == "category" and list(out["t_mood"].cat.categories) == ["happy", "sad"]
+    assert out["t_born"].tolist() == [pd.Timestamp("2024-01-31")] * 2
+    assert out["t_address"].tolist()[0] == {"city": "About one", "zip": len("About one")}
+
+
+def test_json_mode_engines_get_json_object_and_the_schema_in_the_system_prompt(fake: FakeProvider) -> None:
+    dfllm.create_engine("any", "anyscale_endpoints", api_key=KEY, base_url=fake.base_url)
+    out = pd.DataFrame({"text": ["x"]}).llm.predict("any", "m", "{{text}}", "t", schema=SCHEMA, system="Be brief.")
+    body = fake.chat_requests[0].body
+    assert body["response_format"] == {"type": "json_object", "schema": normalise_schema(SCHEMA).wire}
+    assert body["messages"][0]["role"] == "system"
+    assert body["messages"][0]["content"].startswith("Be brief.\n\nAnswer with only a JSON object")
+    assert out["t_n"].tolist() == [1]
+
+
+def test_engines_without_json_support_get_the_schema_in_the_prompt_and_the_same_validation() -> None:
+    engine = json_engine({"x": '```json\n{"n": 1, "label": "b", "tags": ["q"],}\n```'}, Capabilities())
+    out = dfllm.predict(pd.DataFrame({"text": ["x"]}), engine, "m", "{{text}}", "t", schema=SCHEMA)
+    request = engine.requests[0]
+    assert "response_format" not in request.params and request.json_schema is None
+    assert '"required":["n","label","tags"]' in request.messages[0]["content"]
+    assert out[["t_n", "t_label"]].values.tolist() == [[1, "b"]] and out["t_tags"].tolist() == [["q"]]
+
+
+def first_prompt(request: RecordedRequest) -> str:
+    return str(next(m["content"] for m in request.body["messages"] if m["role"] == "user"))
+
+
+def answer_row(row: str, text: str, times: int) -> Script:
+    """``text`` for the first ``times`` requests about ``row`` (re-asks included), then the normal answer."""
+    left = [times]
+
+    def script(request: RecordedRequest) -> Behaviour | None:
+        if first_prompt(request) == row and left[0] > 0:
+            left[0] -= 1
+            return ok(text=text)
+        return None
+
+    return script
+
+
+def test_an_invalid_answer_is_re_asked_with_the_answer_and_the_problem(engine: str, fake: FakeProvider) -> None:
+    fake.app.script = answer_row("row 1", 'Sorry, here: {"n": "seven"}', 1)
+    df = pd.DataFrame({"text": ["row 0", "row 1"]})
+    out = df.llm.predict(engine, "m", "{{text}}", "t", schema=SCHEMA)
+    assert out["t_n"].notna().all() and out["t_n"][0] == 5
+    repair = [r.body for r in fake.chat_requests if len(r.body["messages"]) > 1]
+    assert len(repair) == 1 and len(fake.chat_requests) == 3
+    messages = repair[0]["messages"]
+    assert messages[1] == {"role": "assistant", "content": "Sorry, here: {\"n\": \"seven\"}"}
+    assert "n: Input should be a valid integer" in messages[2]["content"]
+    assert "label: Field required" in messages[2]["content"]
+    run = dfllm.last_run()
+    assert run is not None and run.repairs == 1 and run.failed_rows == 0
+
+
+def test_an_answer_that_never_fits_is_a_row_error_with_the_raw_text(engine: str, fake: FakeProvider) -> None:
+    fake.app.script = answer_row("row 1", '{"n": 1.5, "label": "c", "tags": []}', 10)
+    df = pd.DataFrame({"text": ["row 0", "row 1", "row 2"]})
+    out = df.llm.predict(engine, "m", "{{text}}", "t", schema=SCHEMA, errors="null", max_repairs=2)
+    assert sum(first_prompt(r) == "row 1" for r in fake.chat_requests) == 3  # the answer, then two re-asks
+    assert out["t_n"].isna().tolist() == [False, True, False]
+    error = out["t_error"][1]
+    assert error.startswith("SchemaError:") and "label: Input should be 'a' or 'b'" in error
+    assert '{"n": 1.5, "label": "c", "tags": []}' in error
+    fake.app.script = answer_row("row 1", "nope", 10)
+    with pytest.raises(dfllm.BatchError) as info:
+        df.llm.predict(engine, "m", "{{text}}", "t", schema={"other": int}, max_repairs=0)
+    assert info.value.partial["t_other"].isna().tolist() == [False, True, False]
+    failure = info.value.errors[1]
+    assert isinstance(failure, dfllm.SchemaError) and failure.raw == "nope"
+
+
+def test_a_truncated_answer_is_a_row_error_never_re_asked_or_half_parsed() -> None:
+    class Cut(Completion):
+        finish_reason = "length"
+
+    engine = MockEngine(lambda request: Cut('{"n": 1, "label": "a", "tags": ["x"]}'), capabilities=STRICT)
+    out = dfllm.predict(pd.DataFrame({"text": ["x"]}), engine, "m", "{{text}}", "t", schema=SCHEMA,
+                        errors="null", cache=False)
+    assert len(engine.requests) == 1 and pd.isna(out["t_n"][0])
+    assert "cut off at max_tokens" in out["t_error"][0]
+
+
+# -- the cache holds only valid answers, keyed by the schema, checked again on read ----------
+
+def test_cache_key_includes_the_schema_and_cached_answers_are_revalidated() -> None:
+    calls: list[int] = []
+
+    def handler(request: Request) -> str:
+        calls.append(1)
+        return '{"n": 3, "m": null}' if len(calls) <= 2 else '{"n": 30, "m": null}'
+
+    df = pd.DataFrame({"text": ["x"]})
+
+    def run(schema: Any) -> tuple[Any, dfllm.RunStats]:
+        stats = dfllm.RunStats()
+        out = dfllm.predict(df, MockEngine(handler, capabilities=STRICT), "m", "{{text}}", "t", schema=schema,
+                            stats=stats, errors="null")
+        return out, stats
+
+    class Small(pydantic.BaseModel):
+        n: int
+
+    class Large(pydantic.BaseModel):  # the same wire schema; a check JSON Schema cannot express
+        n: Annotated[int, pydantic.Field(gt=10)]
+
+    assert normalise_schema(Small).wire != normalise_schema(Large).wire  # gt shows as exclusiveMinimum
+
+    class LargeByValidator(pydantic.BaseModel):
+        n: int
+
+        @pydantic.field_validator("n")
+        @classmethod
+        def large(cls, value: int) -> int:
+            if value <= 10:
+                raise ValueError("n must be more than 10")
+            return value
+
+    assert normalise_schema(Small).wire == normalise_schema(LargeByValidator).wire
+    _, first = run(Small)
+    _, again = run(Small)
+    assert (first.requests, again.requests, again.cache_hits) == (1, 0, 1)
+    _, other = run({"n": int, "m": int | None})  # another schema: another key
+    assert other.requests == 1 and other.cache_hits == 0
+    out, stale = run(LargeByValidator)  # same key, but the cached n=3 no longer validates: asked again
+    assert stale.cache_hits == 0 and stale.requests == 1 and out["t_n"].tolist() == [30]
+
+
+def test_invalid_answers_are_never_cached() -> None:
+    engine = json_engine({"x": '{"n": "bad"}'})
+    for _ in range(2):
+        dfllm.predict(pd.DataFrame({"text": ["x"]}), engine, "m", "{{text}}", "t", schema={"n": int},
+                      errors="null", max_repairs=0)
+    assert len(engine.requests) == 2
+
+
+# -- choices: a categorical column ----------------------------------------------------------
+
+def test_choices_come_back_categorical_with_exactly_those_categories() -> None:
+    labels = ["positive", "neutral", "negative"]
+    engine = MockEngine(lambda request: "Positive." if "good" in request.messages[-1]["content"] else "negative")
+    texts = ["good", "bad", None]
+    out = dfllm.predict(pd.DataFrame({"text": texts}), engine, "m", "{{text}}", "s", choices=labels)
+    assert isinstance(out["s"].dtype, pd.CategoricalDtype) and list(out["s"].cat.categories) == labels
+    assert out["s"].tolist()[:2] == ["positive", "negative"] and pd.isna(out["s"][2])
+    out_pl = dfllm.predict(pl.DataFrame({"text": texts}), engine, "m", "{{text}}", "s", choices=labels)
+    assert out_pl["s"].dtype == pl.Enum(labels) and out_pl["s"].to_list() == ["positive", "negative", None]
+
+
+def test_async_form_and_polars_nested_types() -> None:
+    answers = {"x": {"name": "n", "age": 1, "json": ["a"], "mood": "sad", "born": "2000-02-29",
+                     "address": {"city": "Oslo", "zip": None}}}
+    out = asyncio.run(dfllm.apredict(pl.DataFrame({"text": ["x"]}), json_engine(answers), "m", "{{text}}", "p",
+                                     schema=Person))
+    assert out.schema["p_address"] == pl.Struct({"city": pl.String, "zip": pl.Int64})
+    assert out.schema["p_mood"] == pl.Enum(["happy", "sad"]) and out.schema["p_born"] == pl.Date
+    assert out.row(0, named=True)["p_address"] == {"city": "Oslo", "zip": None}
+    assert out["p_born"].to_list() == [dt.date(2000, 2, 29)]
+
+
+# -- llama.cpp: the grammar makes even the 135M model answer in shape -----------------------
+
+LOCAL_SCHEMA = {"count": int, "sentiment": Literal["positive", "neutral", "negative"],
+                "tags": Annotated[list[Annotated[str, pydantic.Field(max_length=16)]], pydantic.Field(max_length=3)]}
+REVIEWS = ["I love machine learning!", "This is awful.", "The sky is blue.", "Great value, would buy again."]
+
+
+@pytest.mark.local
+def test_local_engine_grammar_yields_valid_typed_columns_for_every_row() -> None:
+    pytest.importorskip("llama_cpp")
+    df = pl.DataFrame({"text": REVIEWS})
+    out = df.llm.predict("local", "smollm2-135m", "Describe this review: {{text}}", "r", schema=LOCAL_SCHEMA,
+                         cache=False, seed=1, temperature=0, max_repairs=0)
+    assert out.schema["r_count"] == pl.Int64 and out.schema["r_tags"] == pl.List(pl.String)
+    assert out.schema["r_sentiment"] == pl.Enum(["positive", "neutral", "negative"])
+    assert out["r_count"].null_count() == 0 and out["r_sentiment"].null_count() == 0
+    assert all(len(tags) <= 3 for tags in out["r_tags"].to_list())
+    run = dfllm.last_run()
+    assert run is not None and run.failed_rows == 0 and run.repairs == 0
