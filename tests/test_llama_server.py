@@ -89,3 +89,29 @@ def test_choices_on_an_http_engine_normalise_or_report(llama_server: str) -> Non
 def test_model_listing_from_llama_cpp_server(llama_server: str) -> None:
     dfllm.create_engine("llama", "openai_compatible", base_url=llama_server)
     assert dfllm.list_models("llama") == ["smollm2"]
+
+
+def test_schema_through_llama_cpp_server_gives_valid_typed_columns(llama_server: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from typing import Annotated, Literal
+
+    import pydantic
+
+    from dfllm.engines import PROVIDERS
+
+    # llama-cpp-python's server reads the schema from a json_object response_format (as Anyscale
+    # does), not OpenAI's json_schema form: describe it as a JSON-mode provider.
+    monkeypatch.setitem(PROVIDERS, "llama_cpp_python", dfllm.Provider(
+        name="llama_cpp_python", base_url=None, key_env=None, key_required=False,
+        capabilities=dfllm.Capabilities(json_mode=True)))
+    dfllm.create_engine("llama", "llama_cpp_python", base_url=llama_server)
+    schema = {"count": int, "sentiment": Literal["positive", "neutral", "negative"],
+              "tags": Annotated[list[Annotated[str, pydantic.Field(max_length=16)]], pydantic.Field(max_length=3)]}
+    df = pd.DataFrame({"text": ["I love it!", "This is awful.", "The sky is blue."]})
+    out = df.llm.predict("llama", "smollm2", "Describe this review: {{text}}", "r", schema=schema,
+                         temperature=0, seed=1, max_repairs=0, max_tokens=96)
+    assert str(out["r_count"].dtype) == "Int64" and out["r_count"].notna().all()
+    assert list(out["r_sentiment"].cat.categories) == ["positive", "neutral", "negative"]
+    assert out["r_sentiment"].notna().all() and all(len(t) <= 3 for t in out["r_tags"])
+    run = dfllm.last_run()
+    assert run is not None and run.failed_rows == 0
