@@ -27,3 +27,4 @@ def test_quickstart_notebook_runs_offline(tmp_path: Path, monkeypatch: pytest.Mo
     assert "1 of 3 rows failed" in outputs  # the BatchError cell
     assert "Did you mean 'concurrency'?" in outputs and "'txt'" in outputs
     assert "positive" in outputs
+    assert "review_stars" in outputs and "Int64" in outputs  # the typed-columns cell
