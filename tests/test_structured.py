@@ -19,7 +19,7 @@ import dfllm
 from dfllm.engines.base import Capabilities, Completion, Request
 from dfllm.outputs.parse import drop_trailing_commas, extract_json, parse_answer
 from dfllm.outputs.schema import normalise_schema
-from dfllm.testing import Behaviour, FakeProvider, MockEngine, RecordedRequest, ok
+from dfllm.testing import Behaviour, FakeProvider, MockEngine, RecordedRequest, answer, ok, per_prompt
 from dfllm.testing._behaviour import Script
 
 from .conftest import KEY
@@ -307,11 +307,20 @@ def test_an_answer_that_never_fits_is_a_row_error_with_the_raw_text(engine: str,
     assert isinstance(failure, dfllm.SchemaError) and failure.raw == "nope"
 
 
-def test_a_truncated_answer_is_a_row_error_never_re_asked_or_half_parsed() -> None:
-    class Cut(Completion):
-        finish_reason = "length"
+def test_cut_off_or_refused_answers_are_row_errors_never_half_parsed(engine: str, fake: FakeProvider) -> None:
+    fake.app.script = per_prompt({"row 1": [answer('{"n": 1, "label": "a", "tags": ["x"', finish_reason="length")],
+                                  "row 2": [answer(None, refusal="I can't help with that.")]})
+    df = pd.DataFrame({"text": ["row 0", "row 1", "row 2"]})
+    out = df.llm.predict(engine, "m", "{{text}}", "t", schema=SCHEMA, errors="null")
+    assert out["t_n"].isna().tolist() == [False, True, True]
+    assert out["t_error"][1].startswith("IncompleteAnswerError") and out["t_error"][2].startswith("RefusalError")
+    assert len(fake.chat_requests) == 3  # neither is re-asked
 
-    engine = MockEngine(lambda request: Cut('{"n": 1, "label": "a", "tags": ["x"]}'), capabilities=STRICT)
+
+def test_a_custom_engine_saying_length_is_a_row_error_never_re_asked_or_half_parsed() -> None:
+    # A whole JSON object, but the engine says it stopped at the limit: not trusted.
+    complete = Completion('{"n": 1, "label": "a", "tags": ["x"]}', finish_reason="length")
+    engine = MockEngine(lambda request: complete, capabilities=STRICT)
     out = dfllm.predict(pd.DataFrame({"text": ["x"]}), engine, "m", "{{text}}", "t", schema=SCHEMA,
                         errors="null", cache=False)
     assert len(engine.requests) == 1 and pd.isna(out["t_n"][0])

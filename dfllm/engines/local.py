@@ -193,10 +193,13 @@ def _generate(instance: Any, request: Request) -> Completion:
     except ValueError as exc:  # llama-cpp-python's word for "prompt too long" and similar
         raise BadRequestError(f"llama.cpp refused the request: {exc}") from exc
     usage = result.get("usage") or {}
+    choice = result["choices"][0]
     return Completion(
-        text=result["choices"][0]["message"].get("content") or "",
+        text=choice["message"].get("content") or "",
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0),
+        # A schema answer cut off at max_tokens is then a row error, not a re-ask with the same budget.
+        finish_reason=choice.get("finish_reason"),
     )
 
 

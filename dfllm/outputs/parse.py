@@ -52,7 +52,8 @@ def validator(schema: OutputSchema) -> Callable[[Completion], SchemaError | None
     """The executor's ``validate`` callback: None when an answer fits, else why it does not."""
     def validate(completion: Completion) -> SchemaError | None:
         # A cut-off answer is never half-parsed, and asking again with the same budget cannot help.
-        if getattr(completion, "finish_reason", None) == "length":
+        # (HTTP engines raise for it already; a custom engine may only say so here.)
+        if completion.finish_reason == "length":
             return SchemaError(
                 f"The answer was cut off at max_tokens before the JSON was complete; raise max_tokens. "
                 f"Raw answer: {completion.text[:_RAW_SHOWN]!r}", raw=completion.text,
