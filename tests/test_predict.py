@@ -144,7 +144,9 @@ def test_other_polars_llm_namespace_is_not_replaced_silently() -> None:
 
     import dfllm.frames.polars as dfllm_polars
 
-    original = pl.DataFrame.llm  # type: ignore[attr-defined]
+    # The registered descriptor itself: reading pl.DataFrame.llm gives the class, and putting that
+    # back would leave every later frame's .llm an unbound class.
+    original = pl.DataFrame.__dict__["llm"]
     try:
         class Other:
             def __init__(self, df: object) -> None:
