@@ -181,7 +181,9 @@ def make_plan(df: Any, engine: Any, model: str | None, template: str | Template 
             parsed.check_columns(columns)
         except ConfigurationError as exc:
             problems.append(exc)
-    if isinstance(target, str) and target and not option_problems:  # new columns depend on valid options
+    # A schema's columns are known only once it is valid; other clashes are reported with everything else.
+    schema_unknown = bool(option_problems) and any(layer.get("schema") is not None for layer in layers)
+    if isinstance(target, str) and target and not schema_unknown:
         problems += [ParameterError(p) for p in _column_problems(columns, _new_columns(target, options))]
     if options.tpm is not None and parsed is not None:
         budget = options.params.get("max_tokens") or 0

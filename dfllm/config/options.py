@@ -200,7 +200,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("choices", "list[str]", None,
            "the answer must be one of these labels (local: grammar-constrained; HTTP: normalised, "
            "else a row error with the raw text)", _choices, default_text="none"),
-    Option("schema", "pydantic model | dict", None,
+    Option("schema", "dict", None,
            "answers as typed columns {target}_{field}: a pydantic model class, a JSON Schema dict, or "
            "{'field': type}; see Structured outputs", _schema, default_text="none"),
     Option("max_repairs", "int", 2, "re-asks of a row whose answer does not fit the schema, showing the "
