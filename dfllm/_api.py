@@ -118,17 +118,21 @@ async def run_plan(plan: Plan, stats: RunStats) -> list[Outcome]:
     assert runner is not None
     started = time.perf_counter()
     try:
-        executor = Executor(runner, plan.options, stats, plan.spec,
-                            concurrency_cap=plan.info.max_concurrency,
-                            cacheable=plan.info.identity is not None,
-                            validate=schema_validator(plan.options))
-        return await executor.run(plan.work)
+        return await make_executor(plan, runner, stats).run(plan.work)
     finally:
         stats.elapsed_s = time.perf_counter() - started
         with _last_run_lock:
             _last_run = stats
         if opened is not None:
             await opened.aclose()
+
+
+def make_executor(plan: Plan, engine: Engine, stats: RunStats, *, options: Options | None = None,
+                  gate: Any = None) -> Executor:
+    """The executor for ``plan``'s calls: its options, cap, cacheability and answer validation."""
+    options = options or plan.options
+    return Executor(engine, options, stats, plan.spec, concurrency_cap=plan.info.max_concurrency,
+                    cacheable=plan.info.identity is not None, validate=schema_validator(options), gate=gate)
 
 
 def make_plan(df: Any, engine: Any, model: str | None, template: str | Template | None, target: str | None,

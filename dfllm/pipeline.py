@@ -21,7 +21,7 @@ from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from dfllm._api import Plan, plan_batch, schema_validator, write_back
+from dfllm._api import Plan, make_executor, plan_batch, write_back
 from dfllm.engines.base import Completion, Engine
 from dfllm.prompt.keys import Key
 from dfllm.runtime.executor import Executor, Outcome, Work
@@ -60,10 +60,7 @@ class BatchRunner:
         assert runner is not None
         # The executor's own bar is per run, here per batch: this runner draws one bar for all.
         options = dataclasses.replace(plan.options, progress=False)
-        self._executor = Executor(runner, options, self.stats, plan.spec,
-                                  concurrency_cap=plan.info.max_concurrency,
-                                  cacheable=plan.info.identity is not None,
-                                  validate=schema_validator(plan.options))
+        self._executor = make_executor(plan, runner, self.stats, options=options)
         try:
             await self._executor.__aenter__()
         except BaseException:

@@ -266,3 +266,28 @@ def test_a_worker_killed_mid_run_costs_no_request_for_rows_already_answered(clie
     asked = Counter(r.prompt for r in requests)
     assert answered_before and all(asked[p] == 1 for p in answered_before)
     client.wait_for_workers(2, timeout=120)
+
+
+def test_schema_and_choices_give_the_same_typed_columns_as_on_pandas(client: Any) -> None:
+    from typing import Literal
+
+    schema = {"mood": Literal["up", "down"], "score": int, "tags": list[str]}
+    with FakeProvider() as fake:
+        dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
+        df = pd.DataFrame({"text": ["great day", "awful day", "a table", "nice"]})
+        ddf = dd.from_pandas(df, npartitions=2, sort=False)
+        lazy = ddf.llm.predict("t", MODEL, "Read {{text}}", "r", schema=schema)
+        labels = ddf.llm.predict("t", MODEL, "sentiment of {{text}}", "s",
+                                 choices=["positive", "negative", "neutral"])
+        assert fake.chat_requests == []
+        in_memory = df.llm.predict("t", MODEL, "Read {{text}}", "r", schema=schema)
+        out = lazy.compute()
+        new = [c for c in in_memory.columns if c != "text"]  # Dask converts the input's strings itself
+        assert new == ["r_mood", "r_score", "r_tags"]
+        assert dict(out[new].dtypes) == dict(in_memory[new].dtypes) == dict(lazy[new].dtypes)
+        pd.testing.assert_frame_equal(out[new].reset_index(drop=True), in_memory[new].reset_index(drop=True))
+        assert all("response_format" in r.body for r in fake.chat_requests)
+        classified = labels.compute()
+    assert str(classified["s"].dtype) == "category"
+    assert list(classified["s"].cat.categories) == ["positive", "negative", "neutral"]
+    assert classified["s"].tolist()[:3] == ["positive", "negative", "neutral"]

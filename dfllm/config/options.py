@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 from dfllm._exceptions import did_you_mean
 
 if TYPE_CHECKING:
-    from dfllm.runtime.stores import CacheLocation
     from dfllm.outputs.schema import OutputSchema
+    from dfllm.runtime.stores import CacheLocation
 
 Check = Callable[[str, Any], "str | None"]
 

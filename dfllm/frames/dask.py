@@ -244,7 +244,7 @@ def _scheduler_call() -> Any:
 async def _answer(runtime: Any, call: PartitionCall, plan: Any, gate_call: Any) -> list[Outcome]:
     import asyncio
 
-    from dfllm.runtime.executor import Executor
+    from dfllm._api import make_executor
     from dfllm.runtime.stores import SharedStore, open_store
 
     assert plan.config is not None
@@ -261,9 +261,7 @@ async def _answer(runtime: Any, call: PartitionCall, plan: Any, gate_call: Any) 
         gate = runtime.shared(("gate", call.budget), lambda: ClusterGate(
             call.budget, gate_call.worker_address, gate_call, rpm=plan.options.rpm, tpm=plan.options.tpm,
             workers=call.workers))
-    executor = await runtime.executor(call.call_id, lambda: Executor(
-        engine, plan.options, RunStats(), plan.spec, concurrency_cap=plan.info.max_concurrency,
-        cacheable=plan.info.identity is not None, gate=gate))
+    executor = await runtime.executor(call.call_id, lambda: make_executor(plan, engine, RunStats(), gate=gate))
     outcomes: list[Outcome] = await executor.run(plan.work)
     if store is not None:
         await asyncio.to_thread(store.flush)
