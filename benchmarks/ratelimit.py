@@ -1,12 +1,16 @@
-"""Against a server-side RPM cap the client is not told: achieved rate / cap, and the 429 share.
+"""Against a server-side RPM cap: achieved rate / cap, the 429 share and client CPU per row.
 
     python benchmarks/ratelimit.py [--rpm 3000] [--rows 1500] [--latency-ms 50] [--concurrency 256]
 
-Scenarios, each on a fresh fake provider process enforcing the cap:
+Scenarios, each on a fresh fake provider process enforcing the cap (token bucket, 1 s burst):
   dfllm, cap advertised in x-ratelimit-* headers (as OpenAI does), no limits given
+  dfllm, the header understates the cap 10x (another unit, say per 10 minutes), and overstates it 10x
   dfllm, no headers at all: only 429 + Retry-After to learn from
   dfllm, rpm= set to the cap
+  dfllm, cold start: a short run (--cold-rows) with headers, the 429s of its first round trips
   openai SDK gather (max_retries=10, honours Retry-After) as the baseline
+Then, without a cap, --random-rows rows with and without 5% random 429s (Retry-After: 1 s): the
+time against the fault-free run, and CPU per row unpaced against paced by headers.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -44,11 +49,12 @@ async def sdk_gather(base_url: str, prompts: list[str], concurrency: int) -> int
     return failures
 
 
-def scenario(name: str, args: argparse.Namespace, headers: bool, **options: object) -> None:
-    prompts = [f"{name} row {i}" for i in range(args.rows)]
-    with FakeProviderProcess(latency_ms=args.latency_ms, rpm=args.rpm, no_ratelimit_headers=not headers,
-                             responder="echo") as fake, tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
+def measure(name: str, args: argparse.Namespace, rows: int, server: dict[str, Any],
+            **options: Any) -> dict[str, float]:
+    prompts = [f"{name} row {i}" for i in range(rows)]
+    with FakeProviderProcess(latency_ms=args.latency_ms, responder="echo", **server) as fake, \
+            tempfile.TemporaryDirectory() as tmp:
+        started, cpu = time.perf_counter(), time.process_time()
         if name.startswith("openai SDK"):
             failures = asyncio.run(sdk_gather(fake.base_url, prompts, args.concurrency))
         else:
@@ -57,28 +63,55 @@ def scenario(name: str, args: argparse.Namespace, headers: bool, **options: obje
                 "capped", "m", "{{t}}", "y", concurrency=args.concurrency, cache=f"{tmp}/c.sqlite3",
                 progress=False, errors="null", **options)
             failures = int(out["y"].isna().sum())
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         stats = fake.stats()
     sent = stats["requests"]
     r429 = stats["statuses"].get("429", 0)
-    rate = (args.rows - failures) / elapsed * 60
-    print(f"{name:<44}{rate:>9.0f}{rate / args.rpm:>9.2f}{sent:>9}{r429:>7}{100 * r429 / sent:>7.1f}%{failures:>8}")
+    return {"rate": (rows - failures) / elapsed * 60, "sent": sent, "r429": r429, "failed": failures,
+            "elapsed": elapsed, "cpu_us": 1e6 * cpu / rows}
+
+
+def capped(name: str, args: argparse.Namespace, rows: int | None = None, *, headers: bool = True,
+           scale: float = 1.0, **options: Any) -> None:
+    server = {"rpm": args.rpm, "no_ratelimit_headers": not headers, "advertised_rpm_scale": scale}
+    m = measure(name, args, rows or args.rows, server, **options)
+    print(f"{name:<46}{m['rate']:>9.0f}{m['rate'] / args.rpm:>7.2f}{m['sent']:>7}{m['r429']:>6}"
+          f"{100 * m['r429'] / m['sent']:>7.1f}%{m['failed']:>7}{m['cpu_us']:>9.0f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rpm", type=float, default=3000)
     parser.add_argument("--rows", type=int, default=1500)
+    parser.add_argument("--cold-rows", type=int, default=200)
+    parser.add_argument("--random-rows", type=int, default=2000)
     parser.add_argument("--latency-ms", type=float, default=50)
     parser.add_argument("--concurrency", type=int, default=256)
     args = parser.parse_args()
     print(f"server cap {args.rpm:g}/min (token bucket, 1 s burst), {args.rows} rows, latency {args.latency_ms:g} ms, "
           f"concurrency {args.concurrency}")
-    print(f"{'client':<44}{'rows/min':>9}{'x cap':>9}{'sent':>9}{'429s':>7}{'429 %':>8}{'failed':>8}")
-    scenario("dfllm, cap in x-ratelimit headers", args, headers=True)
-    scenario("dfllm, no headers (429 + Retry-After only)", args, headers=False)
-    scenario("dfllm, rpm= set to the cap", args, headers=False, rpm=args.rpm)
-    scenario("openai SDK gather, max_retries=10", args, headers=False)
+    print(f"{'client':<46}{'rows/min':>9}{'x cap':>7}{'sent':>7}{'429s':>6}{'429 %':>8}{'failed':>7}"
+          f"{'CPU us/row':>11}")
+    capped("dfllm, cap in x-ratelimit headers", args)
+    capped("dfllm, header understates the cap 10x", args, scale=0.1)
+    capped("dfllm, header overstates the cap 10x", args, scale=10.0)
+    capped("dfllm, no headers (429 + Retry-After only)", args, headers=False)
+    capped("dfllm, rpm= set to the cap", args, headers=False, rpm=args.rpm)
+    capped(f"dfllm, cold start, {args.cold_rows} rows, headers", args, args.cold_rows)
+    capped(f"dfllm, cold start, {args.cold_rows} rows, no headers", args, args.cold_rows, headers=False)
+    capped("openai SDK gather, max_retries=10", args, headers=False)
+
+    rows = args.random_rows
+    print(f"\nno cap, {rows} rows, latency {args.latency_ms:g} ms, concurrency {args.concurrency}")
+    clean = measure("dfllm, no faults", args, rows, {})
+    faulty = measure("dfllm, 5% random 429s", args, rows, {"random_429": 0.05, "random_seed": 1})
+    paced = measure("dfllm, paced by headers", args, rows, {"rpm": 1e9})
+    print(f"{'client':<46}{'seconds':>9}{'x clean':>9}{'sent':>7}{'429s':>6}{'failed':>7}{'CPU us/row':>11}")
+    for name, m in (("dfllm, no faults, unpaced", clean), ("dfllm, 5% random 429s (Retry-After 1 s)", faulty),
+                    ("dfllm, paced by x-ratelimit headers", paced)):
+        print(f"{name:<46}{m['elapsed']:>9.2f}{m['elapsed'] / clean['elapsed']:>9.2f}{m['sent']:>7}{m['r429']:>6}"
+              f"{m['failed']:>7}{m['cpu_us']:>9.0f}")
+    print(f"CPU per row, paced / unpaced: {paced['cpu_us'] / clean['cpu_us']:.2f}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ DfllmError
 │   ├── UnknownEngineError    the engine name is neither created nor a known provider
 │   ├── MissingAPIKeyError    no key given and none in the provider's environment variable
 │   ├── TemplateError         the template names columns the frame lacks, or is malformed
-│   └── ParameterError        an option or USING parameter is unknown or out of range
+│   ├── ParameterError        an option or USING parameter is unknown or out of range
+│   └── CacheError            the cache file cannot be opened: corrupt, foreign, not writable
 ├── EngineError               one request failed; ``status``, ``retryable``, ``retry_after`` (+ its header)
 │   ├── AuthenticationError   401/403: the key is wrong; stops the whole run at once
 │   ├── BadRequestError       400/404/422 and other 4xx: the request itself is wrong; not retried
@@ -64,6 +65,10 @@ class TemplateError(ConfigurationError):
 
 class ParameterError(ConfigurationError):
     """An option or USING parameter is unknown, of the wrong type or out of range."""
+
+
+class CacheError(ConfigurationError):
+    """The cache file cannot be used: corrupt, not a dfllm cache, a directory, not writable."""
 
 
 class EngineError(DfllmError):

@@ -7,6 +7,7 @@ import itertools
 import random
 
 import pandas as pd
+import pytest
 
 import dfllm
 from dfllm.config.options import Options
@@ -105,3 +106,40 @@ def test_tpm_smaller_than_one_request_is_refused_up_front(engine: str) -> None:
 
     with pytest.raises(dfllm.ParameterError, match="can never fit under tpm=100"):
         pd.DataFrame({"t": ["x"]}).llm.predict(engine, "m", "{{t}}", "y", tpm=100, max_tokens=500)
+
+
+def timed_predict(fake: FakeProvider, rows: int, **options: object) -> tuple[pd.DataFrame, float]:
+    import time
+
+    started = time.monotonic()
+    out = predict(fake, rows, errors="null", **options)
+    return out, time.monotonic() - started
+
+
+@pytest.mark.parametrize("scale", [0.1, 10.0])
+def test_the_rate_converges_to_the_real_cap_whatever_unit_the_limit_header_is_in(scale: float) -> None:
+    # 1200/min, a 1 s burst of 20: 160 rows take 7 s at the cap; at a tenth of it, 70 s.
+    with FakeProvider(rpm=1200, rpm_burst=20, advertised_rpm_scale=scale, responder="echo") as fake:
+        out, took = timed_predict(fake, 160)
+        statuses = dict(fake.app.status_counts)
+    assert out["y"].notna().all()
+    assert 160 / took * 60 >= 0.6 * 1200  # generous for a loaded machine; the target 0.9 is benchmarked
+    assert statuses.get(429, 0) <= 0.03 * 160
+
+
+def test_a_cold_start_against_a_cap_with_headers_sends_at_most_a_handful_of_429s() -> None:
+    with FakeProvider(rpm=1200, rpm_burst=20, responder="echo") as fake:
+        out, _ = timed_predict(fake, 60)
+        statuses = dict(fake.app.status_counts)
+    assert out["y"].notna().all()
+    assert statuses.get(429, 0) <= 3
+
+
+def test_random_429s_delay_only_their_own_rows() -> None:
+    with FakeProvider(random_429=0.05, random_seed=3, latency_s=0.02, responder="echo") as fake:
+        out, took = timed_predict(fake, 400)
+        statuses = dict(fake.app.status_counts)
+    assert out["y"].notna().all() and statuses.get(429, 0) >= 5
+    # Fault-free this takes about 0.2 s; each 429'd row waits its own 1 s. A run where every
+    # 429 paused every worker and cut the rate took minutes.
+    assert took < 10

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from dfllm import Template, TemplateError
 from dfllm.prompt.template import cell_text, is_null
+from dfllm.testing import FakeProvider
 
 names = st.text(alphabet=st.characters(blacklist_characters="{}", blacklist_categories=("Cs",)), min_size=1,
                 max_size=12).filter(lambda s: s.strip() == s)
@@ -44,8 +45,71 @@ def test_all_null_rows_yield_none_and_partial_nulls_render_empty() -> None:
     assert rendered == [None, "x|", "|2"]
 
 
-def test_template_without_fields_sends_the_same_prompt_for_every_row() -> None:
-    assert list(Template("hello").render_columns({}, 2)) == ["hello", "hello"]
+def test_a_constant_prompt_is_sent_for_every_row_only_when_asked_for() -> None:
+    assert list(Template("hello", constant=True).render_columns({}, 2)) == ["hello", "hello"]
+    with pytest.raises(TemplateError, match=r"no \{\{column\}\} placeholder.*constant=True"):
+        Template("hello")
+    with pytest.raises(TemplateError, match="constant=True, but"):
+        Template("hi {{t}}", constant=True)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("{{text}", ["Unmatched '{{' at position 0"]),
+    ("{text}", ["{text} has single braces: write {{text}}"]),
+    ("{{a{b}}}", ["Unmatched '{{' at position 0", "Unmatched '}}' at position 5"]),
+    ("}}x{{", ["Unmatched '}}' at position 0", "Unmatched '{{' at position 3"]),
+    ("", ["prompt_template is empty"]),
+    ("   ", ["prompt_template is empty"]),
+    ("no placeholder at all", ["no {{column}} placeholder"]),
+    ("{{t}} and {{", ["Unmatched '{{' at position 10"]),
+])
+def test_malformed_templates_list_every_problem_with_the_fix(text: str, expected: list[str]) -> None:
+    with pytest.raises(TemplateError) as info:
+        Template(text)
+    message = str(info.value)
+    assert len(info.value.problems) == len(expected)
+    for part in expected:
+        assert part in message
+    assert "{{column}}" in message or "{{text}}" in message
+
+
+def test_single_braced_column_name_is_refused_when_the_frame_has_that_column() -> None:
+    t = Template('Return {"label": x} for {{t}} and {text}')
+    t.check_columns(["t"])  # {text} is not a column: literal text, e.g. a code sample
+    with pytest.raises(TemplateError, match=r"\{text\} with single braces.*write \{\{text\}\}"):
+        t.check_columns(["t", "text"])
+
+
+@pytest.mark.parametrize("template", ["{{text}", "{text}", "{{a{b}}}", "}}x{{", "", "same for all"])
+def test_malformed_template_is_refused_before_any_request(fake: FakeProvider, engine: str, template: str) -> None:
+    import pandas as pd
+
+    df = pd.DataFrame({"text": ["a", "b"], "a": [1, 2]})
+    with pytest.raises(TemplateError):
+        df.llm.predict(engine, "m", template, "y")
+    assert fake.chat_requests == []
+    out = df.llm.predict(engine, "m", Template("Say hi", constant=True), "y", cache=False)
+    assert out["y"].notna().all() and len(fake.chat_requests) == 1
+
+
+@given(st.text(alphabet=st.sampled_from(list("{} ab")), max_size=14) | st.text(max_size=20))
+def test_any_template_parses_into_fields_that_round_trip_or_is_refused(text: str) -> None:
+    try:
+        t = Template(text)
+    except TemplateError as exc:
+        problems = exc.problems
+    else:
+        problems = []
+    if problems:
+        assert all(isinstance(p, str) and p for p in problems)
+        return
+    assert t.fields
+    pieces = t._pieces
+    rebuilt = "".join(p if i % 2 == 0 else "{{" + p + "}}" for i, p in enumerate(pieces))
+    again = Template(rebuilt)
+    assert again.fields == t.fields and again._pieces == pieces
+    # Filling each field with its own placeholder text gives the template back: nothing expanded twice.
+    assert t.render({f: "{{" + f + "}}" for f in t.fields}) == rebuilt
 
 
 def test_null_detection_covers_pandas_missing_values() -> None:

@@ -14,6 +14,52 @@ from typing import Any
 from dfllm._exceptions import TemplateError, did_you_mean
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+_SINGLE_BRACED = re.compile(r"(?<!\{)\{\s*([^{}\s\"':,][^{}\"':,]*?)\s*\}(?!\})")
+_EXAMPLE = "e.g. 'Summarise {{text}}'"
+
+
+def _problems(text: str, pieces: list[str], constant: bool) -> list[str]:
+    """Every way the template is malformed, each with its fix."""
+    if not text.strip():
+        return [f"prompt_template is empty. Write the prompt with {{{{column}}}} placeholders, {_EXAMPLE}."]
+    problems = []
+    if any(not name for name in pieces[1::2]):
+        problems.append(f"prompt_template {text!r} has an empty placeholder '{{{{}}}}'. "
+                        "Put a column name inside the braces, e.g. '{{text}}'.")
+    offset = 0
+    for i, piece in enumerate(pieces):
+        if i % 2:  # a placeholder: its length in the original text is not the name's
+            match = _PLACEHOLDER.match(text, offset)
+            assert match is not None
+            offset = match.end()
+            continue
+        for brace, fix in (("{{", "close it with '}}' or remove it"), ("}}", "it closes no '{{'; remove it")):
+            start = piece.find(brace)
+            while start >= 0:
+                problems.append(f"Unmatched {brace!r} at position {offset + start} of {text!r}: {fix}. "
+                                f"Placeholders are {{{{column}}}}, {_EXAMPLE}.")
+                start = piece.find(brace, start + 2)
+        offset += len(piece)
+    fields = pieces[1::2]
+    if constant and fields:
+        problems.append(f"constant=True, but prompt_template {text!r} has placeholders {list(dict.fromkeys(fields))}; "
+                        "drop constant=True to fill them from each row.")
+    if not fields and not constant and not problems:
+        single = list(dict.fromkeys(_single_braced(pieces[0::2])))
+        hint = f" ({', '.join('{' + n + '}' for n in single)} has single braces: write {{{{{single[0]}}}}})" \
+            if single else ""
+        problems.append(
+            f"prompt_template {text!r} has no {{{{column}}}} placeholder{hint}, so every row would be sent the "
+            f"same prompt and get the same answer. Add a placeholder, {_EXAMPLE}, or pass "
+            "dfllm.Template(text, constant=True) if one prompt for every row is what you want."
+        )
+    return problems
+
+
+def _single_braced(literals: Sequence[str]) -> Iterator[str]:
+    for literal in literals:
+        for match in _SINGLE_BRACED.finditer(literal):
+            yield match.group(1)
 
 
 def is_null(value: object) -> bool:
@@ -43,34 +89,47 @@ class Template:
     ('text', 'user')
     >>> t.render({"text": "hi", "user": "{{text}}"})
     'Classify hi for {{text}}'
+
+    A malformed template (an unmatched ``{{`` or ``}}``, an empty one, one without any
+    placeholder) is a ``TemplateError`` listing every problem. A prompt that is the same for
+    every row is allowed only when asked for: ``Template("Tell a joke", constant=True)``.
     """
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, *, constant: bool = False) -> None:
         if not isinstance(text, str):
             raise TemplateError(
                 f"prompt_template must be a string, got {type(text).__name__}: {text!r}."
             )
         self.text = text
+        self.constant = constant
         # Alternating literal text and field names: literals at even positions.
         self._pieces: list[str] = _PLACEHOLDER.split(text)
-        empty = [i for i in range(1, len(self._pieces), 2) if not self._pieces[i]]
-        if empty:
-            raise TemplateError(
-                f"prompt_template {text!r} has an empty placeholder '{{{{}}}}'. "
-                "Put a column name inside the braces, e.g. '{{text}}'."
-            )
         self.fields: tuple[str, ...] = tuple(dict.fromkeys(self._pieces[1::2]))
+        problems = _problems(text, self._pieces, constant)
+        if problems:
+            raise TemplateError(problems)
 
     def __repr__(self) -> str:
         return f"Template({self.text!r})"
 
     def check_columns(self, columns: Sequence[str]) -> None:
-        """Raise one ``TemplateError`` naming every field the frame lacks."""
+        """Raise one ``TemplateError`` naming every field the frame lacks, and every column
+        written with single braces (``{text}``), which would be sent literally."""
         available = [str(c) for c in columns]
         missing = [f for f in self.fields if f not in available]
-        if not missing:
-            return
+        single = [] if self.constant else [
+            name for name in dict.fromkeys(_single_braced(self._pieces[0::2])) if name in available
+        ]
         problems = [
+            f"The template has {{{name}}} with single braces, which is sent as it is; write "
+            f"{{{{{name}}}}} to put the column {name!r} there."
+            for name in single
+        ]
+        if not missing:
+            if problems:
+                raise TemplateError(problems)
+            return
+        problems += [
             f"The template uses column {name!r}, which the frame does not have."
             f"{did_you_mean(name, available)}"
             for name in missing
@@ -93,7 +152,7 @@ class Template:
     def render_columns(self, columns: Mapping[str, Sequence[Any]], n_rows: int) -> Iterator[str | None]:
         """Render row after row from column lists. Yields None for a row whose fields are all null.
 
-        A template without fields renders the same prompt for every row.
+        A constant template (no fields) renders the same prompt for every row.
         """
         if not self.fields:
             yield from [self.text] * n_rows

@@ -3,18 +3,25 @@
 ``put`` hands an answer to a writer thread and returns at once; the thread commits in small
 batches (at most ``flush_s`` apart), so a kill -9 loses at most the last fraction of a second.
 Keys are hashes of what decides an answer; the API key is never part of them or of the file.
+
+Nothing is lost silently: an answer SQLite cannot store is counted in ``failed`` (with its
+cause) while the rest of its batch is stored; a database another process holds locked is waited
+for (``busy_s``) and retried. A file that cannot be used is a ``CacheError`` naming the path and
+the fix, raised when the cache is opened, before any request.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from dfllm._exceptions import CacheError
 from dfllm.engines.base import Completion
 from dfllm.prompt.keys import Key
 
@@ -30,41 +37,44 @@ CREATE TABLE IF NOT EXISTS responses (
     completion_tokens INTEGER NOT NULL
 )
 """
+_COLUMNS = ["id", "tail", "text", "prompt_tokens", "completion_tokens"]
+_INSERT = "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)"
 _LOOKUP_CHUNK = 5000
+_FIX = "Pass cache= another file path, or cache=False to run without one."
 
 
 class Cache:
-    def __init__(self, path: str | Path, *, flush_s: float = 0.1) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not self.path.exists():
-            # Create it owner-only before sqlite opens it; sqlite gives -wal/-shm the same mode.
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-        self._reader = sqlite3.connect(self.path, check_same_thread=False)
-        self._reader.execute("PRAGMA journal_mode=WAL")
-        self._reader.execute(_SCHEMA)
-        self._reader.commit()
+    def __init__(self, path: str | Path, *, flush_s: float = 0.1, busy_s: float = 30.0) -> None:
+        self.path = Path(path).expanduser()
+        self._busy_s = busy_s
         self._flush_s = flush_s
+        self.written = 0
+        self.failed = 0
+        self.failure_causes: collections.Counter[str] = collections.Counter()
+        self._reader = _open(self.path, busy_s)
         # An Event asks the writer to commit what it has and set it (flush); None stops it.
         self._queue: queue.SimpleQueue[tuple[Key, Completion] | threading.Event | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="dfllm-cache-writer", daemon=True)
         self._writer.start()
-        self.written = 0
 
     def get_many(self, keys: Iterable[Key]) -> dict[Key, Completion]:
         found: dict[Key, Completion] = {}
         batch = list(keys)
-        for start in range(0, len(batch), _LOOKUP_CHUNK):
-            wanted = set(batch[start:start + _LOOKUP_CHUNK])
-            ids = [rowid for rowid, _ in wanted]
-            marks = ",".join("?" * len(ids))
-            rows = self._reader.execute(
-                f"SELECT id, tail, text, prompt_tokens, completion_tokens FROM responses WHERE id IN ({marks})",
-                ids,
-            )
-            for rowid, tail, text, prompt_tokens, completion_tokens in rows:
-                if (rowid, tail) in wanted:
-                    found[rowid, tail] = Completion(text, prompt_tokens, completion_tokens)
+        try:
+            for start in range(0, len(batch), _LOOKUP_CHUNK):
+                wanted = set(batch[start:start + _LOOKUP_CHUNK])
+                ids = [rowid for rowid, _ in wanted]
+                marks = ",".join("?" * len(ids))
+                rows = self._reader.execute(
+                    f"SELECT id, tail, text, prompt_tokens, completion_tokens FROM responses WHERE id IN ({marks})",
+                    ids,
+                )
+                for rowid, tail, text, prompt_tokens, completion_tokens in rows:
+                    if (rowid, tail) in wanted and isinstance(text, str):
+                        found[rowid, tail] = Completion(text, int(prompt_tokens or 0), int(completion_tokens or 0))
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise _unusable(self.path, exc) from exc
         return found
 
     def put(self, key: Key, completion: Completion) -> None:
@@ -86,9 +96,13 @@ class Cache:
         self._reader.close()
 
     def _write_loop(self) -> None:
-        db = sqlite3.connect(self.path)
-        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
         try:
+            db = sqlite3.connect(self.path, timeout=self._busy_s)
+        except sqlite3.Error as exc:  # the file vanished or became unreadable since it was opened
+            self._drain_as_failed(f"{type(exc).__name__}: {exc}")
+            return
+        try:
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
             done = False
             while not done:
                 first = self._queue.get()
@@ -113,13 +127,137 @@ class Cache:
                         break
                     batch.append(item)
                 if batch:
-                    db.executemany(
-                        "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
-                        [(*k, c.text, c.prompt_tokens, c.completion_tokens) for k, c in batch],
-                    )
-                    db.commit()
-                    self.written += len(batch)
+                    try:
+                        self._store(db, batch)
+                    except Exception as exc:  # the writer must outlive any one batch
+                        self.failed += len(batch)
+                        self.failure_causes[f"{type(exc).__name__}: {exc}"[:120]] += len(batch)
                 if flushed is not None:
                     flushed.set()
         finally:
             db.close()
+
+    def _store(self, db: sqlite3.Connection, batch: list[tuple[Key, Completion]]) -> None:
+        """Store a batch; if one row cannot be stored, store the others one by one and count it."""
+        rows = [(*k, c.text, c.prompt_tokens, c.completion_tokens) for k, c in batch]
+        try:
+            self._commit(db, rows)
+            self.written += len(rows)
+            return
+        except (sqlite3.Error, ValueError, TypeError, OverflowError):
+            pass
+        for row in rows:
+            try:
+                if not isinstance(row[2], str):
+                    raise TypeError(f"the answer is a {type(row[2]).__name__}, not text")
+                self._commit(db, [row])
+                self.written += 1
+            except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
+                self.failed += 1
+                self.failure_causes[f"{type(exc).__name__}: {exc}"[:120]] += 1
+
+    def _commit(self, db: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
+        """One transaction; a database locked by another process is retried until ``busy_s``."""
+        give_up = time.monotonic() + self._busy_s
+        while True:
+            try:
+                db.executemany(_INSERT, rows)
+                db.commit()
+                return
+            except sqlite3.OperationalError as exc:
+                db.rollback()
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or time.monotonic() >= give_up:
+                    raise
+                time.sleep(0.05)
+            except BaseException:
+                db.rollback()
+                raise
+
+    def _drain_as_failed(self, cause: str) -> None:
+        while (item := self._queue.get()) is not None:
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            self.failed += 1
+            self.failure_causes[cause[:120]] += 1
+
+
+def _open(path: Path, busy_s: float) -> sqlite3.Connection:
+    """Open (creating owner-only) a dfllm cache file, or raise ``CacheError`` with the fix."""
+    _check_location(path)
+    created = False
+    try:
+        if not path.exists():
+            # Create it owner-only before sqlite opens it; sqlite gives -wal/-shm the same mode.
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            created = True
+        db = sqlite3.connect(path, timeout=busy_s, check_same_thread=False)
+    except FileExistsError:
+        return _open(path, busy_s)  # another process created it just now
+    except (OSError, sqlite3.Error) as exc:
+        raise CacheError(f"Cannot create the cache file {path}: {exc}. Make the folder writable. {_FIX}") from exc
+    try:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "responses" not in tables:
+            raise CacheError(
+                f"{path} is an SQLite database but not a dfllm cache (tables: {sorted(tables)}); dfllm will not "
+                f"write into it. {_FIX}"
+            )
+        if "responses" in tables:
+            columns = [row[1] for row in db.execute("PRAGMA table_info(responses)")]
+            if columns != _COLUMNS:
+                raise CacheError(
+                    f"{path} has a 'responses' table that is not a dfllm cache's (columns {columns}). {_FIX}"
+                )
+        _with_lock_retries(lambda: db.execute("PRAGMA journal_mode=WAL"))
+        db.execute(_SCHEMA)
+        db.commit()
+    except CacheError:
+        db.close()
+        raise
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        if created:
+            path.unlink(missing_ok=True)
+        raise _unusable(path, exc) from exc
+    return db
+
+
+def _with_lock_retries(step: Callable[[], object], attempts: int = 8) -> None:
+    # Processes that open a new file at once race to switch it to WAL; the loser is told
+    # "locked" without sqlite's busy wait. The winner finishes in milliseconds.
+    for attempt in range(attempts):
+        try:
+            step()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+def _check_location(path: Path) -> None:
+    if path.is_dir():
+        raise CacheError(f"The cache path {path} is a directory; give a file path such as {path / 'cache.sqlite3'}. "
+                         f"{_FIX}")
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            raise CacheError(f"Cannot put the cache at {path}: {parent} is a file, not a folder. {_FIX}")
+    missing = [p for p in reversed(path.parents) if not p.exists()]
+    for folder in missing:
+        try:
+            folder.mkdir(mode=0o700)  # every folder dfllm creates is owner-only, not just the last
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise CacheError(f"Cannot create the cache folder {folder}: {exc}. {_FIX}") from exc
+
+
+def _unusable(path: Path, exc: sqlite3.Error) -> CacheError:
+    if isinstance(exc, sqlite3.OperationalError) and ("readonly" in str(exc) or "unable to open" in str(exc)):
+        return CacheError(f"The cache {path} cannot be written ({exc}). Make it writable. {_FIX}")
+    return CacheError(
+        f"The cache file {path} is damaged or not a dfllm cache ({exc}). Move it aside (e.g. rename it to "
+        f"{path.name}.broken) and run again to start a fresh cache, or {_FIX[0].lower()}{_FIX[1:]}"
+    )

@@ -3,8 +3,10 @@
 It answers a list of unique requests, in order, with a ``Completion`` or the error that ended
 that request. It owns the cache (look up first, write each answer the moment it arrives),
 concurrency (a fixed pool of workers and an AIMD window), rate limits (paced ``rpm``/``tpm``,
-limits learned from ``x-ratelimit-*`` headers, a pause for every worker on ``Retry-After``),
-retries (bounded in attempts and total time, with jittered exponential backoff) and progress.
+limits learned from ``x-ratelimit-*`` headers, a pause for every worker in a 429 storm),
+retries (``retry``: bounded in attempts and total time, server-requested waits included) and
+progress. Warnings of the run (a header pace it would not obey, answers the cache could not
+keep) are in ``RunStats.warnings`` and emitted as ``RuntimeWarning`` when the run ends.
 
 Answers that must fit a schema are checked here too, because a re-ask is policy: given a
 ``validate`` callback (an answer -> ``None`` when it fits, else the ``SchemaError``), a row whose
@@ -17,8 +19,10 @@ or an entry written by an older dfllm, is asked afresh rather than served in a s
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -28,18 +32,18 @@ from dfllm.config.options import Options
 from dfllm.engines.base import Completion, Engine, RateLimitState, Request
 from dfllm.prompt.keys import Key
 from dfllm.runtime.bulk import gc_paused
-from dfllm.runtime.limiter import AdaptiveRate, Clock, Pacer, Pause, Sleep, Window
+from dfllm.runtime.limiter import AdaptiveRate, Clock, Pacer, Pause, Sleep, StormDetector, Window
 from dfllm.runtime.progress import Progress, RunStats
+from dfllm.runtime.retry import backoff_s, retry_after_cause, seconds_text, server_wait_s, wait_refused
 from dfllm.runtime.stores import Store, open_store
 
 Outcome = Completion | EngineError | SchemaError
 Validate = Callable[[Completion], "SchemaError | None"]
 
-# Before the first answer we know nothing of the account's limits: start this many in flight
-# (doubling per round trip) rather than firing the whole pool at once into a possible cap.
+# Before the first answer we know nothing of the account's limits: one request goes alone, so
+# its headers are read before more are sent; then this many go in flight (doubling per round
+# trip) rather than the whole pool at once into a possible cap.
 _INITIAL_WINDOW = 32
-_BACKOFF_BASE_S = 0.5
-_BACKOFF_CAP_S = 30.0
 _DEFAULT_COMPLETION_ESTIMATE = 256
 
 
@@ -117,12 +121,16 @@ class Executor:
         self._rng = rng or random.Random()
         pool = options.concurrency if concurrency_cap is None else min(options.concurrency, concurrency_cap)
         self._pool = pool
-        self._window = Window(min(_INITIAL_WINDOW, pool), pool, clock)
+        self._window = Window(1, pool, clock)
+        self._opened = False
         self._pause = Pause(clock, sleep, self._rng)
+        self._storm = StormDetector(clock)
         self._rpm = Pacer(options.rpm, clock, sleep) if options.rpm else None
         self._tpm = Pacer(options.tpm, clock, sleep) if options.tpm else None
-        # Used only while no rpm is known, from the caller or from the provider's headers.
+        # Steers the rate unless the caller gave rpm: headers only seed and steer it.
         self._adaptive = AdaptiveRate(clock, sleep)
+        self._unanswered = 0
+        self._warned = 0
         self._abort: AuthenticationError | None = None
         self._cache: Store | None = None
         self._entered = False
@@ -139,6 +147,8 @@ class Executor:
         cache, self._cache = self._cache, None
         if cache is not None:
             await asyncio.to_thread(cache.close)
+            self._note_cache_failures(cache)
+        self._emit_warnings()
 
     async def run(self, work: Sequence[Work]) -> list[Outcome]:
         """Answer ``work`` in order. Limits, learned rates and the cache carry over between calls
@@ -147,7 +157,33 @@ class Executor:
         if not self._entered:
             async with self:
                 return await self._run(work)
-        return await self._run(work)
+        try:
+            return await self._run(work)
+        finally:
+            self._emit_warnings()
+
+    def _warn(self, message: str) -> None:
+        self.stats.warnings.append(message)
+
+    def _emit_warnings(self) -> None:
+        # Emitted after the run, never from inside a worker: a warnings filter set to "error"
+        # must not turn a notice into a lost run.
+        for message in self.stats.warnings[self._warned:]:
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
+        self._warned = len(self.stats.warnings)
+
+    def _note_cache_failures(self, cache: Store) -> None:
+        total = getattr(cache, "failed", 0)
+        failed = total - self.stats.cache_write_failures
+        if failed > 0:
+            self.stats.cache_write_failures = total
+            counts = getattr(cache, "failure_causes", None)
+            causes = "; ".join(f"{n} x {c}" for c, n in counts.most_common(3)) if counts else "unknown cause"
+            where = getattr(cache, "path", "")
+            self._warn(
+                f"{failed} answer(s) could not be saved to the cache {where} ({causes}). They are in "
+                "this result, but a re-run will pay for them again."
+            )
 
     async def _run(self, work: Sequence[Work]) -> list[Outcome]:
         results: list[Outcome | None] = [None] * len(work)
@@ -167,6 +203,7 @@ class Executor:
             # Workers share one iterator of pending positions: a queue that costs no memory per row.
             pending = (i for i, r in enumerate(results) if r is None)
             n_pending = len(work) - hits
+            self._unanswered = n_pending
             workers = [
                 asyncio.ensure_future(self._worker(pending, work, results, cache, progress))
                 for _ in range(min(self._pool, n_pending))
@@ -199,6 +236,7 @@ class Executor:
             item = work[i]
             outcome = await self._answer(item)
             results[i] = outcome
+            self._unanswered -= 1
             if isinstance(outcome, Completion):
                 self.stats.succeeded += 1
                 self.stats.prompt_tokens += outcome.prompt_tokens
@@ -227,16 +265,25 @@ class Executor:
             outcome = await self._attempt(item)
         return outcome
 
+    def _open_window(self) -> None:
+        """The first answer is in (and its headers read): let the window slow-start from here."""
+        self._opened = True
+        self._window.widen(_INITIAL_WINDOW)
+
     async def _attempt(self, item: Work) -> Outcome:
         request = self._spec.build(item.prompt, item.history)
+        budget = self._options.max_retry_time_s
         started = self._clock()
+        deadline = started + budget
         attempt = 0
         while True:
             # Take the in-flight slot first, then pass every gate right before sending: a limit
             # learned while this worker waited for its slot still applies to it.
             await self._window.acquire()
             try:
-                await self._pause.wait()
+                if not await self._pause.wait(deadline):
+                    now = self._clock()
+                    return wait_refused(self._pause.reason, self._pause.until - now, deadline - now, budget)
                 if self._rpm is not None:
                     await self._rpm.acquire()
                 else:
@@ -259,51 +306,114 @@ class Executor:
                 error = EngineError(f"{type(self._engine).__name__} raised {type(exc).__name__}: {exc}")
                 error.__cause__ = exc
             else:
+                self._storm.record(False)
                 self._window.on_success()
                 self._adaptive.on_success()
                 if completion.rate_limit is not None:
                     self._learn(completion.rate_limit)
                     if self._gate is not None:
                         self._gate.on_headers(completion.rate_limit)
+                if not self._opened:
+                    self._open_window()
                 return completion
             finally:
                 self._window.release()
 
-            delay = error.retry_after if error.retry_after is not None else self._backoff(attempt)
-            if isinstance(error, RateLimitError):
+            if not self._opened:
+                self._open_window()
+            limited = isinstance(error, RateLimitError)
+            self._storm.record(limited)
+            wait = server_wait_s(error)
+            now = self._clock()
+            if limited:
                 self.stats.rate_limited += 1
                 if self._gate is not None:
                     self._gate.on_rate_limited(error.retry_after)
-                self._window.on_rate_limited(sent_at)
-                if self._rpm is None:
-                    self._adaptive.on_rate_limited(sent_at)
-                # Everyone waits: more requests into a 429 storm only buy more 429s.
-                self._pause.pause_for(delay)
-                delay = 0.0
-            out_of_time = self._clock() - started + delay > self._options.max_retry_time_s
-            if not error.retryable or attempt >= self._options.max_retries or out_of_time:
+            if error.retryable and wait is not None and wait > deadline - now:
+                cause = retry_after_cause(error, wait)
+                if limited and self._storm.storm:
+                    self._pause.pause_for(wait, cause)  # everyone would be told the same: stop now
+                return wait_refused(cause, wait, deadline - now, budget, error)
+            delay = wait if wait is not None else backoff_s(attempt, self._rng)
+            if limited:
+                if self._storm.storm:
+                    # A storm means a real cap: more requests into it only buy more 429s, so
+                    # everyone waits and the window and rate are cut. A lone 429 (a provider's
+                    # hiccup) delays only its own row.
+                    self._window.on_rate_limited(sent_at)
+                    if self._rpm is None:
+                        self._adaptive.on_rate_limited(sent_at)
+                    self._pause.pause_for(delay, retry_after_cause(error, delay))
+                    delay = 0.0
+                elif self._rpm is None and self._adaptive.pacer is not None:
+                    self._adaptive.on_rate_limited(sent_at)  # already paced: a 429 says the pace is too high
+            if not error.retryable or attempt >= self._options.max_retries or now - started + delay > budget:
                 return error
             attempt += 1
             self.stats.retries += 1
             if delay:
                 await self._sleep(delay)
 
-    def _backoff(self, attempt: int) -> float:
-        return float(min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt) * (0.5 + self._rng.random()))
-
     def _learn(self, state: RateLimitState) -> None:
-        """Adopt the account's limits from the provider's headers when the caller gave none."""
-        if self._options.rpm is None and state.limit_requests:
-            if self._rpm is None:
-                self._rpm = Pacer(state.limit_requests, self._clock, self._sleep)
-            elif self._rpm.per_minute != state.limit_requests:
-                self._rpm.set_rate(state.limit_requests)
-            self.stats.learned_rpm = float(state.limit_requests)
-        if self._options.tpm is None and state.limit_tokens:
-            if self._tpm is None:
-                self._tpm = Pacer(state.limit_tokens, self._clock, self._sleep)
-            elif self._tpm.per_minute != state.limit_tokens:
-                self._tpm.set_rate(state.limit_tokens)
-        if state.remaining_requests == 0 and state.reset_requests_s:
-            self._pause.pause_for(state.reset_requests_s)
+        """Take the account's limits from the provider's headers when the caller gave none.
 
+        Headers are hints: a value that is not a positive finite number is ignored; the request
+        limit only seeds the adaptive rate (its unit may not be per minute), which ``remaining``
+        readings and 429s then steer; a limit so low that the rows left would take longer than
+        ``max_retry_time_s`` is reported.
+        """
+        limit = _positive(state.limit_requests)
+        if self._options.rpm is None:
+            if limit is not None:
+                self.stats.learned_rpm = float(limit)
+                if self._adaptive.pacer is None:
+                    self._seed_rpm(limit)
+            remaining = state.remaining_requests
+            if isinstance(remaining, int) and remaining >= 0:
+                self._adaptive.on_remaining(remaining)
+        tokens = _positive(state.limit_tokens)
+        if self._options.tpm is None and tokens is not None:
+            self._adopt_tpm(tokens)
+        reset = _positive(state.reset_requests_s)
+        if state.remaining_requests == 0 and reset is not None:
+            self._pause.pause_for(reset, (
+                f"the server (x-ratelimit-remaining-requests: 0, x-ratelimit-reset-requests: {reset:g}s)"))
+
+    def _too_slow(self, seconds_needed: float) -> bool:
+        return seconds_needed > self._options.max_retry_time_s
+
+    def _seed_rpm(self, limit: float) -> None:
+        needed = self._unanswered * 60.0 / limit
+        if self._too_slow(needed):
+            self.stats.slow_header_rpm = float(limit)
+            self._warn(
+                f"The server's x-ratelimit-limit-requests: {limit:g} would pace the {self._unanswered} rows left "
+                f"over {seconds_text(needed)}, more than max_retry_time_s={self._options.max_retry_time_s:g}; "
+                "dfllm takes it as a hint and paces by the 429s and remaining counts it sees. Pass rpm= to set "
+                "the pace."
+            )
+        self._adaptive.seed(limit)
+
+    def _adopt_tpm(self, limit: float) -> None:
+        if self._tpm is not None:
+            if self._tpm.per_minute != limit:
+                self._tpm.set_rate(limit)
+            return
+        needed = self._unanswered * _DEFAULT_COMPLETION_ESTIMATE * 60.0 / limit
+        if self._too_slow(needed):
+            if self.stats.slow_header_tpm is None:
+                self.stats.slow_header_tpm = float(limit)
+                self._warn(
+                    f"The server's x-ratelimit-limit-tokens: {limit:g} would pace the {self._unanswered} rows left "
+                    f"over {seconds_text(needed)}, more than max_retry_time_s={self._options.max_retry_time_s:g}; "
+                    "dfllm does not pace by it. Pass tpm= to set a token pace."
+                )
+            return
+        self._tpm = Pacer(limit, self._clock, self._sleep)
+
+
+def _positive(value: object) -> float | None:
+    """A header's number if it is finite and above zero, else None: a bad hint is ignored."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) and value > 0 else None

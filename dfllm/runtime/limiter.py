@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import random
 from collections.abc import Awaitable, Callable
 
@@ -19,55 +20,78 @@ class Pacer:
     """Spaces out units (requests or tokens) so no minute sees more than ``per_minute``.
 
     There is no burst at start-up, and callers are served in arrival order. A caller's slot is
-    fixed only when it reaches the head of the line, not when it starts waiting, so a rate
-    change applies to the very next send rather than after every queued caller's old slot.
+    fixed only when it reaches the head of the line, from the rate in force then, so a rate
+    change applies to the very next send. Given ``rate`` (a function), the head of the line
+    re-reads it at least every ``NAP_S`` while it waits: a rate that grows is followed at once.
     """
 
-    def __init__(self, per_minute: float, clock: Clock, sleep: Sleep) -> None:
-        if per_minute <= 0:
+    NAP_S = 0.5
+
+    def __init__(self, per_minute: float, clock: Clock, sleep: Sleep,
+                 *, rate: Callable[[], float] | None = None) -> None:
+        if not per_minute > 0:
             raise ValueError(f"per_minute must be positive, got {per_minute!r}")
         self.per_minute = per_minute
         self._clock = clock
         self._sleep = sleep
-        self._next_at = clock()
+        self._rate = rate
+        self._last_start: float | None = None
+        self._last_amount = 0.0
         self._line = asyncio.Lock()  # FIFO: the head of the line sleeps until its slot
 
     def set_rate(self, per_minute: float) -> None:
-        self.per_minute = per_minute
+        if per_minute > 0:
+            self.per_minute = per_minute
 
     async def acquire(self, amount: float = 1.0) -> None:
+        if self._rate is not None:
+            self.set_rate(self._rate())
         if amount > self.per_minute:
             raise ValueError(
                 f"one request needs {amount:g} units but the limit is {self.per_minute:g} per minute"
             )
         async with self._line:
             now = self._clock()
-            if self._next_at > now:
-                await self._sleep(self._next_at - now)
-                # Advance from the slot, not from when the sleep ended: oversleeping by a
-                # millisecond per send would otherwise cost ~5% of the rate at 50 sends/s.
-                start = self._next_at
-            else:
-                start = now  # idle: no credit for the unused past, hence no burst
-            self._next_at = start + amount * 60.0 / self.per_minute
+            start = now  # idle: no credit for the unused past, hence no burst
+            if self._last_start is not None:
+                while (due := self._last_start + self._last_amount * 60.0 / self.per_minute) > now:
+                    nap = due - now if self._rate is None else min(due - now, self.NAP_S)
+                    await self._sleep(nap)
+                    if self._rate is not None:
+                        self.set_rate(self._rate())
+                    now = self._clock()
+                    # Advance from the slot, not from when the sleep ended: oversleeping by a
+                    # millisecond per send would otherwise cost ~5% of the rate at 50 sends/s.
+                    start = due
+            self._last_start, self._last_amount = start, amount
 
 
 class Pause:
-    """A gate every dispatch passes: closed until a time the server named (Retry-After)."""
+    """A gate every dispatch passes: closed until a time the server named (Retry-After, a reset).
+
+    ``reason`` says who asked for the pause, for the error of a row that cannot wait that long.
+    """
 
     def __init__(self, clock: Clock, sleep: Sleep, rng: random.Random) -> None:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng
         self.until = 0.0
+        self.reason = ""
 
-    def pause_for(self, seconds: float) -> None:
+    def pause_for(self, seconds: float, reason: str = "the server") -> None:
         # Jitter spreads the resumed requests so they do not land in one burst.
-        self.until = max(self.until, self._clock() + seconds * (1.0 + 0.2 * self._rng.random()))
+        until = self._clock() + seconds * (1.0 + 0.2 * self._rng.random())
+        if until > self.until:
+            self.until, self.reason = until, reason
 
-    async def wait(self) -> None:
+    async def wait(self, deadline: float = math.inf) -> bool:
+        """Wait for the gate to open; False at once if it opens only after ``deadline``."""
         while (remaining := self.until - self._clock()) > 0:
+            if self.until > deadline:
+                return False
             await self._sleep(remaining)
+        return True
 
 
 class Window:
@@ -112,6 +136,11 @@ class Window:
                 waiter.set_result(None)
                 free -= 1
 
+    def widen(self, limit: int) -> None:
+        """Raise the limit to at least ``limit`` (never past ``maximum``)."""
+        self.limit = max(self.limit, float(min(limit, self.maximum)))
+        self._wake()
+
     def on_success(self) -> None:
         if self.limit < self.maximum:
             step = 1.0 if self._slow_start else 1.0 / self.limit
@@ -128,57 +157,146 @@ class Window:
 
 
 class AdaptiveRate:
-    """A request rate the server enforces but never states, learned from its 429s (AIMD on rate).
+    """The request rate, steered by what the server shows rather than by what its headers claim.
 
-    Until the first 429 it does not limit. Then it paces at the rate that succeeded over the
-    last second (what the server was accepting when it said no), cuts by ``CUT`` on a later 429
-    and grows ``GROWTH_PER_S`` of the rate each second in between: a slow probe that finds a
-    raised limit again. After a cut, further 429s within ``COOLDOWN_S`` do not cut again: the
-    server's budget is still in debt from before the cut, and cutting on every such 429
-    collapsed the rate to half the cap in a second (measured). A 429 with no success in the last second
-    teaches no rate: the pause and the concurrency window handle that storm alone.
+    Until told of a limit it does not limit. A 429 storm starts it pacing at the rate that
+    succeeded over the last second (what the server was accepting when it said no); ``seed``
+    starts it at a rate a header named, which is only a hint (headers come per minute, per day,
+    from another provider behind a gateway). Then:
+
+    - ``x-ratelimit-remaining`` readings steer it when the server sends them: while the budget
+      stays near the most seen, the rate doubles every second (the header understated the cap);
+      when it falls under a quarter, the rate is cut to ``CUT`` of what the server refilled over
+      the last second (successes plus the change in remaining), before any 429.
+    - 429s cut it by ``CUT``, never above what succeeded over the last second. After a cut,
+      further 429s within ``COOLDOWN_S`` do not cut again: the server's budget is still in debt
+      from before the cut, and cutting on every such 429 collapsed the rate to half the cap in
+      a second (measured). A 429 with no success in the last second teaches no rate.
+    - Otherwise it grows ``GROWTH_PER_S`` of the rate each second: a slow probe that finds a
+      raised limit again.
     """
 
     CUT = 0.9
     GROWTH_PER_S = 0.03
     COOLDOWN_S = 1.0
+    HIGH, LOW = 0.9, 0.25  # shares of the most remaining seen
     _SAMPLE_S = 1.0
 
     def __init__(self, clock: Clock, sleep: Sleep) -> None:
         self._clock = clock
         self._sleep = sleep
         self._recent: collections.deque[float] = collections.deque()  # success times, last second
+        self._readings: collections.deque[tuple[float, int]] = collections.deque()  # (time, remaining)
+        self._most_remaining = 0
         self._base_per_minute = 0.0
         self._since = 0.0
-        self._last_cut = -1.0
+        self._last_cut = -math.inf
+        self._fast = False
         self.pacer: Pacer | None = None
 
     def on_success(self) -> None:
-        if self.pacer is None:  # once pacing, the rate is steered by cuts and growth alone
-            now = self._clock()
-            self._recent.append(now)
-            while self._recent[0] < now - self._SAMPLE_S:
-                self._recent.popleft()
+        now = self._clock()
+        self._recent.append(now)
+        if self._recent[0] < now - self._SAMPLE_S:
+            self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._recent and self._recent[0] < now - self._SAMPLE_S:
+            self._recent.popleft()
 
     def per_minute(self) -> float:
-        return self._base_per_minute * (1.0 + self.GROWTH_PER_S * (self._clock() - self._since))
+        elapsed = self._clock() - self._since
+        if self._fast:
+            return float(self._base_per_minute * 2.0 ** min(elapsed, 60.0))
+        return self._base_per_minute * (1.0 + self.GROWTH_PER_S * elapsed)
+
+    def _set(self, per_minute: float, *, fast: bool) -> None:
+        self._base_per_minute = max(per_minute, 1.0)
+        self._since = self._clock()
+        self._fast = fast
+        if self.pacer is None:
+            self.pacer = Pacer(self._base_per_minute, self._clock, self._sleep, rate=self.per_minute)
+
+    def seed(self, per_minute: float) -> None:
+        """Start pacing at a rate a header named, probing upwards, if nothing better is known yet."""
+        if self.pacer is None and math.isfinite(per_minute) and per_minute > 0:
+            self._set(per_minute, fast=True)
+
+    def on_remaining(self, remaining: int) -> None:
+        """A reading of the budget left (``x-ratelimit-remaining-requests``)."""
+        if self.pacer is None or remaining < 0:
+            return
+        now = self._clock()
+        self._readings.append((now, remaining))
+        while self._readings[0][0] < now - self._SAMPLE_S:
+            self._readings.popleft()
+        self._most_remaining = max(self._most_remaining, remaining)
+        if remaining >= self.HIGH * self._most_remaining:
+            if not self._fast:
+                self._set(self.per_minute(), fast=True)
+        elif remaining < self.LOW * self._most_remaining:
+            if now >= self._last_cut + self.COOLDOWN_S:
+                self._last_cut = now
+                self._set(self.CUT * min(self.per_minute(), self._refilled_per_minute(now)), fast=False)
+        elif self._fast:
+            self._set(self.per_minute(), fast=False)
+
+    def _refilled_per_minute(self, now: float) -> float:
+        """What the server's budget refilled over the last second: used (successes) plus gained."""
+        self._trim(now)
+        first_at, first = self._readings[0]
+        span = now - first_at
+        if span < 0.2 * self._SAMPLE_S:
+            return len(self._recent) / self._SAMPLE_S * 60.0 if self._recent else self.per_minute()
+        gained = self._readings[-1][1] - first
+        used = sum(1 for t in self._recent if t >= first_at)
+        return max(1.0, (used + gained) / span * 60.0)
 
     def on_rate_limited(self, sent_at: float) -> None:
         now = self._clock()
+        self._trim(now)
+        succeeded = len(self._recent) / self._SAMPLE_S * 60.0
         if self.pacer is None:
-            while self._recent and self._recent[0] < now - self._SAMPLE_S:
-                self._recent.popleft()
             if not self._recent:
                 return
-            self._base_per_minute = len(self._recent) / self._SAMPLE_S * 60.0
-            self.pacer = Pacer(self._base_per_minute, self._clock, self._sleep)
+            self._set(succeeded, fast=False)
         elif sent_at >= self._last_cut + self.COOLDOWN_S:
-            self._base_per_minute = self.per_minute() * self.CUT
+            cut = self.per_minute() * self.CUT
+            self._set(min(cut, succeeded) if self._recent else cut, fast=False)
         else:
             return  # the last cut has not had time to show
-        self._since = self._last_cut = now
+        self._last_cut = now
 
     async def acquire(self) -> None:
         if self.pacer is not None:
-            self.pacer.set_rate(self.per_minute())
             await self.pacer.acquire()
+
+
+class StormDetector:
+    """Tells a storm of 429s (a real cap: every worker must wait) from a lone one (its row waits).
+
+    A storm is at least ``MIN_429`` 429s and at least ``SHARE`` of the answers of the last
+    ``WINDOW_S``. Counted over time rather than over the last n answers: 429s come back faster
+    than answers, so the last n answers over-represent them.
+    """
+
+    MIN_429 = 8
+    SHARE = 0.25
+    WINDOW_S = 1.0
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._answers: collections.deque[tuple[float, bool]] = collections.deque()
+        self._limited = 0
+
+    def record(self, rate_limited: bool) -> None:
+        now = self._clock()
+        answers = self._answers
+        answers.append((now, rate_limited))
+        self._limited += rate_limited
+        while answers[0][0] < now - self.WINDOW_S:
+            self._limited -= answers.popleft()[1]
+
+    @property
+    def storm(self) -> bool:
+        return self._limited >= self.MIN_429 and self._limited >= self.SHARE * len(self._answers)

@@ -24,8 +24,13 @@ class RunStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     elapsed_s: float = 0.0
-    learned_rpm: float | None = None
+    learned_rpm: float | None = None  # x-ratelimit-limit-requests as the server last said it
+    # A header rate too low for the rows left within max_retry_time_s: taken as a hint, not obeyed.
+    slow_header_rpm: float | None = None
+    slow_header_tpm: float | None = None
+    cache_write_failures: int = 0  # answers the cache could not keep: a re-run pays for them again
     errors: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # also emitted as RuntimeWarning
 
     @property
     def total_tokens(self) -> int:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import signal
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -41,10 +44,11 @@ def _run_in_thread(coro: Coroutine[Any, Any, T]) -> T:
     thread = threading.Thread(target=target, name="dfllm-predict")
     thread.start()
     try:
-        while thread.is_alive():
-            thread.join(0.1)
+        with _ctrl_c_raises():
+            while thread.is_alive():
+                thread.join(0.1)
     except KeyboardInterrupt:
-        # Ctrl-C in the notebook: cancel the run so it stops promptly and flushes its cache.
+        # Ctrl-C: cancel the run so it stops promptly and flushes its cache, then say so.
         task = outcome.get("task")
         if task is not None:
             loop.call_soon_threadsafe(task.cancel)
@@ -54,3 +58,26 @@ def _run_in_thread(coro: Coroutine[Any, Any, T]) -> T:
         raise outcome["error"]
     result: T = outcome["result"]
     return result
+
+
+@contextlib.contextmanager
+def _ctrl_c_raises() -> Iterator[None]:
+    """Let Ctrl-C raise ``KeyboardInterrupt`` here while we block the caller's loop.
+
+    ``asyncio.run`` replaces Python's SIGINT handler with one that cancels its main task; that
+    task is blocked in this very call, so the cancel would only land after the whole run, and
+    its result would be thrown away. The default handler is put back for the wait.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    handler = previous.func if isinstance(previous, functools.partial) else previous
+    if not isinstance(getattr(handler, "__self__", None), asyncio.Runner):
+        yield  # a handler of the caller's own (or the default, which raises already): keep it
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

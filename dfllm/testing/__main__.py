@@ -1,4 +1,4 @@
-"""``python -m dfllm.testing --latency-ms 50 [--rpm 3000] [--port 0]``: run the fake provider.
+"""``python -m dfllm.testing --latency-ms 50 [--rpm 3000] [--random-429 0.05] [--port 0]``: run the fake provider.
 
 Prints its base URL on the first line of stdout, then serves on 127.0.0.1 until terminated.
 """
@@ -22,6 +22,9 @@ async def _serve(args: argparse.Namespace) -> None:
         rpm=args.rpm,
         rpm_burst=args.rpm_burst,
         ratelimit_headers=not args.no_ratelimit_headers,
+        advertised_rpm_scale=args.advertised_rpm_scale,
+        random_429=args.random_429,
+        random_seed=args.random_seed,
         record=False,  # a long benchmark must not grow the server's memory
     )
     runner = web.AppRunner(app.build(), access_log=None)
@@ -41,6 +44,11 @@ def main() -> None:
     parser.add_argument("--rpm-burst", type=float, default=None)
     parser.add_argument("--no-ratelimit-headers", action="store_true",
                         help="enforce the cap without x-ratelimit-* headers (only 429 + Retry-After)")
+    parser.add_argument("--advertised-rpm-scale", type=float, default=1.0,
+                        help="x-ratelimit-limit-requests says rpm times this (a header in other units)")
+    parser.add_argument("--random-429", type=float, default=0.0,
+                        help="share of requests answered 429 + Retry-After: 1 regardless of the cap")
+    parser.add_argument("--random-seed", type=int, default=None)
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--responder", default="smart", choices=["echo", "sentiment", "smart"])
     args = parser.parse_args()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 import time
 from typing import Any
 
@@ -60,6 +61,9 @@ class FakeProviderApp:
         rpm: float | None = None,
         rpm_burst: float | None = None,
         ratelimit_headers: bool = True,
+        advertised_rpm_scale: float = 1.0,
+        random_429: float = 0.0,
+        random_seed: int | None = None,
         models: tuple[str, ...] = DEFAULT_MODELS,
         record: bool = True,
     ) -> None:
@@ -70,6 +74,13 @@ class FakeProviderApp:
         self.rpm = rpm
         self._bucket = _Bucket(rpm, rpm_burst) if rpm else None
         self.ratelimit_headers = ratelimit_headers
+        # A lying header: x-ratelimit-limit-requests says rpm * scale (other units, another
+        # provider's numbers behind a gateway); remaining and reset stay the bucket's truth.
+        self.advertised_rpm_scale = advertised_rpm_scale
+        # A provider's hiccups: this share of requests gets a 429 with Retry-After: 1 whatever
+        # the cap, without x-ratelimit-* headers.
+        self.random_429 = random_429
+        self._random = random.Random(random_seed)
         self.models = models
         self.record = record
         self.requests: list[RecordedRequest] = []
@@ -158,11 +169,15 @@ class FakeProviderApp:
         if not self.authorized(request):
             return self.unauthorized()
         limit_headers: dict[str, str] = {}
+        if self.random_429 and self._random.random() < self.random_429:
+            response = _error(429, "The server is overloaded, try again.", "rate_limit_exceeded")
+            response.headers["retry-after"] = "1"
+            return self._respond(response)
         if self._bucket is not None:
             wait = self._bucket.take()
             if self.ratelimit_headers:
                 limit_headers = {
-                    "x-ratelimit-limit-requests": str(int(self.rpm or 0)),
+                    "x-ratelimit-limit-requests": f"{(self.rpm or 0) * self.advertised_rpm_scale:.0f}",
                     "x-ratelimit-remaining-requests": str(int(self._bucket.tokens)),
                     "x-ratelimit-reset-requests": f"{self._bucket.reset_s():.3f}s",
                 }
