@@ -18,7 +18,7 @@ import pytest
 dd = pytest.importorskip("dask.dataframe")
 distributed = pytest.importorskip("distributed")
 
-import cloudpickle  # noqa: E402
+import cloudpickle  # type: ignore[import-untyped]  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import dfllm  # noqa: E402
@@ -192,7 +192,7 @@ def _gate_leases() -> dict[str, int]:
     runtime = worker._runtime
     if runtime is None:
         return {}
-    return {str(k[1]): g.leases for k, g in runtime._shared.items() if k[0] == "gate"}
+    return {str(k[1]): g.leases for k, g in runtime._shared.items() if k[0] == "gate"}  # type: ignore[index]
 
 
 def test_two_workers_together_stay_under_the_servers_rpm_cap_and_use_it(client: Any) -> None:

@@ -20,7 +20,7 @@ def source(tmp_path: Path, rows: int) -> pl.LazyFrame:
 def test_sink_parquet_sends_only_at_collect_and_answers_every_row(tmp_path: Path, fake: FakeProvider,
                                                                   engine: str) -> None:
     stats = dfllm.RunStats()
-    lf = source(tmp_path, 1000).llm.predict(engine, "m", "say {{t}}", "y", batch_rows=128, concurrency=8,
+    lf = source(tmp_path, 1000).llm.predict(engine, "m", "say {{t}}", "y", batch_rows=128, concurrency=8,  # type: ignore[attr-defined]
                                             stats=stats, usage_columns=True)
     assert lf.collect_schema() == pl.Schema({"id": pl.Int64, "t": pl.String, "y": pl.String,
                                              "y_prompt_tokens": pl.Int64, "y_completion_tokens": pl.Int64})
@@ -38,7 +38,7 @@ def test_sink_parquet_sends_only_at_collect_and_answers_every_row(tmp_path: Path
 
 def test_filters_on_inputs_run_before_predicting_and_on_answers_after(tmp_path: Path, fake: FakeProvider,
                                                                       engine: str) -> None:
-    lf = source(tmp_path, 500).llm.predict(engine, "m", "{{t}}", "y", batch_rows=100, cache=False)
+    lf = source(tmp_path, 500).llm.predict(engine, "m", "{{t}}", "y", batch_rows=100, cache=False)  # type: ignore[attr-defined]
     small = lf.filter(pl.col("id") < 50).collect()
     assert small.height == 50 and len(fake.chat_requests) == len({f"r{i}" for i in range(50) if i % 9 != 4})
     picked = lf.filter(pl.col("y").str.ends_with("r7")).select("id", "y").collect()
@@ -48,15 +48,15 @@ def test_filters_on_inputs_run_before_predicting_and_on_answers_after(tmp_path: 
 def test_configuration_errors_surface_at_predict_not_at_collect(tmp_path: Path, fake: FakeProvider,
                                                                 engine: str) -> None:
     with pytest.raises(dfllm.ConfigurationError) as caught:
-        source(tmp_path, 10).llm.predict(engine, "m", "{{text}}", "t", concurrency=0)
+        source(tmp_path, 10).llm.predict(engine, "m", "{{text}}", "t", concurrency=0)  # type: ignore[attr-defined]
     assert len(caught.value.problems) >= 3
     assert fake.requests == []
 
 
 def test_failed_rows_follow_the_errors_option(tmp_path: Path, fake: FakeProvider, engine: str) -> None:
     lf = pl.LazyFrame({"t": ["yes", "maybe"]})
-    out = lf.llm.predict(engine, "m", "{{t}}", "y", choices=["yes", "no"], errors="null").collect()
+    out = lf.llm.predict(engine, "m", "{{t}}", "y", choices=["yes", "no"], errors="null").collect()  # type: ignore[attr-defined]
     assert out["y"].to_list() == ["yes", None] and out["y"].dtype == pl.Enum(["yes", "no"])
     assert out["y_error"][1].startswith("LabelError")
     with pytest.raises(dfllm.BatchError):
-        lf.llm.predict(engine, "m", "{{t}}", "z", choices=["yes", "no"]).collect()
+        lf.llm.predict(engine, "m", "{{t}}", "z", choices=["yes", "no"]).collect()  # type: ignore[attr-defined]

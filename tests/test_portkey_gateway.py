@@ -98,7 +98,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int
 
 def _predict(engine: str, df: pd.DataFrame = DF, **options: object) -> pd.DataFrame:
     frame: pd.DataFrame = df.llm.predict(engine, "gpt-4o-mini", "{{question}}", "answer", progress=False,
-                                         **options)  # type: ignore[arg-type]
+                                         **options)
     return frame
 
 

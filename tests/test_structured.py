@@ -166,13 +166,13 @@ def test_any_schema_and_conforming_answers_give_typed_columns_that_round_trip(
         out = dfllm.predict(frame, json_engine(answers), "m", "{{text}}", "t", schema=schema, cache=False,
                             errors="null", max_repairs=1)
         is_pandas = isinstance(out, pd.DataFrame)
-        errors = out["t_error"].tolist() if is_pandas else out["t_error"].to_list()
+        errors = list(out["t_error"])
         for name, k in kinds.items():
             _, _, pandas_dtype, polars_dtype = FIELD_KINDS[k]
             column = out[f"t_{name}"]
             if is_pandas:
                 assert str(column.dtype).startswith(pandas_dtype), (name, column.dtype)
-                values = column.tolist()
+                values = list(column)
             else:
                 assert column.dtype == polars_dtype, (name, column.dtype)
                 values = column.to_list()
@@ -415,7 +415,7 @@ REVIEWS = ["I love machine learning!", "This is awful.", "The sky is blue.", "Gr
 def test_local_engine_grammar_yields_valid_typed_columns_for_every_row() -> None:
     pytest.importorskip("llama_cpp")
     df = pl.DataFrame({"text": REVIEWS})
-    out = df.llm.predict("local", "smollm2-135m", "Describe this review: {{text}}", "r", schema=LOCAL_SCHEMA,
+    out = df.llm.predict("local", "smollm2-135m", "Describe this review: {{text}}", "r", schema=LOCAL_SCHEMA,  # type: ignore[attr-defined]
                          cache=False, seed=1, temperature=0, max_repairs=0)
     assert out.schema["r_count"] == pl.Int64 and out.schema["r_tags"] == pl.List(pl.String)
     assert out.schema["r_sentiment"] == pl.Enum(["positive", "neutral", "negative"])

@@ -79,10 +79,10 @@ def test_filter_with_errors_null_leaves_failed_rows_out_and_raise_reports_them()
     engine = MockEngine(lambda request: "maybe" if "chair" in request.messages[-1]["content"] else "yes")
     df = pd.DataFrame({"text": TEXTS})
     assert dfllm.predict is not None
-    out = df.llm.filter("{{text}}?", engine=engine, model="m", errors="null")
+    out = df.llm.filter("{{text}}?", engine=engine, model="m", errors="null")  # type: ignore[arg-type, call-arg]
     assert out["text"].tolist() == ["I love it", "I hate it"]
     with pytest.raises(dfllm.BatchError, match="1 of 3 rows failed"):
-        df.llm.filter("{{text}}?", engine=engine, model="m", cache=False)
+        df.llm.filter("{{text}}?", engine=engine, model="m", cache=False)  # type: ignore[arg-type, call-arg]
 
 
 def test_verbs_report_bad_input_before_any_request() -> None:
@@ -101,8 +101,8 @@ def test_verbs_report_bad_input_before_any_request() -> None:
 def test_verbs_on_the_local_engine_offline() -> None:
     pytest.importorskip("llama_cpp")
     df = pl.DataFrame({"text": ["I love this phone, it is wonderful.", "Terrible, it broke in a day."]})
-    labelled = df.llm.classify("text", ["positive", "negative"], seed=1, cache=False)
+    labelled = df.llm.classify("text", ["positive", "negative"], seed=1, cache=False)  # type: ignore[attr-defined]
     assert labelled.schema["text_label"] == pl.Enum(["positive", "negative"])
     assert labelled["text_label"].null_count() == 0
-    extracted = df.llm.extract("text", {"stars": int, "product": str}, seed=1, cache=False, max_tokens=64)
+    extracted = df.llm.extract("text", {"stars": int, "product": str}, seed=1, cache=False, max_tokens=64)  # type: ignore[attr-defined]
     assert extracted.schema["text_stars"] == pl.Int64 and extracted["text_stars"].null_count() == 0
