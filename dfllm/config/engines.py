@@ -10,6 +10,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import urllib.parse
 import warnings
 from collections.abc import Mapping
@@ -167,6 +168,8 @@ def configure(name: str, provider_name: str, using: Mapping[str, Any]) -> Engine
         problems += [ParameterError(p) for p in base_url_problems(base_url)]
     routing_values = {p: using[p] for p in provider.header_params if using.get(p) is not None}
     problems += [ParameterError(p) for p in _header_param_problems(routing_values)]
+    sent_as_headers = {p: using[p] for p in (*provider.key_params, "provider_api_key") if using.get(p) is not None}
+    problems += [ParameterError(p) for p in _unsendable_problems({**sent_as_headers, **routing_values})]
     if problems:
         raise problems[0] if len(problems) == 1 else ConfigurationError([str(p) for p in problems])
 
@@ -227,6 +230,21 @@ def _header_param_problems(values: Mapping[str, Any]) -> list[str]:
                 "server, without credentials, e.g. custom_host='http://127.0.0.1:8000/v1'."
             )
     return problems
+
+
+# What an HTTP header value cannot carry (aiohttp refuses these at request time, for every row).
+_UNSENDABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _unsendable_problems(values: Mapping[str, Any]) -> list[str]:
+    """Header values with a line break or control character: refused now, with the parameter's
+    name only (the value may be a key), rather than failing every row later."""
+    return [
+        f"{param} contains a line break or other control character, which an HTTP header cannot carry "
+        f"(often a trailing newline read from a file); pass it stripped, e.g. {param}=value.strip()."
+        for param, value in values.items()
+        if _UNSENDABLE.search(_header_text(value))
+    ]
 
 
 def _is_loopback(host: str) -> bool:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 import urllib.parse
 from collections.abc import Iterable
 from typing import Any
@@ -48,17 +51,62 @@ _SECRET_KEY_WORDS = ("key", "secret", "token", "password", "authorization", "cre
 def secret_forms(value: str) -> set[str]:
     """Every form in which a secret header value may come back in a provider's answer.
 
-    The value itself; without an auth scheme (``"Bearer sk-..."`` -> ``"sk-..."``); its
-    URL-encoded form; and, for a JSON value (a Portkey config), every string under a key
-    that names a credential (``api_key``, ``aws_secret_access_key``...), at any depth.
+    The value itself; without an auth scheme (``"Bearer sk-..."`` -> ``"sk-..."``); a Basic
+    value's decoded ``user:password`` and password; for a JSON value (a Portkey config), every
+    string under a key that names a credential (``api_key``, ``aws_secret_access_key``...), at
+    any depth. Then each of those as encoders write it: URL-encoded (either hex case, or as a
+    form), JSON-escaped, and inside base64 (see ``_base64_cores``).
     """
     forms = {value}
     scheme, _, rest = value.partition(" ")
     if rest and scheme.lower() in ("bearer", "basic", "token"):
         forms.add(rest.strip())
+        if scheme.lower() == "basic":
+            forms |= _basic_credentials(rest.strip())
     forms |= _json_credentials(value)
-    forms |= {urllib.parse.quote(form, safe="") for form in list(forms)}
+    for form in list(forms):
+        forms |= _encoded_forms(form)
     return {f for f in forms if f == value or len(f) >= _MIN_FORM}
+
+
+def _encoded_forms(form: str) -> set[str]:
+    quoted = urllib.parse.quote(form, safe="")
+    escaped = json.dumps(form)[1:-1]
+    return {
+        quoted,
+        re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), quoted),
+        urllib.parse.quote_plus(form),
+        escaped,
+        escaped.replace("/", "\\/"),  # JSON encoders that escape '/' (PHP's, for one)
+        json.dumps(form, ensure_ascii=False)[1:-1],
+        *_base64_cores(form),
+    }
+
+
+def _base64_cores(form: str) -> set[str]:
+    """Base64 text found in the encoding of any text that contains ``form``.
+
+    Base64 encodes 3 bytes at a time, so the encoding of ``form`` inside a longer text (``user:key``
+    in a Basic header) depends on its offset modulo 3; for each offset, the whole 3-byte groups
+    that lie within ``form`` always encode the same way. Scrubbing those leaves at most two bytes
+    of the secret at either end, encoded.
+    """
+    data = form.encode()
+    cores = set()
+    for skip in range(3):
+        whole = data[skip:][: (len(data) - skip) // 3 * 3]
+        if whole:
+            cores.add(base64.b64encode(whole).decode())
+            cores.add(base64.urlsafe_b64encode(whole).decode())
+    return cores
+
+
+def _basic_credentials(encoded: str) -> set[str]:
+    try:
+        decoded = base64.b64decode(encoded, validate=True).decode()
+    except (binascii.Error, ValueError):
+        return set()
+    return {decoded, decoded.partition(":")[2]}
 
 
 def _json_credentials(value: str) -> set[str]:

@@ -3,9 +3,12 @@
 This module is the one boundary where aiohttp's exceptions and HTTP statuses become dfllm
 errors. It moves one request at a time and decides nothing about retrying.
 
-Everything the server sends is untrusted: a redirect is never followed, a 2xx that is not a
-whole text answer is an error, headers are parsed into finite values or ignored, and every
-form of the key is scrubbed from every message. aiohttp's own exceptions are never attached
+Everything the server sends is untrusted: a redirect is never followed, a body is read only up
+to ``MAX_BODY_BYTES``, a 2xx that is not a whole text answer is an error, headers are parsed
+into finite values or ignored, and every form of the key is scrubbed from every message and
+answer. Text quoted from the server is scrubbed before it is cut to length (a cut must not
+leave half a key showing), and stripped of control characters and broken surrogates, so a
+message is always printable and storable. aiohttp's own exceptions are never attached
 (their ``request_info`` carries the request headers, key included): errors are raised with a
 scrubbed description of the cause instead.
 """
@@ -40,6 +43,10 @@ from dfllm.engines.base import NO_CAPABILITIES, Capabilities, Completion, RateLi
 
 _SHOWN_BODY = 300  # characters of an unexpected body quoted in a message
 _SHOWN_HEADER = 100  # characters of a header value kept for messages
+_SHOWN_LOCATION = 200
+# No chat completion comes near this; a body that does is a broken or hostile server, and
+# reading it whole would let it fill memory (an endless stream, a gzip bomb) until timeout_s.
+MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 class OpenAICompatibleEngine:
@@ -58,6 +65,7 @@ class OpenAICompatibleEngine:
         identity: str | None = None,
         capabilities: Capabilities = NO_CAPABILITIES,
         auth_hint: str | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.identity = identity
         self.capabilities = capabilities
@@ -67,6 +75,7 @@ class OpenAICompatibleEngine:
         self._headers = dict(headers)
         self._scrub = Scrubber(v for v in headers.values() if isinstance(v, Secret))
         self._auth_hint = auth_hint or "Check the API key given to create_engine (or its environment variable)."
+        self._max_body_bytes = max_body_bytes
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
@@ -96,7 +105,7 @@ class OpenAICompatibleEngine:
             return json.loads(raw)
         except (ValueError, RecursionError):
             pass
-        raise ResponseFormatError(self._scrub(f"GET {path} returned non-JSON: {_snippet(raw)!r}"))
+        raise ResponseFormatError(f"GET {path} returned non-JSON: {_snippet(raw, self._scrub)!r}")
 
     async def _send(self, method: str, url: str, timeout_s: float,
                     body: Any = None) -> tuple[bytes, Mapping[str, str]]:
@@ -107,27 +116,33 @@ class OpenAICompatibleEngine:
             async with self._session_now().request(
                 method, url, json=body, timeout=timeout, allow_redirects=False
             ) as resp:
-                raw = await resp.read()
                 status, headers = resp.status, resp.headers
+                raw, whole = await _read_capped(resp, self._max_body_bytes)
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
             failure = TransportError(f"No answer from {self.base_url} within timeout_s={timeout_s}.")
         except (aiohttp.ClientError, OSError) as exc:
             # Described, not attached: the exception's request_info holds the request headers.
-            failure = TransportError(self._scrub(f"{method} {url} failed: {type(exc).__name__}: {exc}"))
+            failure = TransportError(_shown(f"{method} {url} failed: {type(exc).__name__}: {exc}", self._scrub, 500))
         # Raised outside the except blocks, so no aiohttp exception rides along as __context__.
         if failure is not None:
             raise failure from None
+        if 200 <= status < 300:
+            if not whole:
+                raise ResponseFormatError(
+                    f"{self.base_url} answered HTTP {status} with a body over {self._max_body_bytes / 2**20:g} MiB "
+                    "(declared or sent), far more than any chat completion; it was not read further. The server "
+                    "or a proxy in front of it is misbehaving."
+                )
+            return raw, headers
         if 300 <= status < 400:
-            location = self._scrub(headers.get("Location", "")[:200]) or "(no Location header)"
+            location = _shown(headers.get("Location", ""), self._scrub, _SHOWN_LOCATION) or "(no Location header)"
             raise RedirectError(
                 f"{self.base_url} answered HTTP {status} redirecting to {location!r}. dfllm does not follow "
                 "redirects of API requests (they would carry the key headers elsewhere, and a 301/302 drops "
                 "the request body). Set base_url to the address that answers directly.",
                 status=status,
             )
-        if status >= 400:
-            raise self._status_error(status, headers, raw)
-        return raw, headers
+        raise self._status_error(status, headers, raw)
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -135,35 +150,87 @@ class OpenAICompatibleEngine:
             self._session = None
 
     def _status_error(self, status: int, headers: Mapping[str, str], raw: bytes) -> EngineError:
-        detail = self._scrub(_error_detail(raw))
+        detail = _shown(_error_detail(raw), self._scrub, _SHOWN_BODY) or "(empty body)"
         where = f"{self.base_url} answered HTTP {status}: {detail}"
         if status in (401, 403):
             return AuthenticationError(f"{where}. {self._auth_hint}", status=status)
-        wait = retry_after(headers)
-        seconds, said = (wait[0], self._scrub(wait[1])) if wait else (None, None)
+        wait = retry_after(headers, self._scrub)
+        seconds, said = wait if wait else (None, None)
         if status == 429:
             return RateLimitError(where, status=status, retry_after=seconds, retry_after_header=said)
-        if status in (408, 409) or status >= 500:
+        # 1xx (101: an upgrade nobody asked for) and 6xx-9xx are no answer either: the server failed.
+        if status in (408, 409) or status >= 500 or status < 200:
             return ServerError(where, status=status, retry_after=seconds, retry_after_header=said)
         return BadRequestError(f"{where}. The request was rejected as invalid; it is not retried.", status=status)
 
 
-def _snippet(raw: bytes) -> str:
-    return raw[:_SHOWN_BODY].decode("utf-8", "replace") or "(empty body)"
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """The body (decompressed, as aiohttp serves it), and whether it is whole: reading stops, and
+    the connection is closed, as soon as the body is known to exceed ``limit`` bytes."""
+    if resp.content_length is not None and resp.content_length > limit:
+        resp.close()
+        return b"", False
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await resp.content.readany():
+        size += len(chunk)
+        if size > limit:
+            resp.close()
+            return b"".join(chunks), False
+        chunks.append(chunk)
+    return b"".join(chunks), True
+
+
+# Characters a message must not carry: controls (a UTF-16 body decoded as UTF-8 interleaves NULs
+# between the key's letters), invisible format characters, and lone surrogates (from JSON's
+# "\ud800" escapes), which no UTF-8 writer (Arrow, SQLite, a terminal) accepts.
+_UNSHOWABLE = re.compile(
+    r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff\ud800-\udfff]"
+)
+
+
+def _shown(text: str, scrub: Callable[[str], str], limit: int) -> str:
+    """Server text as fit to quote: printable, scrubbed of every secret form, then cut to ``limit``."""
+    return scrub(_UNSHOWABLE.sub("", text))[:limit]
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _well_formed(text: str) -> str:
+    """``text`` with each lone surrogate (half an emoji that JSON allows) replaced by U+FFFD, as a
+    UTF-8 decoder does with a broken sequence: an answer must be storable in SQLite and Arrow."""
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
+
+
+def _body_text(raw: bytes, payload: Any = None) -> str:
+    """The body as text; a parsed JSON body re-encoded, so its ``\\uXXXX`` escapes are undone
+    (and a key written in them is scrubbed)."""
+    if payload is not None:
+        try:
+            return json.dumps(payload, ensure_ascii=False)
+        except (ValueError, RecursionError):
+            pass
+    return raw.decode("utf-8", "replace")
+
+
+def _snippet(raw: bytes, scrub: Callable[[str], str], payload: Any = None) -> str:
+    return _shown(_body_text(raw, payload), scrub, _SHOWN_BODY) or "(empty body)"
 
 
 def _error_detail(raw: bytes) -> str:
+    """The error's message, or the body; whole (the caller scrubs, then cuts it)."""
     try:
         payload = json.loads(raw)
     except (ValueError, RecursionError):
-        return _snippet(raw)
+        return _body_text(raw)
     if isinstance(payload, dict):
         error = payload.get("error", payload)
         if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])[:_SHOWN_BODY]
+            return str(error["message"])
         if isinstance(error, str):
-            return error[:_SHOWN_BODY]
-    return str(payload)[:_SHOWN_BODY]
+            return error
+    return _body_text(raw, payload)
 
 
 def parse_completion(
@@ -180,34 +247,37 @@ def parse_completion(
     message = first.get("message") if isinstance(first, dict) else None
     if not isinstance(message, dict):
         what = "the body is not JSON" if payload is None else "the body has no choices[0].message"
-        raise ResponseFormatError(scrub(f"{where} {what}, so it is not a chat completion: {_snippet(raw)!r}"))
+        raise ResponseFormatError(f"{where} {what}, so it is not a chat completion: {_snippet(raw, scrub, payload)!r}")
     assert isinstance(first, dict)
     finish = first.get("finish_reason")
-    finish = finish[:40] if isinstance(finish, str) else None
+    finish = _shown(finish, str, 40) if isinstance(finish, str) else None
     content = message.get("content")
     refusal = message.get("refusal")
     if isinstance(refusal, str) and refusal:
-        raise RefusalError(scrub(f"{where} the model refused: {refusal[:_SHOWN_BODY]!r}"))
+        raise RefusalError(f"{where} the model refused: {_shown(refusal, scrub, _SHOWN_BODY)!r}")
     if finish == "content_filter":
         raise RefusalError(f"{where} its content filter withheld the answer (finish_reason 'content_filter').")
     if finish == "length":
-        shown = f": {content[:80]!r}" if isinstance(content, str) else ""
+        text = scrub(_well_formed(content)) if isinstance(content, str) else None
+        shown = f": {_shown(text, str, 80)!r}" if text is not None else ""
         raise IncompleteAnswerError(
-            scrub(f"{where} the answer was cut off at the token limit (finish_reason 'length'){shown}; "
-                  "raise max_tokens to get whole answers."),
-            text=content if isinstance(content, str) else None,
+            f"{where} the answer was cut off at the token limit (finish_reason 'length'){shown}; "
+            "raise max_tokens to get whole answers.",
+            text=text,
         )
     if content is None:
         why = "the model answered with tool calls, not text" if message.get("tool_calls") else "there is no text"
         raise IncompleteAnswerError(f"{where} {why} (message.content is null, finish_reason {finish!r}).")
     if not isinstance(content, str):
-        raise ResponseFormatError(scrub(
-            f"{where} message.content is a {type(content).__name__}, not text: {str(content)[:_SHOWN_BODY]!r}"
-        ))
+        raise ResponseFormatError(
+            f"{where} message.content is a {type(content).__name__}, not text: "
+            f"{_shown(str(content), scrub, _SHOWN_BODY)!r}"
+        )
     usage = payload.get("usage") if isinstance(payload, dict) else None
     usage = usage if isinstance(usage, dict) else {}
     return Completion(
-        text=content,
+        # A provider (or proxy) echoing the key into the answer must not put it in the result or cache.
+        text=scrub(_well_formed(content)),
         prompt_tokens=_token_count(usage.get("prompt_tokens")),
         completion_tokens=_token_count(usage.get("completion_tokens")),
         rate_limit=rate_limit_state(headers, scrub),
@@ -239,7 +309,7 @@ def _number(text: str | None) -> float | None:
     return value if math.isfinite(value) and value >= 0 else None
 
 
-def retry_after(headers: Mapping[str, str]) -> tuple[float, str] | None:
+def retry_after(headers: Mapping[str, str], scrub: Callable[[str], str] = str) -> tuple[float, str] | None:
     """Seconds the server asked us to wait, and the header that said it (``"retry-after: 5"``).
 
     ``retry-after-ms`` first, then ``retry-after`` in seconds or as an HTTP date (a past date
@@ -254,7 +324,7 @@ def retry_after(headers: Mapping[str, str]) -> tuple[float, str] | None:
         if seconds is None and scale == 1.0:
             seconds = _http_date_in_s(value)
         if seconds is not None:
-            return seconds * scale, f"{name}: {value[:_SHOWN_HEADER]}"
+            return seconds * scale, f"{name}: {_shown(value, scrub, _SHOWN_HEADER)}"
     return None
 
 
@@ -329,5 +399,5 @@ def rate_limit_state(headers: Mapping[str, str], scrub: Callable[[str], str] = s
         limit_tokens=_count(raw["x-ratelimit-limit-tokens"], 1),
         remaining_tokens=_count(raw["x-ratelimit-remaining-tokens"], 0),
         reset_tokens_s=parse_duration_s(raw["x-ratelimit-reset-tokens"]),
-        headers=tuple((k, scrub(v[:_SHOWN_HEADER])) for k, v in raw.items() if v is not None),
+        headers=tuple((k, _shown(v, scrub, _SHOWN_HEADER)) for k, v in raw.items() if v is not None),
     )
