@@ -335,3 +335,12 @@ def test_a_header_value_with_a_line_break_is_refused_before_any_request(param: s
         dfllm.create_engine("t", "portkey", **using)
     message = str(info.value)
     assert param in message and "line break" in message and "0123456789" not in message
+
+
+@pytest.mark.parametrize(("extra_body", "problem"), [({"x": {1, 2}}, "set"), ({"x": float("nan")}, "JSON")])
+def test_a_body_that_is_not_json_is_a_row_error_and_is_never_sent(extra_body: dict[str, Any], problem: str) -> None:
+    with FakeProvider() as fake:
+        dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
+        result = DF.llm.predict("t", "m", "Say: {{text}}", "y", progress=False, errors="null", extra_body=extra_body)
+        assert fake.chat_requests == []  # NaN would have gone out as the invalid JSON token NaN
+    assert result["y_error"][0].startswith("BadRequestError: ") and problem in result["y_error"][0]

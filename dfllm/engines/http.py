@@ -89,7 +89,6 @@ class OpenAICompatibleEngine:
                 headers={"Content-Type": "application/json", **revealed},
                 # No connection cap: the executor's worker pool bounds requests in flight.
                 connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-                json_serialize=json.dumps,
             )
         return self._session
 
@@ -111,10 +110,11 @@ class OpenAICompatibleEngine:
                     body: Any = None) -> tuple[bytes, Mapping[str, str]]:
         """One HTTP exchange; every aiohttp exception and error status becomes a dfllm error here."""
         timeout = aiohttp.ClientTimeout(total=timeout_s)
+        data = None if body is None else _json_body(body)
         failure: EngineError | None = None
         try:
             async with self._session_now().request(
-                method, url, json=body, timeout=timeout, allow_redirects=False
+                method, url, data=data, timeout=timeout, allow_redirects=False
             ) as resp:
                 status, headers = resp.status, resp.headers
                 raw, whole = await _read_capped(resp, self._max_body_bytes)
@@ -162,6 +162,17 @@ class OpenAICompatibleEngine:
         if status in (408, 409) or status >= 500 or status < 200:
             return ServerError(where, status=status, retry_after=seconds, retry_after_header=said)
         return BadRequestError(f"{where}. The request was rejected as invalid; it is not retried.", status=status)
+
+
+def _json_body(body: Any) -> bytes:
+    """The request body as strict JSON: NaN and infinities are not JSON (a provider's parser refuses
+    them, or worse, reads them), and a value JSON cannot hold fails here rather than inside aiohttp."""
+    try:
+        return json.dumps(body, allow_nan=False).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        problem = str(exc)[:200]
+    raise BadRequestError(f"The request body cannot be sent as JSON ({problem}); check extra_body and the "
+                          "other options for values that are not strings, finite numbers, lists or dicts.")
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
