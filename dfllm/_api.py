@@ -202,7 +202,7 @@ def make_plan(df: Any, engine: Any, model: str | None, template: str | Template 
     assert parsed is not None and model is not None and target is not None
     if config is not None:
         info = EngineInfo(config.identity + "|" + config.kind.model_identity(model),
-                          config.provider.capabilities, None)
+                          config.capabilities, None)
     else:
         info = EngineInfo.of(engine_obj)
     # Only an engine that constrains decoding is sent choices; others' answers are normalised after.

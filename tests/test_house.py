@@ -303,3 +303,33 @@ def test_the_demo_runs_offline_on_the_bundled_model() -> None:
     assert "8 rows in" in done.stdout and "on the local engine" in done.stdout
     labels = {line.split()[-1] for line in done.stdout.splitlines()[1:9]}
     assert labels <= {"positive", "neutral", "negative"}
+
+
+@pytest.mark.parametrize("extra", [{"x": float("nan")}, {"x": {1, 2}}, {"x": float("inf")}])
+def test_extra_body_that_is_not_strict_json_is_refused_before_any_request(
+        engine: str, fake: FakeProvider, extra: dict[str, Any]) -> None:
+    with pytest.raises(dfllm.ParameterError, match="extra_body must be plain JSON"):
+        pd.DataFrame({"t": ["x"]}).llm.predict(engine, "m", "{{t}}", "y", extra_body=extra)
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(("told", "wire"), [("json_schema", "json_schema"), ("json_mode", "json_object"),
+                                            ("prompt", None)])
+def test_structured_outputs_tells_an_engine_how_its_server_takes_a_schema(
+        fake: FakeProvider, told: str, wire: str | None) -> None:
+    dfllm.create_engine("e", "openai_compatible", base_url=fake.base_url, structured_outputs=told)
+    pd.DataFrame({"t": ["x"]}).llm.predict("e", "m", "{{t}}", "y", schema={"n": int}, errors="null")
+    body = fake.chat_requests[0].body
+    assert (body.get("response_format") or {}).get("type") == wire
+    with pytest.raises(dfllm.ParameterError, match="structured_outputs must be one of"):
+        dfllm.create_engine("e", "openai_compatible", base_url=fake.base_url, structured_outputs="grammar")
+
+
+def test_cache_namespace_separates_engines_whose_key_routes(fake: FakeProvider) -> None:
+    df = pd.DataFrame({"q": ["x"]})
+    dfllm.create_engine("a", "openai_compatible", base_url=fake.base_url, api_key="team-a", cache_namespace="a")
+    dfllm.create_engine("b", "openai_compatible", base_url=fake.base_url, api_key="team-b", cache_namespace="b")
+    dfllm.predict(df, "a", "m", "{{q}}", "y")
+    dfllm.predict(df, "b", "m", "{{q}}", "y")
+    dfllm.predict(df, "a", "m", "{{q}}", "y")
+    assert len(fake.chat_requests) == 2

@@ -97,14 +97,10 @@ def test_schema_through_llama_cpp_server_gives_valid_typed_columns(llama_server:
 
     import pydantic
 
-    from dfllm.engines import PROVIDERS
 
     # llama-cpp-python's server reads the schema from a json_object response_format (as Anyscale
-    # does), not OpenAI's json_schema form: describe it as a JSON-mode provider.
-    monkeypatch.setitem(PROVIDERS, "llama_cpp_python", dfllm.Provider(
-        name="llama_cpp_python", base_url=None, key_env=None, key_required=False,
-        capabilities=dfllm.Capabilities(json_mode=True)))
-    dfllm.create_engine("llama", "llama_cpp_python", base_url=llama_server)
+    # does) and answers OpenAI's json_schema form with HTTP 500: tell the engine so.
+    dfllm.create_engine("llama", "openai_compatible", base_url=llama_server, structured_outputs="json_mode")
     schema = {"count": int, "sentiment": Literal["positive", "neutral", "negative"],
               "tags": Annotated[list[Annotated[str, pydantic.Field(max_length=16)]], pydantic.Field(max_length=3)]}
     df = pd.DataFrame({"text": ["I love it!", "This is awful.", "The sky is blue."]})

@@ -14,7 +14,7 @@ import re
 import urllib.parse
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dfllm._exceptions import (
@@ -26,7 +26,7 @@ from dfllm._exceptions import (
 )
 from dfllm.config.options import OPTION_NAMES, option_problems, unknown_option_problems
 from dfllm.config.secrets import Secret
-from dfllm.engines.base import Engine, is_engine
+from dfllm.engines.base import Capabilities, Engine, is_engine
 from dfllm.engines.kinds import KINDS, ProviderKind
 from dfllm.engines.providers import PROVIDERS, Provider
 
@@ -45,6 +45,10 @@ class EngineConfig:
     model_path: str | None = None  # local engine: a GGUF file
     # Headers that choose where a request goes (Portkey's config, provider, virtual key...).
     routing: Mapping[str, str | Secret] = field(default_factory=dict, repr=False)
+    # How this server takes a schema, when the provider's default is wrong for it (STRUCTURED_OUTPUTS).
+    structured_outputs: str | None = None
+    # A caller's name for an answer space the other fields do not capture (a key that routes).
+    cache_namespace: str | None = None
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
@@ -52,6 +56,14 @@ class EngineConfig:
             f"EngineConfig(name={self.name!r}, provider={self.provider.name!r}, "
             f"base_url={self.base_url!r}{', ' + shown if shown else ''})"
         )
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """The provider's capabilities, with structured outputs as this engine was told."""
+        if self.structured_outputs is None:
+            return self.provider.capabilities
+        told = STRUCTURED_OUTPUTS[self.structured_outputs]
+        return replace(self.provider.capabilities, json_schema=told.json_schema, json_mode=told.json_mode)
 
     @property
     def kind(self) -> ProviderKind:
@@ -69,7 +81,10 @@ class EngineConfig:
             header: _keyed_hash(value.reveal()) if isinstance(value, Secret) else value
             for header, value in sorted(self.routing.items())
         }
-        return json.dumps([self.provider.name, self.provider.kind, self.base_url, routing], separators=(",", ":"))
+        parts: list[Any] = [self.provider.name, self.provider.kind, self.base_url, routing]
+        if self.cache_namespace is not None:
+            parts.append(self.cache_namespace)
+        return json.dumps(parts, separators=(",", ":"))
 
     def connect(self) -> Engine:
         """Open an engine for one run. Call inside the running event loop."""
@@ -147,7 +162,8 @@ def configure(name: str, provider_name: str, using: Mapping[str, Any]) -> Engine
         )
     problems: list[ConfigurationError] = []
     kind = KINDS[provider.kind]
-    connection = set(provider.key_params) | set(provider.header_params) | kind.extra_params
+    connection = (set(provider.key_params) | set(provider.header_params) | kind.extra_params
+                  | {"cache_namespace", "structured_outputs"})
     if provider.header_params:
         connection.add("provider_api_key")
     text_problems = unknown_option_problems([str(k) for k in using], frozenset(connection))
@@ -166,6 +182,11 @@ def configure(name: str, provider_name: str, using: Mapping[str, Any]) -> Engine
         ))
     elif kind.needs_base_url:
         problems += [ParameterError(p) for p in base_url_problems(base_url)]
+    structured = using.get("structured_outputs")
+    problems += [ParameterError(p) for p in _structured_outputs_problems(provider, structured)]
+    namespace = using.get("cache_namespace")
+    if namespace is not None and (not isinstance(namespace, str) or not namespace):
+        problems.append(ParameterError(f"cache_namespace must be a non-empty string, got {namespace!r}."))
     routing_values = {p: using[p] for p in provider.header_params if using.get(p) is not None}
     problems += [ParameterError(p) for p in _header_param_problems(routing_values)]
     sent_as_headers = {p: using[p] for p in (*provider.key_params, "provider_api_key") if using.get(p) is not None}
@@ -196,7 +217,29 @@ def configure(name: str, provider_name: str, using: Mapping[str, Any]) -> Engine
         options=options,
         model_path=using.get("model_path"),
         routing=routing,
+        structured_outputs=structured,
+        cache_namespace=namespace,
     )
+
+
+# How a server takes structured outputs, for engines whose provider's default is wrong for it
+# (llama-cpp-python's server refuses OpenAI's json_schema response_format with HTTP 500).
+STRUCTURED_OUTPUTS = {
+    "json_schema": Capabilities(json_schema=True, json_mode=True),
+    "json_mode": Capabilities(json_mode=True),
+    "prompt": Capabilities(),
+}
+
+
+def _structured_outputs_problems(provider: Provider, wanted: Any) -> list[str]:
+    if wanted is None or (wanted in STRUCTURED_OUTPUTS and provider.kind == "http"):
+        return []
+    allowed = ", ".join(repr(k) for k in STRUCTURED_OUTPUTS)
+    where = "" if provider.kind == "http" else f" (only HTTP providers take it; {provider.name!r} is {provider.kind})"
+    return [
+        f"structured_outputs must be one of {allowed}{where}, got {wanted!r}: how the server takes a schema "
+        "(OpenAI's json_schema response_format, JSON mode, or the schema described in the prompt)."
+    ]
 
 
 def _header_text(value: Any) -> str:

@@ -11,6 +11,7 @@ model's (``create_model``), the call's (``predict(..., **options)``).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -90,7 +91,7 @@ def _stop(name: str, value: Any) -> str | None:
 
 
 def _mapping(name: str, value: Any) -> str | None:
-    return None if isinstance(value, Mapping) else f"{name} must be a dict, got {value!r}."
+    return _strict_json(name, value) if isinstance(value, Mapping) else f"{name} must be a dict, got {value!r}."
 
 
 # Body fields dfllm sets itself: an extra_body entry for one of them would silently replace it.
@@ -104,6 +105,15 @@ def _extra_body(name: str, value: Any) -> str | None:
     if clash:
         return (f"{name} may not set {', '.join(repr(k) for k in clash)}: dfllm sets these itself. "
                 "Pass the model as predict's model argument; prompts come from the template.")
+    return _strict_json(name, value)
+
+
+def _strict_json(name: str, value: Any) -> str | None:
+    """A body field must be strict JSON: no NaN/inf (invalid JSON), no sets or other objects."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return f"{name} must be plain JSON (dicts, lists, strings, finite numbers, booleans, None): {exc}."
     return None
 
 

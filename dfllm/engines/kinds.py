@@ -47,7 +47,7 @@ class HttpKind:
         from dfllm.engines.http import OpenAICompatibleEngine
 
         return OpenAICompatibleEngine(config.base_url, config.headers, identity=config.identity,
-                                      capabilities=config.provider.capabilities,
+                                      capabilities=config.capabilities,
                                       auth_hint=config.provider.auth_hint)
 
     def model_problems(self, model: str) -> list[str]:

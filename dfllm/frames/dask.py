@@ -59,6 +59,8 @@ class EngineSpec:
     model_path: str | None = None
     routing: Mapping[str, str] = field(default_factory=dict)
     key_id: str | None = None
+    structured_outputs: str | None = None
+    cache_namespace: str | None = None
 
     @classmethod
     def of(cls, config: EngineConfig) -> EngineSpec:
@@ -76,7 +78,8 @@ class EngineSpec:
         if isinstance(key, Secret):
             _KEYS[key_id or ""] = key
         return cls(config.name, config.provider, config.base_url, dict(config.options), config.model_path,
-                   {h: str(v) for h, v in config.routing.items()}, key_id)
+                   {h: str(v) for h, v in config.routing.items()}, key_id, config.structured_outputs,
+                   config.cache_namespace)
 
     def config(self) -> EngineConfig:
         """The engine's config in this process, with the key from ``_KEYS`` or the environment."""
@@ -94,7 +97,7 @@ class EngineSpec:
                 "(dfllm then hands the key to each worker through a worker plugin)."
             )
         return EngineConfig(self.name, provider, self.base_url, headers, dict(self.options), self.model_path,
-                            dict(self.routing))
+                            dict(self.routing), self.structured_outputs, self.cache_namespace)
 
 
 @dataclass(frozen=True)
