@@ -45,10 +45,6 @@ _last_run: RunStats | None = None
 _last_run_lock = threading.Lock()
 
 
-def _is_dask(df: object) -> bool:
-    return type(df).__module__.startswith("dask.")
-
-
 def last_run() -> RunStats | None:
     """Counters of the latest finished ``predict`` in this process (a notebook convenience).
 
@@ -85,12 +81,12 @@ def predict(df: Frame, engine: Any, model: str | None = None, template: str | Te
     variable), an engine object, or a model from ``create_model`` (then model, template and
     target come from it). ``template`` fills ``{{column}}`` placeholders from each row.
     ``stats``: a ``RunStats`` to receive this call's counters. Options: see ``PredictOptions``.
-    A Dask DataFrame gives back a lazy Dask DataFrame (see ``dfllm.frames.dask``).
+    A lazy frame (a Dask DataFrame, a Polars LazyFrame) gives back a lazy frame of its kind:
+    nothing is sent until it is computed.
     """
-    if _is_dask(df):
-        from dfllm.frames.dask import predict as predict_dask
-
-        return cast(Frame, predict_dask(cast(Any, df), engine, model, template, target, **options))
+    lazy = frames.lazy_predict_for(df)
+    if lazy is not None:
+        return cast(Frame, lazy(df, engine, model, template, target, stats=stats, **options))
     return run_sync(apredict(df, engine, model, template, target, stats=stats, **options))
 
 

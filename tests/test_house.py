@@ -333,3 +333,9 @@ def test_cache_namespace_separates_engines_whose_key_routes(fake: FakeProvider) 
     dfllm.predict(df, "b", "m", "{{q}}", "y")
     dfllm.predict(df, "a", "m", "{{q}}", "y")
     assert len(fake.chat_requests) == 2
+
+
+def test_predict_on_a_lazy_frame_is_lazy(engine: str, fake: FakeProvider) -> None:
+    lazy = dfllm.predict(pl.LazyFrame({"t": ["good", "bad"]}), engine, "m", "sentiment {{t}}", "y")
+    assert isinstance(lazy, pl.LazyFrame) and fake.requests == []
+    assert lazy.collect()["y"].to_list() == ["positive", "negative"]

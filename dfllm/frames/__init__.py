@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -62,19 +62,37 @@ class FrameAdapter(Protocol):
 
 
 _ADAPTERS: dict[str, FrameAdapter] = {}
+# Lazy frame libraries: a predicate and the function that returns the lazy result (no request).
+_LAZY: dict[str, tuple[Callable[[object], bool], Callable[..., Any]]] = {}
 # Frame libraries dfllm knows, by the top-level module their frames' types live in.
-_KNOWN = {"pandas": "dfllm.frames.pandas", "polars": "dfllm.frames.polars", "pyarrow": "dfllm.frames.arrow"}
+_KNOWN = {"pandas": "dfllm.frames.pandas", "polars": "dfllm.frames.polars", "pyarrow": "dfllm.frames.arrow",
+          "dask": "dfllm.frames.dask"}
 
 
 def register(adapter: FrameAdapter) -> None:
     _ADAPTERS[adapter.name] = adapter
 
 
-def adapter_for(df: object) -> FrameAdapter:
-    """The adapter for ``df``'s library, or a ``ParameterError`` naming what is supported."""
+def register_lazy(name: str, matches: Callable[[object], bool], predict: Callable[..., Any]) -> None:
+    """A lazy frame library: ``dfllm.predict`` on its frames returns ``predict(df, ...)``, a lazy frame."""
+    _LAZY[name] = (matches, predict)
+
+
+def lazy_predict_for(df: object) -> Callable[..., Any] | None:
+    """The lazy ``predict`` for ``df``'s library, or None for an eager frame."""
+    _import_known(df)
+    return next((predict for matches, predict in _LAZY.values() if matches(df)), None)
+
+
+def _import_known(df: object) -> None:
     root = type(df).__module__.split(".")[0]
     if root in _KNOWN and root in sys.modules:
         importlib.import_module(_KNOWN[root])
+
+
+def adapter_for(df: object) -> FrameAdapter:
+    """The adapter for ``df``'s library, or a ``ParameterError`` naming what is supported."""
+    _import_known(df)
     for adapter in _ADAPTERS.values():
         if adapter.matches(df):
             return adapter

@@ -30,6 +30,7 @@ from dfllm.config.engines import EngineConfig
 from dfllm.config.options import PredictOptions
 from dfllm.config.secrets import Secret
 from dfllm.engines.providers import Provider
+from dfllm.frames import register_lazy
 from dfllm.frames.accessor import taken_by_other
 from dfllm.prompt.template import Template
 from dfllm.runtime.executor import Outcome
@@ -120,8 +121,12 @@ class PartitionCall:
 
 
 def predict(ddf: dd.DataFrame, engine: Any, model: str | None = None, template: str | Template | None = None,
-            target: str | None = None, **options: Unpack[PredictOptions]) -> dd.DataFrame:
-    """The lazy form of ``dfllm.predict`` for a Dask DataFrame: nothing is sent until computed."""
+            target: str | None = None, *, stats: RunStats | None = None,
+            **options: Unpack[PredictOptions]) -> dd.DataFrame:
+    """The lazy form of ``dfllm.predict`` for a Dask DataFrame: nothing is sent until computed.
+
+    ``stats`` is not filled: each partition's counters stay on its worker.
+    """
     from dfllm._api import make_plan, write_back
     from dfllm.config.models import Model
 
@@ -286,5 +291,6 @@ class DaskAccessor:
         return predict(self._ddf, engine, model, template, target, **options)
 
 
+register_lazy("dask", is_dask_frame, predict)
 if not taken_by_other(dd.DataFrame):
     register_dataframe_accessor("llm")(DaskAccessor)  # type: ignore[no-untyped-call]

@@ -23,6 +23,7 @@ import polars as pl
 from polars.io.plugins import register_io_source
 from typing_extensions import Unpack
 
+from dfllm.frames import register_lazy
 from dfllm.frames.accessor import taken_by_other
 
 if TYPE_CHECKING:
@@ -103,5 +104,6 @@ def _batches(lf: pl.LazyFrame, plan: Plan, stats: RunStats | None, batch_rows: i
         runner.close()
 
 
+register_lazy("polars-lazy", lambda df: isinstance(df, pl.LazyFrame), predict_lazy)
 if not taken_by_other(pl.LazyFrame):
     pl.api.register_lazyframe_namespace("llm")(LazyLLMAccessor)
