@@ -27,7 +27,7 @@ from dfllm._exceptions import (
     TemplateError,
 )
 from dfllm.config.engines import EngineConfig, resolve_engine
-from dfllm.config.options import Options, PredictOptions, build_options
+from dfllm.config.options import Options, PredictOptions, build_options, completion_budget
 from dfllm.engines.base import Completion, Engine, EngineInfo
 from dfllm.frames import Column, ColumnType
 from dfllm.outputs.choices import normalise_label
@@ -94,6 +94,13 @@ async def apredict(df: Frame, engine: Any, model: str | None = None, template: s
                    target: str | None = None, *, stats: RunStats | None = None,
                    **options: Unpack[PredictOptions]) -> Frame:
     """The async form of ``predict``."""
+    if frames.lazy_predict_for(df) is not None:
+        raise ParameterError(
+            f"apredict answers eager frames; a {type(df).__module__}.{type(df).__name__} is lazy: call "
+            "dfllm.predict on it (it returns a lazy frame, answered when computed)."
+        )
+    if stats is not None and not isinstance(stats, RunStats):
+        raise ParameterError(f"stats must be a dfllm.RunStats to receive the counters, got {stats!r}.")
     with gc_paused():
         plan = make_plan(df, engine, model, template, target, options)
     run_stats = stats if stats is not None else RunStats()
@@ -185,12 +192,12 @@ def make_plan(df: Any, engine: Any, model: str | None, template: str | Template 
     schema_unknown = bool(option_problems) and any(layer.get("schema") is not None for layer in layers)
     if isinstance(target, str) and target and not schema_unknown:
         problems += [ParameterError(p) for p in _column_problems(columns, _new_columns(target, options))]
-    if options.tpm is not None and parsed is not None:
-        budget = options.params.get("max_tokens") or 0
-        if budget > options.tpm:
-            problems.append(ParameterError(
-                f"max_tokens={budget} can never fit under tpm={options.tpm:g}; raise tpm or lower max_tokens."
-            ))
+    budget = completion_budget(options.params)
+    if options.tpm is not None and budget is not None and budget > options.tpm:
+        problems.append(ParameterError(
+            f"A completion budget of {budget} tokens (max_tokens) can never fit under tpm={options.tpm:g}; "
+            "raise tpm or lower max_tokens."
+        ))
     if len(problems) == 1:
         raise problems[0]
     if problems:

@@ -17,7 +17,10 @@ from typing import Any
 from typing_extensions import Unpack
 
 from dfllm._api import Plan, make_plan
-from dfllm.config.options import PredictOptions
+from dfllm._exceptions import ConfigurationError, ParameterError
+from dfllm.config.options import PredictOptions, completion_budget
+from dfllm.frames import lazy_predict_for
+from dfllm.prompt.template import Template
 from dfllm.runtime.cache import Cache
 
 _ASSUMED_COMPLETION_TOKENS = 256  # the executor's own assumption when nothing bounds an answer
@@ -60,7 +63,7 @@ class Estimate:
         return "\n".join(lines)
 
 
-def estimate(df: Any, engine: Any, model: str | None = None, template: str | None = None,
+def estimate(df: Any, engine: Any, model: str | None = None, template: str | Template | None = None,
              target: str | None = None, *, latency_s: float = 1.0, completion_tokens: int | None = None,
              prompt_price: float | None = None, completion_price: float | None = None,
              **options: Unpack[PredictOptions]) -> Estimate:
@@ -71,7 +74,16 @@ def estimate(df: Any, engine: Any, model: str | None = None, template: str | Non
     choice, else ``max_tokens``, else 256); ``prompt_price`` and ``completion_price``, per
     million tokens, in your currency. Sends no request.
     """
-    plan = make_plan(df, engine, model, template, target, options)
+    if lazy_predict_for(df) is not None:
+        raise ParameterError(f"estimate reads an eager frame; collect or compute a sample of the "
+                             f"{type(df).__name__} first, e.g. lf.head(10_000).collect().")
+    problems = assumption_problems(latency_s, completion_tokens, prompt_price, completion_price)
+    try:
+        plan = make_plan(df, engine, model, template, target, options)
+    except ConfigurationError as exc:
+        raise ConfigurationError([*exc.problems, *problems]) from None
+    if problems:
+        raise ParameterError(problems)
     estimator = Estimator(plan, latency_s=latency_s, completion_tokens=completion_tokens,
                           prompt_price=prompt_price, completion_price=completion_price)
     try:
@@ -81,13 +93,32 @@ def estimate(df: Any, engine: Any, model: str | None = None, template: str | Non
         estimator.close()
 
 
+def assumption_problems(latency_s: Any, completion_tokens: Any, prompt_price: Any, completion_price: Any,
+                        names: Callable[[str], str] = str) -> list[str]:
+    """What is wrong with the estimate's own assumptions, all at once (``names``: how to call them)."""
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    problems = []
+    if not number(latency_s) or latency_s <= 0:
+        problems.append(f"{names('latency_s')} must be a positive number of seconds per request, got {latency_s!r}.")
+    if completion_tokens is not None and (isinstance(completion_tokens, bool) or not isinstance(
+            completion_tokens, int) or completion_tokens <= 0):
+        problems.append(f"{names('completion_tokens')} must be a positive integer, got {completion_tokens!r}.")
+    for name, price in (("prompt_price", prompt_price), ("completion_price", completion_price)):
+        if price is not None and (not number(price) or price < 0):
+            problems.append(f"{names(name)} must be a price per million tokens, 0 or more, got {price!r}.")
+    return problems
+
+
 class Estimator:
     """Accumulates an estimate over batches of one call (the command's ``--dry-run`` on a file)."""
 
     def __init__(self, plan: Plan, *, latency_s: float = 1.0, completion_tokens: int | None = None,
                  prompt_price: float | None = None, completion_price: float | None = None) -> None:
-        if not (math.isfinite(latency_s) and latency_s > 0):
-            raise ValueError(f"latency_s must be a positive number of seconds, got {latency_s!r}.")
+        problems = assumption_problems(latency_s, completion_tokens, prompt_price, completion_price)
+        if problems:
+            raise ParameterError(problems)
         self._plan = plan
         self._latency_s = latency_s
         self._prompt_price = prompt_price
@@ -107,8 +138,7 @@ class Estimator:
         choices = self._plan.options.choices
         if choices:
             return max(self._count(c) for c in choices) + 1, "the longest choice"
-        params = self._plan.spec.params
-        budget = params.get("max_tokens") or params.get("max_completion_tokens")
+        budget = completion_budget(self._plan.spec.params)
         if budget:
             return int(budget), "max_tokens each, an upper bound"
         return _ASSUMED_COMPLETION_TOKENS, f"{_ASSUMED_COMPLETION_TOKENS} each assumed; pass completion_tokens"
@@ -147,7 +177,12 @@ class Estimator:
                     + completion * (self._completion_price or 0.0)) / 1e6
         return Estimate(self.rows, self.skipped, self.unique, self.hits, self.requests, self.prompt_tokens,
                         completion, self._tokenizer, self._completion_basis, self._latency_s,
-                        self.requests / min(rates.values()), bound_by, cost)
+                        self._seconds(min(rates.values())), bound_by, cost)
+
+    def _seconds(self, rate: float) -> float:
+        """At the binding rate, but never less than the round trips the concurrency allows."""
+        round_trips = math.ceil(self.requests / self._plan.options.concurrency) * self._latency_s
+        return max(self.requests / rate, round_trips)
 
     def close(self) -> None:
         if self._cache is not None:

@@ -182,17 +182,17 @@ class BatchError(DfllmError):
     ``errors`` maps row position to its exception.
     """
 
-    def __init__(self, partial: Any, errors: dict[int, BaseException], total: int, *, stats: Any = None) -> None:
+    def __init__(self, partial: Any, errors: dict[int, BaseException], total: int, *, stats: Any = None,
+                 scope: str | None = None) -> None:
         self.partial = partial
         self.errors = errors
         self.stats = stats  # the run's RunStats
         causes = Counter(_cause(e) for e in errors.values())
         lines = "\n".join(f"  {n} x {cause}" for cause, n in causes.most_common())
-        super().__init__(
-            f"{len(errors)} of {total} rows failed:\n{lines}\n"
-            "The other rows' answers are kept: use `err.partial`, or pass errors='null' "
-            "to get them with an error column instead of an exception."
-        )
+        advice = (f"The failures are {scope}." if scope else
+                  "The other rows' answers are kept: use `err.partial`, or pass errors='null' "
+                  "to get them with an error column instead of an exception.")
+        super().__init__(f"{len(errors)} of {total} rows failed:\n{lines}\n{advice}")
 
 
 def _cause(error: BaseException) -> str:

@@ -30,7 +30,7 @@ from dfllm._api import Plan, make_plan, write_back
 from dfllm._exceptions import BatchError, ConfigurationError, DfllmError
 from dfllm.config.engines import EngineConfig, configure
 from dfllm.config.options import OPTIONS, Option
-from dfllm.engines.providers import PROVIDERS, Provider
+from dfllm.engines.providers import PROVIDERS, Provider, needs_key
 from dfllm.runtime.progress import RunStats
 
 OK, ROWS_FAILED, CONFIGURATION, STOPPED, INTERRUPTED = 0, 1, 2, 3, 130
@@ -185,7 +185,7 @@ def engine_config(args: argparse.Namespace, problems: list[str]) -> EngineConfig
             problems.append(f"--key-env {args.key_env}: that environment variable is not set.")
         elif provider is not None and provider.key_params:
             using[provider.key_params[-1]] = value
-    if provider is not None and provider.key_required and not _has_key(provider, using):
+    if provider is not None and needs_key(provider, using.get("base_url")) and not _has_key(provider, using):
         problems.append(f"No API key for {provider.name}: set the environment variable {provider.key_env}, "
                         "or name another one with --key-env VAR.")
         return None
@@ -298,6 +298,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     problems += in_problems + out_problems
     if args.batch_rows <= 0:
         problems.append(f"--batch-rows must be a positive number of rows, got {args.batch_rows}.")
+    if args.dry_run:
+        from dfllm._estimate import assumption_problems
+
+        problems += assumption_problems(args.latency_s, args.completion_tokens, args.prompt_price,
+                                        args.completion_price, names=lambda name: "--" + name.replace("_", "-"))
     config = engine_config(args, problems)
     options = option_values(args, problems)
     source = None
@@ -324,15 +329,24 @@ def _plan(source: Any, config: EngineConfig | None, args: argparse.Namespace, op
 
     schema = source.schema if source is not None else pa.schema([])
     engine: Any = config if config is not None else _NoEngine()
+    if source is None:
+        # The input's columns are unknown: check everything else against the template's own fields.
+        schema = pa.schema([(name, pa.string()) for name in _template_fields(args.template)])
     try:
         plan = make_plan(schema.empty_table(), engine, args.model, args.template, args.target, options)
     except ConfigurationError as exc:
-        if source is None:  # without the input's columns, only non-column problems mean anything
-            problems += [p for p in exc.problems if "column" not in p]
-        else:
-            problems += exc.problems
+        problems += exc.problems
         return None
     return plan if config is not None else None
+
+
+def _template_fields(template: str) -> list[str]:
+    from dfllm.prompt.template import Template
+
+    try:
+        return list(Template(template).fields)
+    except ConfigurationError:
+        return []  # make_plan reports the template itself
 
 
 def _dry_run(plan: Plan, source: Any, args: argparse.Namespace) -> int:

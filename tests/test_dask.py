@@ -291,3 +291,12 @@ def test_schema_and_choices_give_the_same_typed_columns_as_on_pandas(client: Any
     assert str(classified["s"].dtype) == "category"
     assert list(classified["s"].cat.categories) == ["positive", "negative", "neutral"]
     assert classified["s"].tolist()[:3] == ["positive", "negative", "neutral"]
+
+
+def test_stats_and_storage_credentials_are_refused_before_a_graph_is_built(tmp_path: Path) -> None:
+    dfllm.create_engine("t", "openai", api_key=KEY, base_url="http://127.0.0.1:9/v1")
+    ddf = dd.from_pandas(frame(4), npartitions=2)
+    with pytest.raises(dfllm.ParameterError, match="stats= cannot be filled on Dask"):
+        dfllm.predict(ddf, "t", MODEL, "{{text}}", "y", stats=dfllm.RunStats())
+    with pytest.raises(dfllm.ParameterError, match="would put them"):
+        ddf.llm.predict("t", MODEL, "{{text}}", "y", cache=FsspecCache(str(tmp_path), key="AKIA-secret"))

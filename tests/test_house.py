@@ -339,3 +339,59 @@ def test_predict_on_a_lazy_frame_is_lazy(engine: str, fake: FakeProvider) -> Non
     lazy = dfllm.predict(pl.LazyFrame({"t": ["good", "bad"]}), engine, "m", "sentiment {{t}}", "y")
     assert isinstance(lazy, pl.LazyFrame) and fake.requests == []
     assert lazy.collect()["y"].to_list() == ["positive", "negative"]
+
+
+# -- review fixes ------------------------------------------------------------------------------------
+
+def test_a_completion_budget_under_either_name_is_checked_against_tpm(engine: str, fake: FakeProvider) -> None:
+    for name in ("max_tokens", "max_completion_tokens"):
+        with pytest.raises(dfllm.ParameterError, match="can never fit under tpm=100"):
+            pd.DataFrame({"t": ["x"]}).llm.predict(engine, "m", "{{t}}", "y", tpm=100, **{name: 5000})
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(("cache", "fragment"), [
+    ("nope://bucket/x", "not a protocol fsspec knows"),
+    ("", "cache must be True, False or a file path"),
+])
+def test_a_cache_location_that_cannot_work_is_refused_before_any_request(
+        engine: str, fake: FakeProvider, cache: str, fragment: str) -> None:
+    with pytest.raises(dfllm.ParameterError, match=re.escape(fragment)):
+        pd.DataFrame({"t": ["x"]}).llm.predict(engine, "m", "{{t}}", "y", cache=cache)
+    assert fake.requests == []
+
+
+def test_extra_body_may_not_bypass_a_checked_option(engine: str, fake: FakeProvider) -> None:
+    with pytest.raises(dfllm.ParameterError, match=r"pass temperature=\.\.\. as an option"):
+        pd.DataFrame({"t": ["x"]}).llm.predict(engine, "m", "{{t}}", "y", extra_body={"temperature": 99})
+    assert fake.requests == []
+
+
+def test_stats_must_be_run_stats_and_apredict_refuses_lazy_frames() -> None:
+    with pytest.raises(dfllm.ParameterError, match="stats must be a dfllm.RunStats"):
+        dfllm.predict(pd.DataFrame({"t": ["x"]}), MockEngine(), "m", "{{t}}", "y", stats=5)  # type: ignore[arg-type]
+    with pytest.raises(dfllm.ParameterError, match="call dfllm.predict on it"):
+        asyncio.run(dfllm.apredict(pl.LazyFrame({"t": ["x"]}), MockEngine(), "m", "{{t}}", "y"))
+
+
+def test_a_model_with_a_schema_answers_one_row_as_a_dict_of_its_fields(engine: str) -> None:
+    model = dfllm.create_model("m", engine=engine, predict="r", model_name="gpt", prompt_template="Read {{t}}",
+                               schema={"n": int, "word": str})
+    answer = model.predict(t="hello")
+    assert isinstance(answer, dict) and set(answer) == {"n", "word"}
+    assert isinstance(answer["n"], int) and isinstance(answer["word"], str)
+
+
+def test_a_model_predicts_a_lazy_frame_lazily(engine: str, fake: FakeProvider) -> None:
+    model = dfllm.create_model("m", engine=engine, predict="y", model_name="gpt", prompt_template="sentiment {{t}}")
+    lazy = model.predict(pl.LazyFrame({"t": ["good"]}))
+    assert isinstance(lazy, pl.LazyFrame) and fake.requests == []
+    assert lazy.collect()["y"].to_list() == ["positive"]
+
+
+def test_an_estimate_of_a_few_rows_takes_at_least_one_round_trip(engine: str) -> None:
+    estimate = dfllm.estimate(pd.DataFrame({"t": ["a", "b"]}), engine, "m", "{{t}}", "y", latency_s=1.5)
+    assert estimate.wall_s >= 1.5
+    with pytest.raises(dfllm.ConfigurationError) as info:
+        dfllm.estimate(pd.DataFrame({"t": ["a"]}), engine, "m", "{{t}}", "y", latency_s=0, prompt_price=-1)
+    assert "latency_s must be" in str(info.value) and "prompt_price must be" in str(info.value)

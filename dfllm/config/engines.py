@@ -28,7 +28,7 @@ from dfllm.config.options import OPTION_NAMES, option_problems, unknown_option_p
 from dfllm.config.secrets import Secret
 from dfllm.engines.base import Capabilities, Engine, is_engine
 from dfllm.engines.kinds import KINDS, ProviderKind
-from dfllm.engines.providers import PROVIDERS, Provider
+from dfllm.engines.providers import PROVIDERS, Provider, needs_key
 
 _ENGINES: dict[str, EngineConfig] = {}
 
@@ -172,7 +172,7 @@ def configure(name: str, provider_name: str, using: Mapping[str, Any]) -> Engine
 
     base_url = using.get("base_url") or provider.base_url
     key = _find_key(provider, using)
-    key_required = provider.key_required and (provider.key_required_off_default or base_url == provider.base_url)
+    key_required = needs_key(provider, base_url)
     if key is None and key_required:
         problems.append(MissingAPIKeyError(_missing_key_message(name, provider)))
     if kind.needs_base_url and not base_url:

@@ -25,10 +25,17 @@ class Model:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def predict(self, df: Any = None, /, **kwargs: Any) -> Any:
-        """``model.predict(df, **options)`` adds the target column to a copy of ``df``;
+        """``model.predict(df, **options)`` adds the target column(s) to a copy of ``df``;
         ``model.predict(text="...")`` answers one row (the keywords are its columns), like
-        ``SELECT text, target FROM model WHERE text = '...'``.
+        ``SELECT text, target FROM model WHERE text = '...'``: the answer, or with a ``schema``
+        a dict of its fields. A lazy frame (Dask, Polars LazyFrame) gives back a lazy frame.
         """
+        from dfllm.frames import lazy_predict_for
+
+        if df is not None and lazy_predict_for(df) is not None:
+            from dfllm._api import predict
+
+            return predict(df, self, **kwargs)
         from dfllm.runtime.sync import run_sync
 
         return run_sync(self.apredict(df, **kwargs))
@@ -36,6 +43,7 @@ class Model:
     async def apredict(self, df: Any = None, /, **kwargs: Any) -> Any:
         """The async form of ``predict``: the same frame and single-row forms."""
         from dfllm._api import apredict
+        from dfllm.prompt.template import is_null
 
         if df is not None:
             return await apredict(df, self, **kwargs)
@@ -47,8 +55,13 @@ class Model:
         import pandas as pd
 
         frame = await apredict(pd.DataFrame({k: [v] for k, v in kwargs.items()}), self)
-        answer = frame[self.target].iloc[0]
-        return None if answer is None or answer is pd.NA or answer != answer else str(answer)
+        row = {name: frame[name].tolist()[0] for name in frame.columns if name not in kwargs}
+        values = {name: None if is_null(value) else value for name, value in row.items()}
+        if self.target in values:
+            answer = values[self.target]
+            return None if answer is None else str(answer)
+        prefix = f"{self.target}_"
+        return {name[len(prefix):]: value for name, value in values.items() if name.startswith(prefix)}
 
     def describe(self) -> dict[str, Any]:
         """What the provider says of this model (``/models/{id}``); Anyscale adds its model card link."""

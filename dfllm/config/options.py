@@ -105,6 +105,10 @@ def _extra_body(name: str, value: Any) -> str | None:
     if clash:
         return (f"{name} may not set {', '.join(repr(k) for k in clash)}: dfllm sets these itself. "
                 "Pass the model as predict's model argument; prompts come from the template.")
+    options = [k for k in value if k in OPTION_BY_NAME]
+    if options:
+        return (f"{name} may not set {', '.join(repr(k) for k in options)}: pass "
+                f"{' and '.join(f'{k}=...' for k in options)} as an option, where it is checked.")
     return _strict_json(name, value)
 
 
@@ -139,12 +143,31 @@ def _schema(name: str, value: Any) -> str | None:
 
 
 def _cache(name: str, value: Any) -> str | None:
-    if isinstance(value, (bool, Path)) or (isinstance(value, str) and value.strip()):
+    if isinstance(value, (bool, Path)):
         return None
+    if isinstance(value, str) and value.strip():
+        return _url_problem(name, value)
     if callable(getattr(value, "open", None)):  # a cache location such as dfllm.FsspecCache
-        return None
+        return _url_problem(name, str(getattr(value, "url", "")))
     return (f"{name} must be True, False or a file path (or a URL such as 's3://bucket/dir', or a "
             f"dfllm.FsspecCache), got {value!r}.")
+
+
+def _url_problem(name: str, location: str) -> str | None:
+    """A cache URL whose protocol fsspec does not know, or whose package is not installed."""
+    if "://" not in location:
+        return None if location.strip() else f"{name} needs a file path or URL, got {location!r}."
+    protocol = location.split("://", 1)[0]
+    try:
+        import fsspec  # type: ignore[import-untyped]
+
+        fsspec.get_filesystem_class(protocol)
+    except ImportError as exc:
+        return f"{name}={location!r} needs a package that is not installed: {exc}"
+    except ValueError:
+        return (f"{name}={location!r}: {protocol!r} is not a protocol fsspec knows. Use a local path, or a "
+                "URL such as 's3://bucket/dir', 'gs://bucket/dir' or 'file:///shared/dir'.")
+    return None
 
 
 def _progress(name: str, value: Any) -> str | None:
@@ -201,7 +224,7 @@ OPTIONS: tuple[Option, ...] = (
            default_text=_PROVIDERS),
     Option("user", "str", None, "end-user id for the provider's abuse monitoring", text, sent=True,
            default_text="none"),
-    Option("reasoning_effort", "str", None, "reasoning models: 'low', 'medium' or 'high'",
+    Option("reasoning_effort", "str", None, "reasoning models: 'minimal', 'low', 'medium' or 'high'",
            one_of("minimal", "low", "medium", "high"), sent=True, default_text=_PROVIDERS),
     Option("extra_body", "dict", None, "further request body fields (not model, messages, stream, n)",
            _extra_body, sent=True, default_text="none"),
@@ -312,6 +335,12 @@ class Options:
                 root = platformdirs.user_cache_dir("dfllm")
             return Path(root).expanduser() / "responses.sqlite3"
         return Path(self.cache).expanduser()
+
+
+def completion_budget(params: Mapping[str, Any]) -> int | None:
+    """The most tokens one answer may take, under either of the names providers use."""
+    budget = params.get("max_tokens") or params.get("max_completion_tokens")
+    return int(budget) if budget else None
 
 
 def unknown_option_problems(names: list[str], extra_valid: frozenset[str] = frozenset()) -> list[str]:

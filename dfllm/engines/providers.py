@@ -135,6 +135,12 @@ PROVIDERS: dict[str, Provider] = {
 }
 
 
+def needs_key(provider: Provider, base_url: str | None) -> bool:
+    """Whether an engine of ``provider`` at ``base_url`` must have a key (a self-hosted gateway may not)."""
+    at_default = base_url is None or base_url == provider.base_url
+    return provider.key_required and (provider.key_required_off_default or at_default)
+
+
 def register_provider(provider: Provider, *, replace: bool = False) -> Provider:
     """Add a provider, so ``create_engine(name, provider.name, ...)`` and ``predict`` know it.
 

@@ -25,7 +25,7 @@ import pandas as pd
 from dask.dataframe.extensions import register_dataframe_accessor
 from typing_extensions import Unpack
 
-from dfllm._exceptions import MissingAPIKeyError, ParameterError
+from dfllm._exceptions import BatchError, MissingAPIKeyError, ParameterError
 from dfllm.config.engines import EngineConfig
 from dfllm.config.options import PredictOptions
 from dfllm.config.secrets import Secret
@@ -123,13 +123,20 @@ class PartitionCall:
 def predict(ddf: dd.DataFrame, engine: Any, model: str | None = None, template: str | Template | None = None,
             target: str | None = None, *, stats: RunStats | None = None,
             **options: Unpack[PredictOptions]) -> dd.DataFrame:
-    """The lazy form of ``dfllm.predict`` for a Dask DataFrame: nothing is sent until computed.
-
-    ``stats`` is not filled: each partition's counters stay on its worker.
-    """
+    """The lazy form of ``dfllm.predict`` for a Dask DataFrame: nothing is sent until computed."""
     from dfllm._api import make_plan, write_back
     from dfllm.config.models import Model
 
+    if stats is not None:
+        raise ParameterError("stats= cannot be filled on Dask: each partition's counters stay on its worker. "
+                             "Leave it out; the server's records or the result's error column tell what happened.")
+    cache = options.get("cache")
+    if getattr(cache, "storage_options", None):
+        raise ParameterError(
+            "On Dask, a FsspecCache with storage options would put them (credentials, often) into every "
+            "task of the graph. Give the workers their credentials the way fsspec reads them (environment "
+            "variables, config files, instance roles) and pass FsspecCache(url) or the URL alone."
+        )
     call_options: dict[str, Any] = dict(options)
     if isinstance(engine, Model):
         call_options = {**engine.options, **call_options}
@@ -224,7 +231,14 @@ def _predict_partition(part: pd.DataFrame, call: PartitionCall) -> pd.DataFrame:
     gate_call = _scheduler_call() if call.coordinated else None
     runtime = worker_runtime()
     outcomes = runtime.submit(_answer(runtime, call, plan, gate_call))
-    result: pd.DataFrame = write_back(plan, outcomes, RunStats())
+    try:
+        result: pd.DataFrame = write_back(plan, outcomes, RunStats())
+    except BatchError as exc:
+        # err.partial holds this partition only: say so, and where the other answers are.
+        raise BatchError(exc.partial, exc.errors, len(plan.row_work), stats=exc.stats, scope=(
+            "in one Dask partition; err.partial holds that partition. Answers that arrived, in every "
+            "partition, are cached: computing again costs nothing for them. Pass errors='null' to get "
+            "every row with an error column instead")) from None
     return result
 
 
