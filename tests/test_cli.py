@@ -40,8 +40,8 @@ def predict_args(fake: FakeProvider, src: str, dst: str, *more: str) -> list[str
 
 
 def run(cmd: list[str], tmp_path: Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    done: subprocess.CompletedProcess[str] = subprocess.run(cmd, env=env_for(tmp_path), capture_output=True, text=True, timeout=120,
-                          **kwargs)  # type: ignore[call-overload]
+    done: subprocess.CompletedProcess[str] = subprocess.run(
+        cmd, env=env_for(tmp_path), capture_output=True, text=True, timeout=120, **kwargs)  # type: ignore[call-overload]
     return done
 
 

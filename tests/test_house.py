@@ -368,9 +368,9 @@ def test_extra_body_may_not_bypass_a_checked_option(engine: str, fake: FakeProvi
 
 
 def test_stats_must_be_run_stats_and_apredict_refuses_lazy_frames() -> None:
-    with pytest.raises(dfllm.ParameterError, match="stats must be a dfllm.RunStats"):
+    with pytest.raises(dfllm.ParameterError, match=r"stats must be a dfllm\.RunStats"):
         dfllm.predict(pd.DataFrame({"t": ["x"]}), MockEngine(), "m", "{{t}}", "y", stats=5)  # type: ignore[arg-type]
-    with pytest.raises(dfllm.ParameterError, match="call dfllm.predict on it"):
+    with pytest.raises(dfllm.ParameterError, match=r"call dfllm\.predict on it"):
         asyncio.run(dfllm.apredict(pl.LazyFrame({"t": ["x"]}), MockEngine(), "m", "{{t}}", "y"))
 
 
