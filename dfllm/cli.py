@@ -177,6 +177,9 @@ def engine_config(args: argparse.Namespace, problems: list[str]) -> EngineConfig
             env = provider.key_env or "--key-env VAR"
             print(f"dfllm: warning: --param {name}=... puts a key in your shell history and the process list; "
                   f"set {env} instead.", file=sys.stderr)
+        elif provider is not None and name in provider.secret_params:
+            print(f"dfllm: warning: --param {name}=... is a secret: it lands in your shell history and the "
+                  "process list.", file=sys.stderr)
     if args.base_url is not None:
         using["base_url"] = args.base_url
     if args.key_env is not None:
