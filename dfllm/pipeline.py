@@ -22,15 +22,12 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from dfllm._api import Plan, make_executor, plan_batch, write_back
-from dfllm.engines.base import Completion, Engine
-from dfllm.prompt.keys import Key
-from dfllm.runtime.executor import Executor, Outcome, Work
+from dfllm.engines.base import Engine
+from dfllm.runtime.executor import Executor
 from dfllm.runtime.progress import RunStats, interactive
 
 T = TypeVar("T")
 _TICK_S = 0.25
-# Answers kept in memory for later batches: far more than arrive while the cache commits.
-_RECENT_ANSWERS = 50_000
 
 
 class BatchRunner:
@@ -50,7 +47,6 @@ class BatchRunner:
         self._started = 0.0
         self._bar: Any = None
         self._rows_before = 0
-        self._recent: dict[Key, Completion] = {}
 
     async def __aenter__(self) -> BatchRunner:
         plan = self.plan
@@ -98,7 +94,7 @@ class BatchRunner:
         stats.skipped_null_rows += batch.row_work.count(-1)
         ticker = asyncio.ensure_future(self._tick(len(batch.row_work), len(batch.work)))
         try:
-            outcomes = await self._run(batch.work)
+            outcomes = await self._executor.run(batch.work)
         finally:
             ticker.cancel()
         batch_stats = RunStats()
@@ -110,27 +106,6 @@ class BatchRunner:
                 stats.errors[name] = stats.errors.get(name, 0) + count
             self._rows_before += len(batch.row_work)
             self._show(self._rows_before)
-
-    async def _run(self, work: list[Work]) -> list[Outcome]:
-        """Answer ``work``; a prompt answered in a recent batch is not sent again.
-
-        The cache would find it too, but its writer commits a fraction of a second after an
-        answer arrives, and the next batch is looked up at once: without this, a prompt repeated
-        just across a batch boundary could be paid for twice.
-        """
-        assert self._executor is not None
-        recent = self._recent
-        outcomes: list[Outcome | None] = [recent.get(w.key) for w in work]
-        missing = [i for i, o in enumerate(outcomes) if o is None]
-        self.stats.cache_hits += len(work) - len(missing)
-        sent = await self._executor.run([work[i] for i in missing])
-        for i, outcome in zip(missing, sent, strict=True):
-            outcomes[i] = outcome
-            if isinstance(outcome, Completion):
-                recent[work[i].key] = outcome
-        while len(recent) > _RECENT_ANSWERS:
-            del recent[next(iter(recent))]  # oldest first: dicts keep insertion order
-        return [o for o in outcomes if o is not None]
 
     async def _tick(self, rows: int, unique: int) -> None:
         """Move the bar within a batch, by the share of its unique prompts answered so far."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import threading
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,6 +17,7 @@ import dfllm
 from dfllm.engines import Completion
 from dfllm.prompt.keys import RequestKeys
 from dfllm.runtime.cache import Cache
+from dfllm.runtime.stores import FsspecCache, object_name
 from dfllm.testing import FakeProvider, per_prompt, status
 
 from .conftest import KEY
@@ -115,3 +118,50 @@ def test_cache_key_depends_on_content_not_on_dict_order(prompt: str, other: str,
     assert key(prompt, p) != key(prompt, p, model="m2")
     assert key(prompt, p) != key(prompt, p, system=(system or "") + "!")
     assert key(prompt, p) != key(prompt, p, choices=("a", "b"))
+
+
+def committed(path: Path) -> list[tuple[str]]:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT text FROM responses").fetchall()
+    finally:
+        db.close()
+
+
+def test_an_answer_is_served_the_moment_it_is_put_before_its_commit(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    cache = Cache(path, flush_s=3600)  # the writer holds the batch: nothing is committed yet
+    key, other = (11, 12), (13, 14)
+    cache.put(key, Completion("fresh", 1, 2))
+    assert committed(path) == []
+    assert cache.get_many([key, other]) == {key: Completion("fresh", 1, 2)}
+    cache.put(key, Completion("newer", 1, 2))  # a later put of the same key is the one served
+    assert cache.get_many([key]) == {key: Completion("newer", 1, 2)}
+    cache.flush()
+    assert committed(path) == [("newer",)]
+    assert cache.get_many([key, other]) == {key: Completion("newer", 1, 2)}
+    cache.close()
+
+
+def test_an_fsspec_answer_is_served_the_moment_it_is_put_before_its_object_lands(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FsspecCache(f"file://{tmp_path}/answers").open()
+    gate = threading.Event()
+    write = store._write
+
+    def held_write(key: tuple[int, int], completion: Completion) -> None:
+        assert gate.wait(30)
+        write(key, completion)
+
+    monkeypatch.setattr(store, "_write", held_write)  # the object store is slow: the write has not landed
+    key, other = (-5, 6), (7, 8)
+    store.put(key, Completion("fresh", 1, 2))
+    assert list((tmp_path / "answers").iterdir()) == []
+    assert store.get_many([key, other]) == {key: Completion("fresh", 1, 2)}
+    gate.set()
+    store.flush()
+    assert [p.name for p in (tmp_path / "answers").iterdir()] == [f"{object_name(key)}.json"]
+    again = FsspecCache(f"file://{tmp_path}/answers").open()
+    assert again.get_many([key, other]) == {key: Completion("fresh", 1, 2)}
+    store.close()
+    again.close()

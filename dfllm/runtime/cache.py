@@ -1,7 +1,8 @@
 """The persistent response cache: stdlib sqlite3 in WAL mode, owner-only, written off the hot path.
 
-``put`` hands an answer to a writer thread and returns at once; the thread commits in small
-batches (at most ``flush_s`` apart), so a kill -9 loses at most the last fraction of a second.
+``put`` hands an answer to a writer thread and returns at once; the thread commits what has
+arrived at most ``flush_s`` after it arrived, so a kill -9 loses at most the last fraction of a
+second. Until its commit an answer is served from memory, so ``get_many`` sees every answer put.
 Keys are hashes of what decides an answer; the API key is never part of them or of the file.
 
 Nothing is lost silently: an answer SQLite cannot store is counted in ``failed`` (with its
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import os
-import queue
 import sqlite3
 import threading
 import time
@@ -40,6 +40,8 @@ CREATE TABLE IF NOT EXISTS responses (
 _COLUMNS = ["id", "tail", "text", "prompt_tokens", "completion_tokens"]
 _INSERT = "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)"
 _LOOKUP_CHUNK = 5000
+_PAGE_CACHE_KIB = 65536
+_CHECKPOINT_PAGES = 10000
 _FIX = "Pass cache= another file path, or cache=False to run without one."
 
 
@@ -52,17 +54,27 @@ class Cache:
         self.failed = 0
         self.failure_causes: collections.Counter[str] = collections.Counter()
         self._reader = _open(self.path, busy_s)
-        # An Event asks the writer to commit what it has and set it (flush); None stops it.
-        self._queue: queue.SimpleQueue[tuple[Key, Completion] | threading.Event | None] = queue.SimpleQueue()
+        # Answers handed over and not yet committed: get_many serves them from here, so an
+        # answer is visible the moment it is put, not when the writer next commits.
+        self._pending: dict[Key, Completion] = {}
+        self._fresh: list[tuple[Key, Completion]] = []  # handed over, not yet taken by the writer
+        self._first_at = 0.0  # when the oldest of _fresh arrived
+        self._flushes: list[threading.Event] = []
+        self._closing = False
+        self._wake = threading.Condition()
         self._writer = threading.Thread(target=self._write_loop, name="dfllm-cache-writer", daemon=True)
         self._writer.start()
 
     def get_many(self, keys: Iterable[Key]) -> dict[Key, Completion]:
-        found: dict[Key, Completion] = {}
         batch = list(keys)
+        pending = self._pending
+        # Read the overlay before the file: an answer leaves the overlay only after its commit.
+        found = {k: c for k in batch if (c := pending.get(k)) is not None} if pending else {}
         try:
             for start in range(0, len(batch), _LOOKUP_CHUNK):
-                wanted = set(batch[start:start + _LOOKUP_CHUNK])
+                wanted = set(batch[start:start + _LOOKUP_CHUNK]).difference(found)
+                if not wanted:
+                    continue
                 ids = [rowid for rowid, _ in wanted]
                 marks = ",".join("?" * len(ids))
                 rows = self._reader.execute(
@@ -78,22 +90,44 @@ class Cache:
         return found
 
     def put(self, key: Key, completion: Completion) -> None:
-        self._queue.put((key, completion))
+        with self._wake:
+            self._pending[key] = completion
+            if not self._fresh:
+                self._first_at = time.monotonic()
+                self._wake.notify()
+            self._fresh.append((key, completion))
 
     def flush(self) -> None:
         """Return once everything handed over so far is committed (a long-lived cache's run end)."""
-        if self._writer.is_alive():
-            done = threading.Event()
-            self._queue.put(done)
-            while not done.wait(0.5) and self._writer.is_alive():
-                pass
+        done = threading.Event()
+        with self._wake:
+            self._flushes.append(done)
+            self._wake.notify()
+        while not done.wait(0.5) and self._writer.is_alive():
+            pass
 
     def close(self) -> None:
         """Write everything handed over so far, then close. Safe to call twice."""
-        if self._writer.is_alive():
-            self._queue.put(None)
-            self._writer.join()
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._writer.join()
         self._reader.close()
+
+    def _take(self) -> tuple[list[tuple[Key, Completion]], list[threading.Event], bool]:
+        """Wait for work, then hand the writer everything fresh: at most ``flush_s`` after the
+        oldest of it arrived, at once when asked to flush or close."""
+        with self._wake:
+            while not (self._fresh or self._flushes or self._closing):
+                self._wake.wait()
+            while not (self._flushes or self._closing):
+                left = self._first_at + self._flush_s - time.monotonic()
+                if left <= 0:
+                    break
+                self._wake.wait(left)
+            batch, self._fresh = self._fresh, []
+            flushes, self._flushes = self._flushes, []
+            return batch, flushes, self._closing
 
     def _write_loop(self) -> None:
         try:
@@ -103,43 +137,39 @@ class Cache:
             return
         try:
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
-            done = False
-            while not done:
-                first = self._queue.get()
-                if first is None:
-                    break
-                flushed: threading.Event | None = None
-                if isinstance(first, threading.Event):
-                    first.set()  # nothing is pending: everything before it is committed
-                    continue
-                batch = [first]
-                deadline = time.monotonic() + self._flush_s
-                while len(batch) < 1000 and (left := deadline - time.monotonic()) > 0:
-                    try:
-                        item = self._queue.get(timeout=left)
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        done = True
-                        break
-                    if isinstance(item, threading.Event):
-                        flushed = item
-                        break
-                    batch.append(item)
+            # Keys are random, so each answer lands on a random page of the table: pages kept in
+            # memory and fewer checkpoints (each rewrites every page changed since the last) keep
+            # a commit's cost from growing with the table.
+            db.execute(f"PRAGMA cache_size=-{_PAGE_CACHE_KIB}")
+            db.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
+            closing = False
+            while not closing:
+                batch, flushes, closing = self._take()
                 if batch:
                     try:
                         self._store(db, batch)
                     except Exception as exc:  # the writer must outlive any one batch
                         self.failed += len(batch)
                         self.failure_causes[f"{type(exc).__name__}: {exc}"[:120]] += len(batch)
-                if flushed is not None:
-                    flushed.set()
+                    finally:
+                        self._settle(batch)
+                for done in flushes:
+                    done.set()
         finally:
             db.close()
 
+    def _settle(self, batch: list[tuple[Key, Completion]]) -> None:
+        """Drop a written (or counted as failed) batch from the overlay, unless put again since."""
+        pending = self._pending
+        with self._wake:
+            for key, completion in batch:
+                if pending.get(key) is completion:
+                    del pending[key]
+
     def _store(self, db: sqlite3.Connection, batch: list[tuple[Key, Completion]]) -> None:
         """Store a batch; if one row cannot be stored, store the others one by one and count it."""
-        rows = [(*k, c.text, c.prompt_tokens, c.completion_tokens) for k, c in batch]
+        # In key order, each page of the table is visited once per batch, in file order.
+        rows = [(*k, c.text, c.prompt_tokens, c.completion_tokens) for k, c in sorted(batch, key=_by_key)]
         try:
             self._commit(db, rows)
             self.written += len(rows)
@@ -175,12 +205,19 @@ class Cache:
                 raise
 
     def _drain_as_failed(self, cause: str) -> None:
-        while (item := self._queue.get()) is not None:
-            if isinstance(item, threading.Event):
-                item.set()
-                continue
-            self.failed += 1
-            self.failure_causes[cause[:120]] += 1
+        closing = False
+        while not closing:
+            batch, flushes, closing = self._take()
+            self.failed += len(batch)
+            if batch:
+                self.failure_causes[cause[:120]] += len(batch)
+            self._settle(batch)
+            for done in flushes:
+                done.set()
+
+
+def _by_key(item: tuple[Key, Completion]) -> Key:
+    return item[0]
 
 
 def _open(path: Path, busy_s: float) -> sqlite3.Connection:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -93,28 +94,49 @@ class FsspecStore:
         self.fs.makedirs(self.root, exist_ok=True)
         self._writers = ThreadPoolExecutor(_WRITERS, thread_name_prefix="dfllm-fsspec-writer")
         self._pending: set[Future[None]] = set()
+        # Answers handed over and not yet written: get_many serves them from here, so an
+        # answer is visible the moment it is put, not when its object lands.
+        self._unwritten: dict[Key, Completion] = {}
+        self._lock = threading.Lock()
         self.written = 0
 
     def _path(self, key: Key) -> str:
         return f"{self.root}/{object_name(key)}.json"
 
     def get_many(self, keys: Iterable[Key]) -> dict[Key, Completion]:
-        by_path = {self._path(k): k for k in keys}
-        if not by_path:
-            return {}
-        blobs = self.fs.cat(list(by_path), on_error="omit")
+        unwritten = self._unwritten
         found: dict[Key, Completion] = {}
-        for path, blob in blobs.items():
-            completion = _decode(blob)
-            key = by_path.get(path) or by_path.get(self.fs._strip_protocol(path))
-            if completion is not None and key is not None:  # a torn or foreign object is a miss
+        by_path: dict[str, Key] = {}
+        # The overlay is read before the objects: an answer leaves it only once its object is written.
+        for key in keys:
+            if (completion := unwritten.get(key)) is not None:
                 found[key] = completion
+            else:
+                by_path[self._path(key)] = key
+        if not by_path:
+            return found
+        blobs = self.fs.cat(list(by_path), on_error="omit")
+        for path, blob in blobs.items():
+            decoded = _decode(blob)
+            named = by_path.get(path) or by_path.get(self.fs._strip_protocol(path))
+            if decoded is not None and named is not None:  # a torn or foreign object is a miss
+                found[named] = decoded
         return found
 
     def put(self, key: Key, completion: Completion) -> None:
-        future = self._writers.submit(self._write, key, completion)
+        with self._lock:
+            self._unwritten[key] = completion
+        future = self._writers.submit(self._write_aside, key, completion)
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)
+
+    def _write_aside(self, key: Key, completion: Completion) -> None:
+        try:
+            self._write(key, completion)
+        finally:  # written, or failed (flush raises it): either way no longer pending
+            with self._lock:
+                if self._unwritten.get(key) is completion:
+                    del self._unwritten[key]
 
     def _write(self, key: Key, completion: Completion) -> None:
         data = json.dumps({"text": completion.text, "prompt_tokens": completion.prompt_tokens,
