@@ -107,7 +107,7 @@ texts = st.text(max_size=20)
 def test_cache_key_depends_on_content_not_on_dict_order(prompt: str, other: str, system: str | None,
                                                          p: dict[str, int], q: dict[str, int]) -> None:
     def key(prompt: str, params: dict[str, int], identity: str = "openai|u", model: str = "m",
-            system: str | None = system, choices: tuple[str, ...] = ()) -> str:
+            system: str | None = system, choices: tuple[str, ...] = ()) -> tuple[int, int]:
         return RequestKeys(identity, model, system, params, {"choices": list(choices)}).key(prompt)
 
     reordered = dict(reversed(list(p.items())))
