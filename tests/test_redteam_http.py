@@ -338,9 +338,21 @@ def test_a_header_value_with_a_line_break_is_refused_before_any_request(param: s
 
 
 @pytest.mark.parametrize(("extra_body", "problem"), [({"x": {1, 2}}, "set"), ({"x": float("nan")}, "JSON")])
-def test_a_body_that_is_not_json_is_a_row_error_and_is_never_sent(extra_body: dict[str, Any], problem: str) -> None:
+def test_a_body_that_is_not_json_is_refused_and_never_sent(extra_body: dict[str, Any], problem: str) -> None:
+    from dfllm.engines.http import OpenAICompatibleEngine
+
     with FakeProvider() as fake:
         dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
-        result = DF.llm.predict("t", "m", "Say: {{text}}", "y", progress=False, errors="null", extra_body=extra_body)
+        with pytest.raises(dfllm.ParameterError, match="extra_body must be plain JSON"):
+            DF.llm.predict("t", "m", "Say: {{text}}", "y", progress=False, errors="null", extra_body=extra_body)
+
+        async def direct() -> None:  # the engine's own guard, for requests built elsewhere
+            engine = OpenAICompatibleEngine(fake.base_url, {})
+            try:
+                await engine.complete(dfllm.Request("m", [{"role": "user", "content": "x"}], dict(extra_body)))
+            finally:
+                await engine.aclose()
+
+        with pytest.raises(dfllm.BadRequestError, match=problem):
+            asyncio.run(direct())
         assert fake.chat_requests == []  # NaN would have gone out as the invalid JSON token NaN
-    assert result["y_error"][0].startswith("BadRequestError: ") and problem in result["y_error"][0]
