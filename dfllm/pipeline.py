@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import threading
 import time
-from collections.abc import Coroutine
-from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from dfllm._api import Plan, make_executor, plan_batch, write_back
 from dfllm.engines.base import Engine
 from dfllm.runtime.executor import Executor
 from dfllm.runtime.progress import RunStats, interactive
+from dfllm.runtime.sync import LoopThread
 
 T = TypeVar("T")
 _TICK_S = 0.25
@@ -135,30 +133,19 @@ class BackgroundRunner:
     """
 
     def __init__(self, plan: Plan, stats: RunStats) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="dfllm-pipeline", daemon=True)
-        self._thread.start()
+        self._loop = LoopThread("dfllm-pipeline")
         self._runner = BatchRunner(plan, stats)
         try:
-            self._call(self._runner.__aenter__())
+            self._loop.submit(self._runner.__aenter__())
         except BaseException:
-            self._stop()
+            self._loop.stop()
             raise
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return future.result()
-
     def predict(self, df: Any) -> Any:
-        return self._call(self._runner.predict(df))
+        return self._loop.submit(self._runner.predict(df))
 
     def close(self) -> None:
         try:
-            self._call(self._runner.__aexit__(None, None, None))
+            self._loop.submit(self._runner.__aexit__(None, None, None))
         finally:
-            self._stop()
-
-    def _stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+            self._loop.stop()

@@ -8,7 +8,6 @@ the engines' HTTP sessions live as long as the worker rather than one partition.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import collections
 import threading
@@ -17,6 +16,7 @@ from typing import Any, TypeVar
 
 from dfllm.engines.base import Engine
 from dfllm.runtime.executor import Executor
+from dfllm.runtime.sync import LoopThread
 
 T = TypeVar("T")
 
@@ -26,9 +26,7 @@ _KEPT_EXECUTORS = 8
 
 class WorkerRuntime:
     def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="dfllm-worker-runtime", daemon=True)
-        self._thread.start()
+        self._loop = LoopThread("dfllm-worker-runtime")
         self._engines: dict[Hashable, Engine] = {}
         self._executors: collections.OrderedDict[Hashable, Executor] = collections.OrderedDict()
         self._shared: dict[Hashable, Any] = {}
@@ -39,7 +37,7 @@ class WorkerRuntime:
         if self._closed:
             coro.close()
             raise RuntimeError("the dfllm worker runtime is closed")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        return self._loop.submit(coro)
 
     # The getters below run on the runtime's loop, so loop-bound objects are created there.
     def engine(self, key: Hashable, connect: Callable[[], Engine]) -> Engine:
@@ -70,9 +68,8 @@ class WorkerRuntime:
         if self._closed:
             return
         self._closed = True
-        asyncio.run_coroutine_threadsafe(self._aclose(), self._loop).result(timeout=30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
+        self._loop.submit(self._aclose(), timeout=30)
+        self._loop.stop(timeout=10)
 
     async def _aclose(self) -> None:
         for executor in self._executors.values():
