@@ -395,3 +395,10 @@ def test_an_estimate_of_a_few_rows_takes_at_least_one_round_trip(engine: str) ->
     with pytest.raises(dfllm.ConfigurationError) as info:
         dfllm.estimate(pd.DataFrame({"t": ["a"]}), engine, "m", "{{t}}", "y", latency_s=0, prompt_price=-1)
     assert "latency_s must be" in str(info.value) and "prompt_price must be" in str(info.value)
+
+
+@pytest.mark.parametrize("target", ["self", "df", "index", "columns"])
+def test_a_target_named_like_a_frame_attribute_gets_its_own_column(engine: str, target: str) -> None:
+    for df in (pd.DataFrame({"t": ["good"]}), pl.DataFrame({"t": ["good"]})):
+        out = dfllm.predict(df, engine, "m", "sentiment {{t}}", target)
+        assert list(out[target]) == ["positive"] and list(out.columns) == ["t", target]
