@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+from typing import Unpack
 
 import pandas as pd
 import pytest
@@ -12,10 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dfllm
-from dfllm.config.options import Options
+from dfllm.config.options import Options, PredictOptions
+from dfllm.engines.base import RateLimitState, Request
 from dfllm.runtime.executor import Executor, RequestSpec, Work
 from dfllm.runtime.progress import RunStats
-from dfllm.testing import FakeProvider, always, drop, malformed, ok, per_prompt, sequence, status
+from dfllm.testing import FakeClock, FakeProvider, MockEngine, always, drop, malformed, ok, per_prompt, sequence, status
 
 from .conftest import KEY
 
@@ -24,9 +26,9 @@ def rows(n: int) -> pd.DataFrame:
     return pd.DataFrame({"t": [f"row {i}" for i in range(n)]})
 
 
-def run(fake: FakeProvider, df: pd.DataFrame, **options: object) -> pd.DataFrame:
+def run(fake: FakeProvider, df: pd.DataFrame, **options: Unpack[PredictOptions]) -> pd.DataFrame:
     dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
-    return df.llm.predict("t", "m", "{{t}}", "y", **options)
+    return dfllm.predict(df, "t", "m", "{{t}}", "y", **options)
 
 
 def test_a_lone_429_delays_only_its_own_row() -> None:
@@ -120,34 +122,18 @@ def test_duplicate_prompts_are_sent_once_and_fanned_out() -> None:
     assert out["y"].tolist()[:5] == ["a", "b", "a", "a", "b"]
 
 
-class ScriptedEngine:
-    """An in-process engine: each prompt sleeps a given time, or raises the given errors in turn."""
-
-    identity = "scripted"
-
-    def __init__(self, latencies: dict[str, float] | None = None,
-                 failures: list[Exception] | None = None) -> None:
-        self.latencies = latencies or {}
-        self.failures = list(failures or [])
-        self.calls = 0
-
-    async def complete(self, request: dfllm.Request) -> dfllm.Completion:
-        self.calls += 1
-        prompt = request.messages[-1]["content"]
-        if self.failures:
-            raise self.failures.pop(0)
-        await asyncio.sleep(self.latencies.get(prompt, 0.0))
-        return dfllm.Completion(f"answer to {prompt}")
-
-    async def aclose(self) -> None:
-        pass
-
-
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.floats(min_value=0, max_value=0.004), min_size=1, max_size=40), st.integers(1, 16))
 def test_answers_land_on_their_rows_whatever_the_latencies(latencies: list[float], concurrency: int) -> None:
     df = pd.DataFrame({"t": [f"p{i}" for i in range(len(latencies))]})
-    engine = ScriptedEngine({f"p{i}": s for i, s in enumerate(latencies)})
+    delays = {f"p{i}": s for i, s in enumerate(latencies)}
+
+    async def answer(request: Request) -> str:
+        prompt = request.messages[-1]["content"]
+        await asyncio.sleep(delays[prompt])
+        return f"answer to {prompt}"
+
+    engine = MockEngine(answer)
     out = dfllm.predict(df, engine, "m", "{{t}}", "y", concurrency=concurrency, cache=False)
     assert out["y"].tolist() == [f"answer to p{i}" for i in range(len(latencies))]
 
@@ -155,21 +141,16 @@ def test_answers_land_on_their_rows_whatever_the_latencies(latencies: list[float
 @given(st.integers(0, 2**32 - 1))
 @settings(max_examples=50, deadline=None)
 def test_total_retry_time_is_bounded_with_an_injected_clock(seed: int) -> None:
-    now = [0.0]
-    slept: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        now[0] += seconds
-
-    engine = ScriptedEngine(failures=[dfllm.ServerError("boom", status=500)] * 100)
+    clock = FakeClock()
+    engine = MockEngine(lambda request: dfllm.ServerError("boom", status=500))
     options = Options(max_retries=50, max_retry_time_s=20.0, cache=False)
-    executor = Executor(engine, options, RunStats(), RequestSpec("m"), clock=lambda: now[0], sleep=sleep,
+    executor = Executor(engine, options, RunStats(), RequestSpec("m"), clock=clock, sleep=clock.sleep,
                         rng=random.Random(seed))
-    [outcome] = asyncio.run(executor.run([Work("k", "x")]))
+    [outcome] = asyncio.run(executor.run([Work((0, 0), "x")]))
+    slept = clock.slept
     assert isinstance(outcome, dfllm.ServerError)
     assert sum(slept) <= 20.0
-    assert 3 <= engine.calls < 50
+    assert 3 <= len(engine.requests) < 50
     # Exponential with equal jitter: each wait in [d/2, d) for a doubling d, so always longer
     # than the one before, whatever the seed.
     assert all(b > a for a, b in itertools.pairwise(slept))
@@ -177,18 +158,57 @@ def test_total_retry_time_is_bounded_with_an_injected_clock(seed: int) -> None:
 
 
 def test_an_engine_raising_a_foreign_exception_fails_its_row_only() -> None:
-    class Flaky:
-        identity = "flaky"
-
-        async def complete(self, request: dfllm.Request) -> dfllm.Completion:
-            if request.messages[-1]["content"] == "bad":
-                raise ValueError("boom")
-            return dfllm.Completion("fine")
-
-        async def aclose(self) -> None:
-            pass
-
+    engine = MockEngine(lambda request: ValueError("boom") if request.messages[-1]["content"] == "bad" else "fine")
     with pytest.raises(dfllm.BatchError, match="1 of 3 rows failed") as info:
-        dfllm.predict(pd.DataFrame({"t": ["a", "bad", "c"]}), Flaky(), "m", "{{t}}", "y", cache=False)
+        dfllm.predict(pd.DataFrame({"t": ["a", "bad", "c"]}), engine, "m", "{{t}}", "y", cache=False)
     assert info.value.partial["y"].tolist()[0::2] == ["fine", "fine"]
-    assert "Flaky raised ValueError: boom" in str(info.value.errors[1])
+    assert "MockEngine raised ValueError: boom" in str(info.value.errors[1])
+
+
+class RecordingGate:
+    """The executor's ``gate`` as the Dask cluster's would see it: what it was told."""
+
+    def __init__(self) -> None:
+        self.rate_limited: list[float | None] = []
+
+    async def acquire(self, tokens: int) -> None:
+        pass
+
+    def on_rate_limited(self, retry_after: float | None) -> None:
+        self.rate_limited.append(retry_after)
+
+    def on_headers(self, state: RateLimitState) -> None:
+        pass
+
+
+def run_with_gate(fail: set[int], retry_after: float = 1.0, rows: int = 60,
+                  **options: object) -> tuple[RecordingGate, RunStats]:
+    """The sends numbered in ``fail`` get a 429 with ``retry_after``."""
+    clock = FakeClock()
+    gate = RecordingGate()
+    sent = itertools.count()
+
+    def answer(request: Request) -> str | dfllm.RateLimitError:
+        if next(sent) in fail:
+            return dfllm.RateLimitError("slow down", status=429, retry_after=retry_after)
+        return "ok"
+
+    stats = RunStats()
+    executor = Executor(MockEngine(answer), Options(cache=False, **options), stats,  # type: ignore[arg-type]
+                        RequestSpec("m"), clock=clock, sleep=clock.sleep, rng=random.Random(0), gate=gate)
+    outcomes = asyncio.run(executor.run([Work((i, i), f"p{i}") for i in range(rows)]))
+    assert all(isinstance(o, dfllm.Completion) for o in outcomes)
+    return gate, stats
+
+
+def test_a_lone_429_in_an_unpaced_run_is_not_told_to_the_cluster_gate() -> None:
+    gate, stats = run_with_gate({5, 30})
+    assert stats.rate_limited == 2 and gate.rate_limited == []  # other workers keep sending
+
+
+def test_a_429_storm_or_a_429_at_a_given_pace_is_told_to_the_cluster_gate() -> None:
+    # A storm: a real cap. (Short waits: the fake clock adds up the sleeps of every worker.)
+    gate, _ = run_with_gate(set(range(10, 30)), retry_after=0.01)
+    assert 1 <= len(gate.rate_limited) < 20 and all(wait == 0.01 for wait in gate.rate_limited)
+    gate, _ = run_with_gate({5}, rpm=600)  # the pace given should have kept under the cap
+    assert gate.rate_limited == [1.0]

@@ -9,24 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dfllm.runtime.limiter import Pacer, Pause, Window
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
+from dfllm.runtime.limiter import AdaptiveRate, Pacer, Pause, SlowStartPacer, StormDetector, Window
+from dfllm.testing import FakeClock
 
 
 def test_pacer_has_no_burst_at_start_and_spaces_requests_evenly() -> None:
-    t = FakeTime()
+    t = FakeClock()
     pacer = Pacer(600, t.clock, t.sleep)  # 10 a second
-    starts = []
+    starts: list[float] = []
 
     async def go() -> None:
         for _ in range(5):
@@ -39,7 +29,7 @@ def test_pacer_has_no_burst_at_start_and_spaces_requests_evenly() -> None:
 
 @given(st.floats(min_value=1, max_value=100_000), st.lists(st.integers(1, 50), min_size=1, max_size=60))
 def test_pacer_never_exceeds_its_rate_in_any_minute(per_minute: float, amounts: list[int]) -> None:
-    t = FakeTime()
+    t = FakeClock()
     pacer = Pacer(per_minute, t.clock, t.sleep)
     granted: list[tuple[float, int]] = []
 
@@ -56,13 +46,13 @@ def test_pacer_never_exceeds_its_rate_in_any_minute(per_minute: float, amounts: 
 
 
 def test_pacer_refuses_a_request_that_can_never_fit() -> None:
-    t = FakeTime()
+    t = FakeClock()
     with pytest.raises(ValueError, match=r"limit is 100 per minute"):
         asyncio.run(Pacer(100, t.clock, t.sleep).acquire(101))
 
 
 def test_pause_holds_everyone_until_the_time_named_with_jitter() -> None:
-    t = FakeTime()
+    t = FakeClock()
     pause = Pause(t.clock, t.sleep, random.Random(1))
     pause.pause_for(2.0)
     asyncio.run(pause.wait())
@@ -70,7 +60,7 @@ def test_pause_holds_everyone_until_the_time_named_with_jitter() -> None:
 
 
 def test_window_slow_start_then_halves_once_per_round_trip_then_grows_additively() -> None:
-    t = FakeTime()
+    t = FakeClock()
 
     async def go() -> None:
         window = Window(4, 64, t.clock)
@@ -91,7 +81,7 @@ def test_window_slow_start_then_halves_once_per_round_trip_then_grows_additively
 
 
 def test_window_blocks_beyond_its_limit_and_wakes_on_release() -> None:
-    t = FakeTime()
+    t = FakeClock()
 
     async def go() -> list[str]:
         window = Window(2, 2, t.clock)
@@ -112,9 +102,7 @@ def test_window_blocks_beyond_its_limit_and_wakes_on_release() -> None:
 
 
 def test_adaptive_rate_learns_from_the_last_second_cuts_after_a_cooldown_and_grows() -> None:
-    from dfllm.runtime.limiter import AdaptiveRate
-
-    t = FakeTime()
+    t = FakeClock()
     rate = AdaptiveRate(t.clock, t.sleep)
     rate.on_rate_limited(sent_at=0.0)
     assert rate.pacer is None  # a 429 before any success teaches nothing
@@ -124,11 +112,61 @@ def test_adaptive_rate_learns_from_the_last_second_cuts_after_a_cooldown_and_gro
     t.now = 2.0
     rate.on_rate_limited(sent_at=1.95)
     assert rate.per_minute() == pytest.approx(50 * 60, rel=0.03)
-    t.now = 2.5
+    t.now = 2.5  # a storm before any rate was known: the last second is a floor, probed fast
+    assert rate.per_minute() == pytest.approx(50 * 60 * 2**0.5, rel=0.03)
     rate.on_rate_limited(sent_at=2.4)  # within the cooldown: the first cut has not shown yet
-    assert rate.per_minute() == pytest.approx(50 * 60 * 1.015, rel=0.03)
+    assert rate.per_minute() == pytest.approx(50 * 60 * 2**0.5, rel=0.03)
     t.now = 3.5
-    rate.on_rate_limited(sent_at=3.1)
-    assert rate.per_minute() == pytest.approx(50 * 60 * 1.045 * 0.9, rel=0.03)
-    t.now = 13.5
-    assert rate.per_minute() == pytest.approx(50 * 60 * 1.045 * 0.9 * 1.3, rel=0.03)
+    probed = 50 * 60 * 2**1.5
+    rate.on_rate_limited(sent_at=3.1)  # the probe found the cap: back to CUT of half of it
+    assert rate.per_minute() == pytest.approx(0.9 * probed / 2, rel=0.03)
+    t.now = 13.5  # then a slow probe: +3% a second
+    assert rate.per_minute() == pytest.approx(0.9 * probed / 2 * 1.3, rel=0.03)
+
+
+def test_a_storm_is_counted_from_the_first_429_not_outvoted_by_the_successes_before_it() -> None:
+    t = FakeClock()
+    storm = StormDetector(t)
+    for _ in range(60):  # a slow start filling the server's budget
+        storm.record(False)
+    for _ in range(7):
+        storm.record(True)
+        storm.record(False)
+    assert not storm.storm  # 7 429s: not yet
+    storm.record(True)
+    assert storm.storm  # 8 of 15 answers since the first 429, though 8 of 75 in the last second
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_random_429s_at_five_percent_are_never_a_storm_at_a_steady_rate(seed: int) -> None:
+    rng = random.Random(seed)
+    t = FakeClock()
+    storm = StormDetector(t)
+    for _ in range(3000):  # 1000 answers a second
+        t.advance(0.001)
+        storm.record(rng.random() < 0.05)
+        assert not storm.storm
+
+
+def test_slow_start_spreads_each_round_over_one_round_trip() -> None:
+    t = FakeClock()
+    window = Window(1, 256, t)
+    pacer = SlowStartPacer(window, t, t.sleep)
+    starts: list[float] = []
+
+    async def go() -> None:
+        await pacer.acquire()  # no round trip measured yet: not paced
+        pacer.on_round_trip(0.05)
+        window.widen(32)
+        for _ in range(5):
+            await pacer.acquire()
+            starts.append(t.now)
+        for _ in range(256):
+            window.on_success()
+        assert not window.slow_start  # the window is at its maximum: nothing left to spread
+        await pacer.acquire()
+        starts.append(t.now)
+
+    asyncio.run(go())
+    gap = 0.05 / 32
+    assert starts == pytest.approx([0.0, gap, 2 * gap, 3 * gap, 4 * gap, 4 * gap])

@@ -5,23 +5,26 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import time
+from typing import Unpack
 
 import pandas as pd
 import pytest
 
 import dfllm
-from dfllm.config.options import Options
+from dfllm.config.options import Options, PredictOptions
 from dfllm.runtime.executor import Executor, RequestSpec, Work
 from dfllm.runtime.progress import RunStats
-from dfllm.testing import FakeProvider, sequence, status
+from dfllm.testing import FakeClock, FakeProvider, MockEngine, sequence, status
 
 from .conftest import KEY
 
 
-def predict(fake: FakeProvider, rows: int, **options: object) -> pd.DataFrame:
+def predict(fake: FakeProvider, rows: int, **options: Unpack[PredictOptions]) -> pd.DataFrame:
     dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
     df = pd.DataFrame({"t": [f"row {i}" for i in range(rows)]})
-    return df.llm.predict("t", "m", "{{t}}", "y", concurrency=64, **options)
+    options.setdefault("concurrency", 64)
+    return dfllm.predict(df, "t", "m", "{{t}}", "y", **options)
 
 
 def test_rpm_set_to_the_cap_sends_no_429_and_no_start_burst() -> None:
@@ -45,18 +48,14 @@ def test_limits_are_learned_from_x_ratelimit_headers() -> None:
     assert statuses.get(429, 0) == 0  # the first window fit the burst, then the pace held
 
 
-def test_unknown_cap_without_headers_is_learned_from_429s_without_a_storm() -> None:
-    with FakeProvider(rpm=1200, rpm_burst=20, ratelimit_headers=False) as fake:
-        out = predict(fake, 100)
-        responses = list(fake.app.responses)
+def test_a_cold_start_against_an_unknown_cap_without_headers_costs_a_handful_of_429s() -> None:
+    # 3000/min with a 1 s burst of 50, no headers: only 429s to learn from. Fired as whole
+    # windows, the round that crossed the burst landed whole in it (up to a pool's worth).
+    with FakeProvider(rpm=3000, rpm_burst=50, ratelimit_headers=False, latency_s=0.05) as fake:
+        out = predict(fake, 150, concurrency=256)
+        statuses = [code for _, code in fake.app.responses]
     assert out["y"].notna().all()
-    first_429 = next(t for t, code in responses if code == 429)
-    probe = [code for t, code in responses if t < first_429 + 0.1]
-    after = [code for t, code in responses if t >= first_429 + 0.1]
-    # The first probe overshoots the unknown burst allowance, bounded by the pool (64 here);
-    # once the rate is learned, 429s are rare: a cut now and then as the pace probes upward.
-    assert probe.count(429) <= 64
-    assert after.count(429) <= 3 and after.count(200) >= 50
+    assert statuses.count(429) <= 15, statuses  # 8-9 seen; fired as whole windows, about 50
 
 
 def test_a_429_storm_does_not_multiply_requests() -> None:
@@ -68,51 +67,27 @@ def test_a_429_storm_does_not_multiply_requests() -> None:
     assert run is not None and run.rate_limited == 40 and run.retries == 40
 
 
-class Recording:
-    identity = "recording"
-
-    def __init__(self, clock: list[float]) -> None:
-        self.clock = clock
-        self.sent: list[float] = []
-
-    async def complete(self, request: dfllm.Request) -> dfllm.Completion:
-        self.sent.append(self.clock[0])
-        return dfllm.Completion("ok", 10, 5)
-
-    async def aclose(self) -> None:
-        pass
-
-
 def test_tpm_paces_by_estimated_tokens_on_an_injected_clock() -> None:
-    now = [0.0]
-
-    async def sleep(seconds: float) -> None:
-        now[0] += seconds
-        await asyncio.sleep(0)
-
-    engine = Recording(now)
+    clock = FakeClock()
+    engine = MockEngine(lambda request: dfllm.Completion("ok", 10, 5), clock=clock)
     spec = RequestSpec("m", {"max_tokens": 900})
-    work = [Work(f"k{i}", "x" * 396) for i in range(5)]  # 100 prompt + 900 budget = 1000 tokens
+    work = [Work((i, i), "x" * 396) for i in range(5)]  # 100 prompt + 900 budget = 1000 tokens
     options = Options(tpm=6000, cache=False, concurrency=8)
-    executor = Executor(engine, options, RunStats(), spec, clock=lambda: now[0], sleep=sleep,
-                        rng=random.Random(0))
+    executor = Executor(engine, options, RunStats(), spec, clock=clock, sleep=clock.sleep, rng=random.Random(0))
     asyncio.run(executor.run(work))
     # 6000 tokens a minute at 1000 a request: one request every 10 s, the first at once.
-    assert engine.sent == [0.0, 10.0, 20.0, 30.0, 40.0]
+    assert engine.sent_at == [0.0, 10.0, 20.0, 30.0, 40.0]
 
 
 def test_tpm_smaller_than_one_request_is_refused_up_front(engine: str) -> None:
-    import pytest
-
     with pytest.raises(dfllm.ParameterError, match="can never fit under tpm=100"):
-        pd.DataFrame({"t": ["x"]}).llm.predict(engine, "m", "{{t}}", "y", tpm=100, max_tokens=500)
+        dfllm.predict(pd.DataFrame({"t": ["x"]}), engine, "m", "{{t}}", "y", tpm=100, max_tokens=500)
 
 
-def timed_predict(fake: FakeProvider, rows: int, **options: object) -> tuple[pd.DataFrame, float]:
-    import time
-
+def timed_predict(fake: FakeProvider, rows: int, **options: Unpack[PredictOptions]) -> tuple[pd.DataFrame, float]:
     started = time.monotonic()
-    out = predict(fake, rows, errors="null", **options)
+    options.setdefault("errors", "null")
+    out = predict(fake, rows, **options)
     return out, time.monotonic() - started
 
 

@@ -10,7 +10,7 @@ from dfllm import Template, TemplateError
 from dfllm.prompt.template import cell_text, is_null
 from dfllm.testing import FakeProvider
 
-names = st.text(alphabet=st.characters(blacklist_characters="{}", blacklist_categories=("Cs",)), min_size=1,
+names = st.text(alphabet=st.characters(blacklist_characters="{}", blacklist_categories=["Cs"]), min_size=1,
                 max_size=12).filter(lambda s: s.strip() == s)
 cells = st.one_of(st.text(max_size=40), st.integers(), st.floats(allow_nan=False), st.none())
 

@@ -32,7 +32,16 @@ from dfllm.config.options import Options
 from dfllm.engines.base import Completion, Engine, RateLimitState, Request
 from dfllm.prompt.keys import Key
 from dfllm.runtime.bulk import gc_paused
-from dfllm.runtime.limiter import AdaptiveRate, Clock, Pacer, Pause, Sleep, StormDetector, Window
+from dfllm.runtime.limiter import (
+    AdaptiveRate,
+    Clock,
+    Pacer,
+    Pause,
+    Sleep,
+    SlowStartPacer,
+    StormDetector,
+    Window,
+)
 from dfllm.runtime.progress import Progress, RunStats
 from dfllm.runtime.retry import backoff_s, retry_after_cause, seconds_text, server_wait_s, wait_refused
 from dfllm.runtime.stores import Store, open_store
@@ -84,7 +93,8 @@ def estimate_tokens(request: Request) -> int:
 
 class Gate(Protocol):
     """A limit shared beyond this executor (the Dask cluster's rate budget), passed right before
-    each send; told of every 429 and every rate-limit header, so it can tell the others."""
+    each send; told of every rate-limit header and of the 429s that show a real cap (a storm, or
+    any 429 at a pace), so it can tell the others. A lone 429 delays only its own row."""
 
     async def acquire(self, tokens: int) -> None: ...
 
@@ -122,6 +132,7 @@ class Executor:
         pool = options.concurrency if concurrency_cap is None else min(options.concurrency, concurrency_cap)
         self._pool = pool
         self._window = Window(1, pool, clock)
+        self._slow_start = SlowStartPacer(self._window, clock, sleep)
         self._opened = False
         self._pause = Pause(clock, sleep, self._rng)
         self._storm = StormDetector(clock)
@@ -281,13 +292,14 @@ class Executor:
             # learned while this worker waited for its slot still applies to it.
             await self._window.acquire()
             try:
-                if not await self._pause.wait(deadline):
-                    now = self._clock()
-                    return wait_refused(self._pause.reason, self._pause.until - now, deadline - now, budget)
-                if self._rpm is not None:
-                    await self._rpm.acquire()
-                else:
-                    await self._adaptive.acquire()
+                while True:
+                    if not await self._pause.wait(deadline):
+                        now = self._clock()
+                        return wait_refused(self._pause.reason, self._pause.until - now, deadline - now, budget)
+                    pace = self._pace()
+                    await pace.acquire()
+                    if self._pause.until <= self._clock() and self._pace() is pace:
+                        break  # else a storm began while this send waited for its pace: wait it out
                 if self._tpm is not None:
                     await self._tpm.acquire(min(estimate_tokens(request), self._tpm.per_minute))
                 if self._gate is not None:
@@ -307,6 +319,7 @@ class Executor:
                 error.__cause__ = exc
             else:
                 self._storm.record(False)
+                self._slow_start.on_round_trip(self._clock() - sent_at)
                 self._window.on_success()
                 self._adaptive.on_success()
                 if completion.rate_limit is not None:
@@ -327,7 +340,7 @@ class Executor:
             now = self._clock()
             if limited:
                 self.stats.rate_limited += 1
-                if self._gate is not None:
+                if self._gate is not None and self._is_cap():
                     self._gate.on_rate_limited(error.retry_after)
             if error.retryable and wait is not None and wait > deadline - now:
                 cause = retry_after_cause(error, wait)
@@ -353,6 +366,18 @@ class Executor:
             self.stats.retries += 1
             if delay:
                 await self._sleep(delay)
+
+    def _pace(self) -> Pacer | SlowStartPacer:
+        """The pace in force: the caller's ``rpm``, else the learned rate, else slow start's."""
+        return self._rpm or self._adaptive.pacer or self._slow_start
+
+    def _is_cap(self) -> bool:
+        """Whether the last 429 shows a real cap rather than a provider's hiccup: it is part of a
+        storm, or the run is paced (by ``rpm`` or a learned rate), a pace that should have kept
+        it under the cap. Only then is the cluster gate told, to pause the other workers: a lone
+        429 in an unpaced run delays only its own row, here and on every other worker.
+        """
+        return self._storm.storm or self._rpm is not None or self._adaptive.pacer is not None
 
     def _learn(self, state: RateLimitState) -> None:
         """Take the account's limits from the provider's headers when the caller gave none.

@@ -136,6 +136,11 @@ class Window:
                 waiter.set_result(None)
                 free -= 1
 
+    @property
+    def slow_start(self) -> bool:
+        """Still doubling per round trip: no 429 seen and the limit below ``maximum``."""
+        return self._slow_start and self.limit < self.maximum
+
     def widen(self, limit: int) -> None:
         """Raise the limit to at least ``limit`` (never past ``maximum``)."""
         self.limit = max(self.limit, float(min(limit, self.maximum)))
@@ -156,11 +161,43 @@ class Window:
         self.cuts += 1
 
 
+class SlowStartPacer:
+    """Spreads each slow-start round of sends over one round trip instead of firing it at once.
+
+    Before any rate is known the window doubles per round trip. Fired as one burst, the round
+    that crosses an unknown cap lands whole in it: a window of 429s before the first one is
+    read. Spread over the round trip, the first 429s come back (a 429 is answered at once)
+    while most of the round is unsent, and a storm is called after a few. The pace is the
+    window per round trip, so it costs no throughput: the window, not the pace, is the limit.
+    """
+
+    SMOOTHING = 0.125  # weight of each new round-trip sample (as TCP's SRTT)
+    MIN_RTT_S = 1e-3  # a round trip shorter than this sends no burst worth spreading
+
+    def __init__(self, window: Window, clock: Clock, sleep: Sleep) -> None:
+        self._window = window
+        self.rtt_s: float | None = None
+        self._pacer = Pacer(60.0, clock, sleep, rate=self.per_minute)
+
+    def per_minute(self) -> float:
+        return max(60.0, 60.0 * self._window.limit / max(self.rtt_s or 0.0, self.MIN_RTT_S))
+
+    def on_round_trip(self, seconds: float) -> None:
+        if seconds >= 0:
+            rtt = self.rtt_s
+            self.rtt_s = seconds if rtt is None else rtt + self.SMOOTHING * (seconds - rtt)
+
+    async def acquire(self) -> None:
+        if self.rtt_s is not None and self.rtt_s >= self.MIN_RTT_S and self._window.slow_start:
+            await self._pacer.acquire()
+
+
 class AdaptiveRate:
     """The request rate, steered by what the server shows rather than by what its headers claim.
 
     Until told of a limit it does not limit. A 429 storm starts it pacing at the rate that
-    succeeded over the last second (what the server was accepting when it said no); ``seed``
+    succeeded over the last second (what the server was accepting when it said no), probing
+    upwards fast until the next 429: a run starting cold has had less than a second; ``seed``
     starts it at a rate a header named, which is only a hint (headers come per minute, per day,
     from another provider behind a gateway). Then:
 
@@ -168,10 +205,12 @@ class AdaptiveRate:
       stays near the most seen, the rate doubles every second (the header understated the cap);
       when it falls under a quarter, the rate is cut to ``CUT`` of what the server refilled over
       the last second (successes plus the change in remaining), before any 429.
-    - 429s cut it by ``CUT``, never above what succeeded over the last second. After a cut,
-      further 429s within ``COOLDOWN_S`` do not cut again: the server's budget is still in debt
-      from before the cut, and cutting on every such 429 collapsed the rate to half the cap in
-      a second (measured). A 429 with no success in the last second teaches no rate.
+    - 429s cut it to ``CUT`` of the rate, or of what succeeded over the last second if that is
+      less: pacing at exactly what succeeded keeps the server's budget empty, where any jitter
+      in arrivals is a 429. After a cut, further 429s within ``COOLDOWN_S`` do not cut again:
+      the server's budget is still in debt from before the cut, and cutting on every such 429
+      collapses the rate to half the cap in a second. A 429 with no success in the last
+      second teaches no rate.
     - Otherwise it grows ``GROWTH_PER_S`` of the rate each second: a slow probe that finds a
       raised limit again.
     """
@@ -259,10 +298,16 @@ class AdaptiveRate:
         if self.pacer is None:
             if not self._recent:
                 return
-            self._set(succeeded, fast=False)
+            # A storm before any rate was known: what succeeded in the last second is a floor
+            # (the run may have been starting for less than a second), so probe upwards fast.
+            self._set(succeeded, fast=True)
         elif sent_at >= self._last_cut + self.COOLDOWN_S:
-            cut = self.per_minute() * self.CUT
-            self._set(min(cut, succeeded) if self._recent else cut, fast=False)
+            rate = min(self.per_minute(), succeeded) if self._recent else self.per_minute()
+            if self._fast:
+                # A fast probe found the cap: what succeeded includes the budget it saved up
+                # while under the cap, and the rate doubled in the last second. Half of it held.
+                rate = min(rate, max(self._base_per_minute, self.per_minute() / 2))
+            self._set(self.CUT * rate, fast=False)
         else:
             return  # the last cut has not had time to show
         self._last_cut = now
@@ -275,9 +320,12 @@ class AdaptiveRate:
 class StormDetector:
     """Tells a storm of 429s (a real cap: every worker must wait) from a lone one (its row waits).
 
-    A storm is at least ``MIN_429`` 429s and at least ``SHARE`` of the answers of the last
-    ``WINDOW_S``. Counted over time rather than over the last n answers: 429s come back faster
-    than answers, so the last n answers over-represent them.
+    A storm is at least ``MIN_429`` 429s in the last ``WINDOW_S``, which are at least ``SHARE``
+    of the answers since the first of them. Counted over time rather than over the last n
+    answers: 429s come back faster than answers, so the last n answers over-represent them. The
+    share leaves out the answers before the first 429: when a cap is first hit, the successes
+    that filled the bucket would otherwise outvote the 429s for a whole window of sends. A
+    provider's random 429s are spread over the window, so they are a small share either way.
     """
 
     MIN_429 = 8
@@ -287,16 +335,21 @@ class StormDetector:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._answers: collections.deque[tuple[float, bool]] = collections.deque()
-        self._limited = 0
+        self._limited_at: collections.deque[int] = collections.deque()  # answer numbers of the 429s
+        self._count = 0
 
     def record(self, rate_limited: bool) -> None:
         now = self._clock()
         answers = self._answers
         answers.append((now, rate_limited))
-        self._limited += rate_limited
+        if rate_limited:
+            self._limited_at.append(self._count)
+        self._count += 1
         while answers[0][0] < now - self.WINDOW_S:
-            self._limited -= answers.popleft()[1]
+            if answers.popleft()[1]:
+                self._limited_at.popleft()
 
     @property
     def storm(self) -> bool:
-        return self._limited >= self.MIN_429 and self._limited >= self.SHARE * len(self._answers)
+        limited = len(self._limited_at)
+        return limited >= self.MIN_429 and limited >= self.SHARE * (self._count - self._limited_at[0])
