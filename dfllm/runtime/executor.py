@@ -290,6 +290,7 @@ class Executor:
         while True:
             # Take the in-flight slot first, then pass every gate right before sending: a limit
             # learned while this worker waited for its slot still applies to it.
+            ticket = 0  # the storm detector's count of this send, once it is sent
             await self._window.acquire()
             try:
                 while True:
@@ -307,6 +308,7 @@ class Executor:
                 if self._abort is not None:  # the key was refused while we waited: send nothing more
                     return self._abort
                 sent_at = self._clock()
+                ticket = self._storm.sent()
                 self.stats.requests += 1
                 completion = await self._engine.complete(request)
             except AuthenticationError as exc:
@@ -318,7 +320,7 @@ class Executor:
                 error = EngineError(f"{type(self._engine).__name__} raised {type(exc).__name__}: {exc}")
                 error.__cause__ = exc
             else:
-                self._storm.record(False)
+                self._storm.record(False, ticket)
                 self._slow_start.on_round_trip(self._clock() - sent_at)
                 self._window.on_success()
                 self._adaptive.on_success()
@@ -335,7 +337,7 @@ class Executor:
             if not self._opened:
                 self._open_window()
             limited = isinstance(error, RateLimitError)
-            self._storm.record(limited)
+            self._storm.record(limited, ticket)
             wait = server_wait_s(error)
             now = self._clock()
             if limited:

@@ -320,36 +320,36 @@ class AdaptiveRate:
 class StormDetector:
     """Tells a storm of 429s (a real cap: every worker must wait) from a lone one (its row waits).
 
-    A storm is at least ``MIN_429`` 429s in the last ``WINDOW_S``, which are at least ``SHARE``
-    of the answers since the first of them. Counted over time rather than over the last n
-    answers: 429s come back faster than answers, so the last n answers over-represent them. The
-    share leaves out the answers before the first 429: when a cap is first hit, the successes
-    that filled the bucket would otherwise outvote the 429s for a whole window of sends. A
-    provider's random 429s are spread over the window, so they are a small share either way.
+    A storm is at least ``MIN_429`` 429s answered in the last ``WINDOW_S``, which are at least
+    ``SHARE`` of the requests sent since the first of them was sent. Counted against sends, not
+    answers: a 429 comes back at once and a success a round trip later, so early in a run a
+    few random 429s outnumber the answers so far; and not against sends before the first 429,
+    or the sends that filled the server's budget outvote a cap's 429s for a whole window.
     """
 
     MIN_429 = 8
-    SHARE = 0.25
+    SHARE = 0.5  # of sends: a cap refuses nearly all of them, random 429s at 5% almost never 8 in 16
     WINDOW_S = 1.0
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._answers: collections.deque[tuple[float, bool]] = collections.deque()
-        self._limited_at: collections.deque[int] = collections.deque()  # answer numbers of the 429s
-        self._count = 0
+        self._limited: collections.deque[tuple[float, int]] = collections.deque()  # (answered, ticket)
+        self._sent = 0
 
-    def record(self, rate_limited: bool) -> None:
+    def sent(self) -> int:
+        """Count a send; its ticket goes to ``record`` with the answer."""
+        self._sent += 1
+        return self._sent
+
+    def record(self, rate_limited: bool, ticket: int) -> None:
         now = self._clock()
-        answers = self._answers
-        answers.append((now, rate_limited))
+        limited = self._limited
         if rate_limited:
-            self._limited_at.append(self._count)
-        self._count += 1
-        while answers[0][0] < now - self.WINDOW_S:
-            if answers.popleft()[1]:
-                self._limited_at.popleft()
+            limited.append((now, ticket))
+        while limited and limited[0][0] < now - self.WINDOW_S:
+            limited.popleft()
 
     @property
     def storm(self) -> bool:
-        limited = len(self._limited_at)
-        return limited >= self.MIN_429 and limited >= self.SHARE * (self._count - self._limited_at[0])
+        limited = self._limited
+        return len(limited) >= self.MIN_429 and len(limited) >= self.SHARE * (self._sent - limited[0][1] + 1)
