@@ -70,6 +70,8 @@ class OpenAICompatibleEngine:
         self.identity = identity
         self.capabilities = capabilities
         self.max_concurrency: int | None = None
+        self._params: dict[str, Any] | None = None
+        self._params_json = b"}"
         self.base_url = base_url.rstrip("/")
         self._url = f"{self.base_url}/chat/completions"
         self._headers = dict(headers)
@@ -93,9 +95,17 @@ class OpenAICompatibleEngine:
         return self._session
 
     async def complete(self, request: Request) -> Completion:
-        body = {"model": request.model, "messages": request.messages, **request.params}
-        raw, headers = await self._send("POST", self._url, request.timeout_s, body)
+        raw, headers = await self._send("POST", self._url, request.timeout_s, self._body(request))
         return parse_completion(raw, headers, self.base_url, self._scrub)
+
+    def _body(self, request: Request) -> bytes:
+        """``{"model", "messages", **params}`` as JSON. Every request of a call shares one params
+        dict (with a schema, a large response_format): it is encoded once, not once per row."""
+        if request.params is not self._params:
+            self._params = request.params
+            self._params_json = _json_body(request.params)[1:] if request.params else b"}"
+        head = _json_body({"model": request.model, "messages": request.messages})
+        return head[:-1] + (b"," + self._params_json if request.params else b"}")
 
     async def get_json(self, path: str, timeout_s: float = 60.0) -> Any:
         """GET ``{base_url}/{path}`` (model listing), with the same error mapping as ``complete``."""
@@ -110,7 +120,7 @@ class OpenAICompatibleEngine:
                     body: Any = None) -> tuple[bytes, Mapping[str, str]]:
         """One HTTP exchange; every aiohttp exception and error status becomes a dfllm error here."""
         timeout = aiohttp.ClientTimeout(total=timeout_s)
-        data = None if body is None else _json_body(body)
+        data = body if body is None or isinstance(body, bytes) else _json_body(body)
         failure: EngineError | None = None
         try:
             async with self._session_now().request(
