@@ -18,10 +18,11 @@ from typing_extensions import Unpack
 
 from dfllm._api import Plan, make_plan
 from dfllm._exceptions import ConfigurationError, ParameterError
-from dfllm.config.options import PredictOptions, completion_budget
+from dfllm.config.options import Options, PredictOptions, completion_budget
 from dfllm.frames import lazy_predict_for
 from dfllm.prompt.template import Template
 from dfllm.runtime.cache import Cache
+from dfllm.runtime.stores import FsspecCache, Store
 
 _ASSUMED_COMPLETION_TOKENS = 256  # the executor's own assumption when nothing bounds an answer
 _TOKENS_PER_MESSAGE = 4  # chat formatting around each message (role, separators)
@@ -125,9 +126,7 @@ class Estimator:
         self._completion_price = completion_price
         self._count, self._tokenizer = token_counter(plan.spec.model)
         self._per_answer, self._completion_basis = self._completion_estimate(completion_tokens)
-        path = plan.options.cache_path() if plan.info.identity is not None else None
-        # Only an existing cache can hold answers; a dry run never creates one.
-        self._cache = Cache(path) if path is not None and path.exists() else None
+        self._cache = existing_store(plan.options.cache) if plan.info.identity is not None else None
         self._seen: set[int] = set()  # keys' rowids: a prompt repeated in a later batch is sent once
         self.rows = self.skipped = self.unique = self.hits = self.requests = 0
         self.prompt_tokens = 0
@@ -187,6 +186,25 @@ class Estimator:
     def close(self) -> None:
         if self._cache is not None:
             self._cache.close()
+
+
+def existing_store(cache: object) -> Store | None:
+    """The store the ``cache`` option names, if it already exists: a dry run never creates one.
+
+    Any backend the option can name is read (SQLite file or fsspec URL), so hits are counted
+    where the run would find them.
+    """
+    if isinstance(cache, str) and "://" in cache:
+        cache = FsspecCache(cache)
+    if isinstance(cache, FsspecCache):
+        import fsspec  # type: ignore[import-untyped]
+
+        fs, root = fsspec.core.url_to_fs(cache.url, **cache.storage_options)
+        return cache.open() if fs.exists(root) else None
+    if cache is False:
+        return None
+    path = Options(cache=cache).cache_path()  # type: ignore[arg-type]
+    return Cache(path) if path is not None and path.exists() else None
 
 
 def token_counter(model: str) -> tuple[Callable[[str], int], str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -65,3 +67,16 @@ def test_bad_options_are_configuration_errors_before_anything(fake: FakeProvider
     with pytest.raises(dfllm.ConfigurationError):
         dfllm.estimate(frame(), engine, "m", "{{nope}}", "y", concurrency=-1)
     assert fake.requests == []
+
+
+def test_cache_hits_are_counted_in_an_fsspec_cache_too(tmp_path: Path) -> None:
+    url = f"file://{tmp_path}/answers"
+    df = pd.DataFrame({"t": ["a", "b", "c"]})
+    with FakeProvider() as fake:
+        dfllm.create_engine("e", "openai", api_key="k", base_url=fake.base_url)
+        assert dfllm.estimate(df, "e", "m", "{{t}}", "y", cache=url).cache_hits == 0
+        assert not (tmp_path / "answers").exists()  # a dry run creates nothing
+        dfllm.predict(df.head(2), "e", "m", "{{t}}", "y", cache=url)
+        estimate = dfllm.estimate(df, "e", "m", "{{t}}", "y", cache=url)
+        sent = len(fake.chat_requests)
+    assert (estimate.cache_hits, estimate.requests, sent) == (2, 1, 2)
