@@ -347,9 +347,11 @@ def _answer(outcome: Outcome, options: Options) -> tuple[Any, DfllmError | None]
     if not isinstance(outcome, Completion):
         return None, outcome
     if options.schema is not None:
+        if outcome.values is not None:  # parsed by the executor's check
+            return outcome.values, None
         from dfllm.outputs.parse import parse_answer
 
-        try:  # the executor validated it already; this second parse yields the values
+        try:  # an answer from an executor run without the check
             return parse_answer(outcome.text, options.schema), None
         except SchemaError as exc:
             return None, exc

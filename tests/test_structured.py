@@ -372,6 +372,43 @@ def test_cache_key_includes_the_schema_and_cached_answers_are_revalidated() -> N
     assert stale.cache_hits == 0 and stale.requests == 1 and out["t_n"].tolist() == [30]
 
 
+def test_each_answer_is_parsed_once_fresh_or_cached(tmp_path: Any) -> None:
+    """The executor's check keeps the typed values; write-back uses them instead of parsing again."""
+    validated: list[int] = []
+
+    class Counted(pydantic.BaseModel):
+        n: int
+
+        @pydantic.field_validator("n")
+        @classmethod
+        def count(cls, value: int) -> int:
+            validated.append(value)
+            return value
+
+    df = pd.DataFrame({"text": [f"row {i}" for i in range(20)] + ["row 0"]})
+    engine = MockEngine(lambda request: json.dumps({"n": int(request.messages[-1]["content"].split()[-1])}),
+                        capabilities=STRICT)
+    cache = str(tmp_path / "cache.sqlite3")
+    for expected_requests in (20, 0):  # fresh, then every answer from the cache (checked again on read)
+        validated.clear()
+        stats = dfllm.RunStats()
+        out = dfllm.predict(df, engine, "m", "{{text}}", "t", schema=Counted, cache=cache, stats=stats)
+        assert stats.requests == expected_requests
+        assert sorted(validated) == list(range(20))  # once per unique answer, not once per check and once per write
+        assert out["t_n"].tolist() == [*range(20), 0]
+
+
+def test_write_back_parses_an_answer_no_check_has_seen() -> None:
+    from dfllm._api import _answer
+    from dfllm.config.options import build_options
+
+    options, problems = build_options([{"schema": {"n": int}}])
+    assert not problems
+    assert _answer(Completion('{"n": 4}'), options) == ((4,), None)
+    values, error = _answer(Completion('{"n": "four"}'), options)
+    assert values is None and isinstance(error, dfllm.SchemaError)
+
+
 def test_invalid_answers_are_never_cached() -> None:
     engine = json_engine({"x": '{"n": "bad"}'})
     for _ in range(2):

@@ -82,6 +82,9 @@ class Completion(NamedTuple):
     # Why the model stopped, as the provider said ("stop", "eos"...); None when it did not say.
     # Engines turn "length" and "content_filter" into errors, so a Completion is a whole answer.
     finish_reason: str | None = None
+    # The answer's typed values, one per schema field, once the executor has checked it against
+    # the call's schema (never stored in the cache: a cached answer is checked again on read).
+    values: tuple[Any, ...] | None = None
 
 
 @dataclass(frozen=True)

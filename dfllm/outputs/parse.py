@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -33,24 +34,46 @@ _INT64 = (-(2**63), 2**63 - 1)
 _RAW_SHOWN = 500
 
 
+class AnswerParser:
+    """Turns answer text into one value per top-level field of ``schema``, in order.
+
+    Built once per call: each field's conversion to a column value is chosen up front, and
+    fields that need none (strings, floats, booleans, lists of those) are taken as pydantic
+    gives them.
+    """
+
+    def __init__(self, schema: OutputSchema) -> None:
+        self.schema = schema
+        self._validate_json = schema.model.__pydantic_validator__.validate_json
+        self._fields = tuple((attr, converter(kind)) for _, attr, kind in schema.fields)
+
+    def __call__(self, text: str) -> tuple[Any, ...]:
+        """The values of ``text``'s answer; ``SchemaError`` if it does not fit the schema."""
+        try:
+            instance = self._validate_json(text, strict=True)
+        except pydantic.ValidationError as exc:
+            if not _is_syntax_error(exc):
+                raise _schema_error(text, self.schema, _describe(exc)) from None
+            instance = _validate_extracted(text, self.schema)
+        values = instance.__dict__
+        try:
+            return tuple(values[attr] if convert is None else convert(values[attr]) for attr, convert in self._fields)
+        except ValueError as exc:
+            raise _schema_error(text, self.schema, str(exc)) from None
+
+
 def parse_answer(text: str, schema: OutputSchema) -> tuple[Any, ...]:
     """One value per top-level field of ``schema``, in order; ``SchemaError`` if ``text`` does not fit."""
-    model = schema.model
-    try:
-        instance = model.model_validate_json(text, strict=True)
-    except pydantic.ValidationError as exc:
-        if not _is_syntax_error(exc):
-            raise _schema_error(text, schema, _describe(exc)) from None
-        instance = _validate_extracted(text, schema)
-    try:
-        return tuple(to_column_value(getattr(instance, attr), kind) for _, attr, kind in schema.fields)
-    except ValueError as exc:
-        raise _schema_error(text, schema, str(exc)) from None
+    return AnswerParser(schema)(text)
 
 
-def validator(schema: OutputSchema) -> Callable[[Completion], SchemaError | None]:
-    """The executor's ``validate`` callback: None when an answer fits, else why it does not."""
-    def validate(completion: Completion) -> SchemaError | None:
+def validator(schema: OutputSchema) -> Callable[[Completion], Completion | SchemaError]:
+    """The executor's ``validate`` callback: the answer with its typed values (``Completion.values``)
+    when it fits, else the ``SchemaError`` saying why not. Each answer is parsed once, here.
+    """
+    parse = AnswerParser(schema)
+
+    def validate(completion: Completion) -> Completion | SchemaError:
         # A cut-off answer is never half-parsed, and asking again with the same budget cannot help.
         # (HTTP engines raise for it already; a custom engine may only say so here.)
         if completion.finish_reason == "length":
@@ -59,10 +82,9 @@ def validator(schema: OutputSchema) -> Callable[[Completion], SchemaError | None
                 f"Raw answer: {completion.text[:_RAW_SHOWN]!r}", raw=completion.text,
                 problem="cut off at max_tokens", repairable=False)
         try:
-            parse_answer(completion.text, schema)
+            return completion._replace(values=parse(completion.text))
         except SchemaError as exc:
             return exc
-        return None
 
     return validate
 
@@ -125,22 +147,45 @@ def drop_trailing_commas(text: str) -> str:
 
 def to_column_value(value: Any, kind: ColumnType) -> Any:
     """A validated value as the frame adapters want it: plain Python, enums by value, UTC datetimes."""
+    convert = converter(kind)
+    return value if convert is None else convert(value)
+
+
+def converter(kind: ColumnType) -> Callable[[Any], Any] | None:
+    """How a validated value of ``kind`` becomes a column value; None when it already is one."""
+    if kind.kind in ("string", "float", "bool", "date"):
+        return None
+    if kind.kind == "list":
+        item = converter(kind.item) if kind.item is not None else None
+        if item is None:
+            return None
+        convert_item = item
+        return lambda value: None if value is None else [convert_item(v) for v in value]
+    if kind.kind == "struct":
+        fields = tuple((key, converter(sub)) for key, sub in kind.fields)
+
+        def struct(value: Any) -> Any:
+            if value is None:
+                return None
+            found = value.model_dump(by_alias=True) if isinstance(value, pydantic.BaseModel) else dict(value)
+            return {key: found.get(key) if convert is None else convert(found.get(key)) for key, convert in fields}
+
+        return struct
+    return functools.partial(_scalar, kind.kind)
+
+
+def _scalar(kind: str, value: Any) -> Any:
     if value is None:
         return None
     if isinstance(value, enum.Enum):
         value = value.value
-    if kind.kind == "int":
+    if kind == "int":
         if not _INT64[0] <= value <= _INT64[1]:
             raise ValueError(f"{value} does not fit a 64-bit integer column")
         return value
-    if kind.kind == "datetime" and isinstance(value, dt.datetime) and value.tzinfo is not None:
+    if kind == "datetime" and isinstance(value, dt.datetime) and value.tzinfo is not None:
         return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    if kind.kind == "list" and kind.item is not None:
-        return [to_column_value(v, kind.item) for v in value]
-    if kind.kind == "struct":
-        fields = value.model_dump(by_alias=True) if isinstance(value, pydantic.BaseModel) else dict(value)
-        return {key: to_column_value(fields.get(key), sub) for key, sub in kind.fields}
-    if kind.kind == "json":
+    if kind == "json":
         return pydantic_core.to_jsonable_python(value, by_alias=True)
     return value
 

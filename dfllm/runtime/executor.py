@@ -9,7 +9,8 @@ progress. Warnings of the run (a header pace it would not obey, answers the cach
 keep) are in ``RunStats.warnings`` and emitted as ``RuntimeWarning`` when the run ends.
 
 Answers that must fit a schema are checked here too, because a re-ask is policy: given a
-``validate`` callback (an answer -> ``None`` when it fits, else the ``SchemaError``), a row whose
+``validate`` callback (an answer -> the answer with its typed ``values`` when it fits, else the
+``SchemaError``; each answer is parsed once, here), a row whose
 answer does not fit is asked again, at most ``max_repairs`` times, with its previous answer and
 the validation problem in the conversation; then the ``SchemaError`` is that row's outcome. Only
 answers that fit are cached, and a cached answer is checked again on read (a changed schema,
@@ -47,7 +48,7 @@ from dfllm.runtime.retry import backoff_s, retry_after_cause, seconds_text, serv
 from dfllm.runtime.stores import Store, open_store
 
 Outcome = Completion | EngineError | SchemaError
-Validate = Callable[[Completion], "SchemaError | None"]
+Validate = Callable[[Completion], "Completion | SchemaError"]
 
 # Before the first answer we know nothing of the account's limits: one request goes alone, so
 # its headers are read before more are sent; then this many go in flight (doubling per round
@@ -206,7 +207,8 @@ class Executor:
                 with gc_paused():
                     found = cache.get_many(w.key for w in work)
                     if self._validate is not None:
-                        found = {k: c for k, c in found.items() if self._validate(c) is None}
+                        checked = ((k, self._validate(c)) for k, c in found.items())
+                        found = {k: c for k, c in checked if isinstance(c, Completion)}
                     results = [found.get(w.key) for w in work]
                 hits = len(found)
                 self.stats.cache_hits += hits
@@ -262,8 +264,8 @@ class Executor:
         repairs = 0
         while self._validate is not None and isinstance(outcome, Completion):
             problem = self._validate(outcome)
-            if problem is None:
-                break
+            if isinstance(problem, Completion):
+                return problem  # it fits, with its typed values
             if not problem.repairable or repairs >= self._options.max_repairs or self._abort is not None:
                 return problem
             repairs += 1
