@@ -212,3 +212,43 @@ def test_a_429_storm_or_a_429_at_a_given_pace_is_told_to_the_cluster_gate() -> N
     assert 1 <= len(gate.rate_limited) < 20 and all(wait == 0.01 for wait in gate.rate_limited)
     gate, _ = run_with_gate({5}, rpm=600)  # the pace given should have kept under the cap
     assert gate.rate_limited == [1.0]
+
+
+def test_young_collections_are_rarer_while_requests_are_in_flight_and_thresholds_come_back() -> None:
+    import gc
+    import threading
+
+    from dfllm.runtime.bulk import NETWORK_YOUNG_THRESHOLD
+
+    seen: list[int] = []
+    both_in_flight = threading.Barrier(2, timeout=30)
+
+    async def handler(request: Request) -> str:
+        seen.append(gc.get_threshold()[0])
+        if "overlap" in request.messages[-1]["content"]:
+            await asyncio.to_thread(both_in_flight.wait)  # two runs, in two threads, in flight at once
+        return "ok"
+
+    def predict(text: str) -> None:
+        dfllm.predict(pd.DataFrame({"t": [text]}), MockEngine(handler), "m", "{{t}}", "y", cache=False)
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        predict("alone")
+        assert seen == [NETWORK_YOUNG_THRESHOLD] and gc.get_threshold() == (700, 10, 10)
+
+        threads = [threading.Thread(target=predict, args=(f"overlap {i}",)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert seen[1:] == [NETWORK_YOUNG_THRESHOLD] * 2 and gc.get_threshold() == (700, 10, 10)
+
+        for mine in ((0, 10, 10), (10 * NETWORK_YOUNG_THRESHOLD, 10, 10)):  # collection off, or rarer: kept
+            seen.clear()
+            gc.set_threshold(*mine)
+            predict("alone")
+            assert seen == [mine[0]] and gc.get_threshold() == mine
+    finally:
+        gc.set_threshold(*saved)

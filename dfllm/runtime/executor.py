@@ -32,7 +32,7 @@ from dfllm._exceptions import AuthenticationError, EngineError, RateLimitError, 
 from dfllm.config.options import Options
 from dfllm.engines.base import Completion, Engine, RateLimitState, Request
 from dfllm.prompt.keys import Key
-from dfllm.runtime.bulk import gc_paused
+from dfllm.runtime.bulk import gc_paused, gc_relaxed
 from dfllm.runtime.limiter import (
     AdaptiveRate,
     Clock,
@@ -222,7 +222,8 @@ class Executor:
                 for _ in range(min(self._pool, n_pending))
             ]
             try:
-                await asyncio.gather(*workers)
+                with gc_relaxed():
+                    await asyncio.gather(*workers)
             finally:
                 for task in workers:
                     task.cancel()
