@@ -255,7 +255,8 @@ def schema_validator(options: Options) -> Validate | None:
 
 
 def _new_columns(target: str, options: Options) -> list[str]:
-    names = schema_column_names(target, options.schema) if options.schema is not None else [target]
+    names = ([target] if options.schema is None
+             else schema_column_names(target, options.schema, options.schema_columns))
     if options.usage_columns:
         names += [f"{target}_prompt_tokens", f"{target}_completion_tokens"]
     if options.errors == "null":
@@ -322,7 +323,7 @@ def write_back(plan: Plan, outcomes: list[Outcome], stats: RunStats) -> Any:
     for exc in row_errors.values():
         stats.errors[type(exc).__name__] = stats.errors.get(type(exc).__name__, 0) + 1
     if options.schema is not None:
-        columns = schema_columns(target, options.schema, answers)
+        columns = schema_columns(target, options.schema, answers, options.schema_columns)
     else:
         answer_type = ColumnType("category", categories=options.choices) if options.choices else ColumnType("string")
         columns = {target: Column(answers, answer_type)}

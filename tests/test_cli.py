@@ -147,6 +147,24 @@ def test_failed_rows_exit_1_with_their_errors_in_the_error_column(tmp_path: Path
     assert "LabelError" in str(out[1]["y_error"]) and "1 failed rows" in done.stderr
 
 
+def test_a_schema_gives_typed_parquet_columns_or_one_struct_column(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"t": ["a", "b"]}), tmp_path / "in.parquet")
+    schema = json.dumps({"type": "object", "properties": {"n": {"type": "integer"}, "tag": {"type": "string"}}})
+    with FakeProvider(responder="echo") as fake:
+        for layout in ("fields", "struct"):
+            done = run(predict_args(fake, str(tmp_path / "in.parquet"), str(tmp_path / f"{layout}.parquet"),
+                                    "--schema", schema, "--schema-columns", layout), tmp_path)
+            assert done.returncode == 0, done.stderr
+    fields = pq.read_table(tmp_path / "fields.parquet")
+    assert (fields.schema.field("y_n").type, fields.schema.field("y_tag").type) == (pa.int64(), pa.string())
+    packed = pq.read_table(tmp_path / "struct.parquet")
+    assert packed.column_names == ["t", "y", "y_error"]
+    assert packed.schema.field("y").type == pa.struct([("n", pa.int64()), ("tag", pa.string())])
+    assert [r["y"] for r in packed.to_pylist()] == [{"n": n, "tag": tag} for n, tag in
+                                                    zip(fields["y_n"].to_pylist(), fields["y_tag"].to_pylist(),
+                                                        strict=True)]
+
+
 def test_configuration_errors_exit_2_all_at_once_before_any_request(tmp_path: Path) -> None:
     pq.write_table(pa.table({"t": ["a"]}), tmp_path / "in.parquet")
     with FakeProvider() as fake:

@@ -118,6 +118,10 @@ def test_a_schema_column_that_would_overwrite_one_is_refused_before_any_request(
         dfllm.predict(df, engine, "m", "{{text}}", "t", schema={"n": int})
     with pytest.raises(dfllm.ConfigurationError, match=r"name two columns \['t_error'\]"):
         dfllm.predict(df, engine, "m", "{{text}}", "t", schema={"error": str}, errors="null")
+    with pytest.raises(dfllm.ConfigurationError, match=r"overwrite existing column\(s\) \['text'\]"):
+        dfllm.predict(df, engine, "m", "{{text}}", "text", schema={"n": int}, schema_columns="struct")
+    with pytest.raises(dfllm.ConfigurationError, match=r"schema_columns must be one of 'fields', 'struct', got 'one'"):
+        dfllm.predict(df, engine, "m", "{{text}}", "t2", schema={"n": int}, schema_columns="one")  # type: ignore[arg-type]
     assert engine.requests == []
 
 
@@ -193,6 +197,18 @@ def test_any_schema_and_conforming_answers_give_typed_columns_that_round_trip(
                 assert error.startswith("SchemaError: The answer does not match the schema") and '{"nested"' in error
             else:
                 assert error is None or pd.isna(error)
+        # One struct column instead: the same typed values, kept together.
+        packed = dfllm.predict(frame, json_engine(answers), "m", "{{text}}", "t", schema=schema, cache=False,
+                               errors="null", max_repairs=1, schema_columns="struct")
+        assert [c for c in packed.columns if c.startswith("t")] == ["text", "t", "t_error"]
+        if is_pandas:
+            assert packed["t"].dtype == object
+            assert list(packed["t"]) == [None if i == bad else row for i, row in enumerate(rows)]
+        else:
+            assert packed["t"].dtype == pl.Struct({n: FIELD_KINDS[k][3] for n, k in kinds.items()})
+            unpacked = packed["t"].struct.unnest()
+            for name in kinds:
+                assert unpacked[name].to_list() == out[f"t_{name}"].to_list()
 
 
 # -- parsing: tolerant about where the JSON is, strict about types --------------------------

@@ -236,6 +236,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("schema", "dict", None,
            "answers as typed columns {target}_{field}: a pydantic model class, a JSON Schema dict, or "
            "{'field': type}; see Structured outputs", _schema, default_text="none"),
+    Option("schema_columns", "str", "fields", "'fields': one typed column {target}_{field} per schema field; "
+           "'struct': one struct column {target} holding them all", one_of("fields", "struct")),
     Option("max_repairs", "int", 2, "re-asks of a row whose answer does not fit the schema, showing the "
            "model its answer and the validation error; then a row error", non_negative_int),
     Option("concurrency", "int", 64, "requests in flight at most", positive_int),
@@ -286,6 +288,7 @@ class PredictOptions(TypedDict, total=False):
     system: str | None
     choices: list[str] | tuple[str, ...] | None
     schema: Any
+    schema_columns: Literal["fields", "struct"]
     max_repairs: int
     concurrency: int
     rpm: float | None
@@ -309,6 +312,7 @@ class Options:
     system: str | None = None
     choices: tuple[str, ...] | None = None
     schema: OutputSchema | None = None
+    schema_columns: Literal["fields", "struct"] = "fields"
     max_repairs: int = OPTION_BY_NAME["max_repairs"].default
     concurrency: int = OPTION_BY_NAME["concurrency"].default
     rpm: float | None = None
