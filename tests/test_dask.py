@@ -27,6 +27,7 @@ from dfllm.frames.dask import EngineSpec  # noqa: E402
 from dfllm.runtime.coordinator import LEASE_S, Budgets, ClusterGate, RateCoordinator  # noqa: E402
 from dfllm.runtime.stores import FsspecCache, object_name, open_store  # noqa: E402
 from dfllm.testing import FakeClock, FakeProvider, sequence, status  # noqa: E402
+from dfllm.testing._responders import sentiment  # noqa: E402
 from tests.conftest import KEY  # noqa: E402
 
 MODEL = "gpt-4o-mini"
@@ -293,6 +294,28 @@ def test_schema_and_choices_give_the_same_typed_columns_as_on_pandas(client: Any
     assert str(classified["s"].dtype) == "category"
     assert list(classified["s"].cat.categories) == ["positive", "negative", "neutral"]
     assert classified["s"].tolist()[:3] == ["positive", "negative", "neutral"]
+
+
+def test_the_verbs_on_dask_are_lazy_and_answer_like_pandas(client: Any) -> None:
+    def responder(model: str, prompt: str) -> str:  # a lexicon's label, or yes for a positive text
+        label = sentiment(model, prompt)
+        return ("yes" if label == "positive" else "no") if prompt.startswith("Is") else label
+
+    with FakeProvider(responder=responder) as fake:
+        dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
+        df = pd.DataFrame({"text": ["great day", "awful day", "a table", "nice"], "n": [1, 2, 3, 4]})
+        ddf = dd.from_pandas(df, npartitions=2, sort=False)
+        labels = ["positive", "negative", "neutral"]
+        question = "Is this text positive? Answer yes or no: {{text}}"
+        classified = ddf.llm.classify("text", labels, engine="t", model=MODEL)
+        kept = ddf.llm.filter(question, engine="t", model=MODEL)
+        assert fake.chat_requests == [] and list(kept.columns) == ["text", "n"]
+        pd.testing.assert_series_equal(
+            classified.compute()["text_label"].reset_index(drop=True),
+            df.llm.classify("text", labels, engine="t", model=MODEL)["text_label"].reset_index(drop=True))
+        expected_kept = df.llm.filter(question, engine="t", model=MODEL)  # type: ignore[call-arg, arg-type]
+        assert 0 < len(expected_kept) < len(df)
+        assert kept.compute()["n"].tolist() == expected_kept["n"].tolist()
 
 
 def test_stats_and_storage_credentials_are_refused_before_a_graph_is_built(tmp_path: Path) -> None:

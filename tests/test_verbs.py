@@ -85,6 +85,28 @@ def test_filter_with_errors_null_leaves_failed_rows_out_and_raise_reports_them()
         df.llm.filter("{{text}}?", engine=engine, model="m", cache=False)  # type: ignore[arg-type, call-arg]
 
 
+def test_verbs_on_a_lazyframe_stay_lazy_until_collected() -> None:
+    def handler(request: Request) -> str:
+        prompt = request.messages[-1]["content"]
+        if prompt.startswith("Extract"):
+            return json.dumps({"words": len(prompt.rsplit("Text: ", 1)[-1].split())})
+        if prompt.startswith("Is"):
+            return "yes" if "love" in prompt else "no"
+        return lexicon(request)
+
+    engine = MockEngine(handler, capabilities=Capabilities(json_schema=True))
+    lf = pl.LazyFrame({"text": TEXTS, "n": [1, 2, 3]})
+    labelled = lf.llm.classify("text", ["positive", "neutral", "negative"], engine=engine, model="m")  # type: ignore[attr-defined]
+    extracted = lf.llm.extract("text", {"words": int}, engine=engine, model="m")  # type: ignore[attr-defined]
+    kept = lf.llm.filter("Is this text positive? {{text}}", engine=engine, model="m")  # type: ignore[attr-defined]
+    assert all(isinstance(f, pl.LazyFrame) for f in (labelled, extracted, kept)) and engine.requests == []
+    assert kept.collect_schema().names() == ["text", "n"]
+    assert labelled.collect()["text_label"].to_list() == ["positive", "negative", "neutral"]
+    assert extracted.collect()["text_words"].to_list() == [3, 3, 4]
+    assert kept.collect().to_dicts() == [{"text": "I love it", "n": 1}]
+    assert len(engine.requests) == 9
+
+
 def test_verbs_report_bad_input_before_any_request() -> None:
     engine = MockEngine()
     df = pd.DataFrame({"text": ["x"]})

@@ -61,9 +61,19 @@ class FrameAdapter(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class LazyKind:
+    """A lazy frame library: ``predict`` returns its lazy result (no request is sent), and
+    ``keep_yes(answered, target)`` the lazy rows of such a result whose ``target`` is "yes",
+    without ``target`` and its error column (``filter``)."""
+
+    matches: Callable[[object], bool]
+    predict: Callable[..., Any]
+    keep_yes: Callable[[Any, str], Any]
+
+
 _ADAPTERS: dict[str, FrameAdapter] = {}
-# Lazy frame libraries: a predicate and the function that returns the lazy result (no request).
-_LAZY: dict[str, tuple[Callable[[object], bool], Callable[..., Any]]] = {}
+_LAZY: dict[str, LazyKind] = {}
 # Frame libraries dfllm knows, by the top-level module their frames' types live in.
 _KNOWN = {"pandas": "dfllm.frames.pandas", "polars": "dfllm.frames.polars", "pyarrow": "dfllm.frames.arrow",
           "dask": "dfllm.frames.dask"}
@@ -73,15 +83,21 @@ def register(adapter: FrameAdapter) -> None:
     _ADAPTERS[adapter.name] = adapter
 
 
-def register_lazy(name: str, matches: Callable[[object], bool], predict: Callable[..., Any]) -> None:
-    """A lazy frame library: ``dfllm.predict`` on its frames returns ``predict(df, ...)``, a lazy frame."""
-    _LAZY[name] = (matches, predict)
+def register_lazy(name: str, kind: LazyKind) -> None:
+    """A lazy frame library: ``dfllm.predict`` on its frames returns ``kind.predict(df, ...)``."""
+    _LAZY[name] = kind
+
+
+def lazy_kind_for(df: object) -> LazyKind | None:
+    """``df``'s lazy frame library, or None for an eager frame."""
+    _import_known(df)
+    return next((kind for kind in _LAZY.values() if kind.matches(df)), None)
 
 
 def lazy_predict_for(df: object) -> Callable[..., Any] | None:
     """The lazy ``predict`` for ``df``'s library, or None for an eager frame."""
-    _import_known(df)
-    return next((predict for matches, predict in _LAZY.values() if matches(df)), None)
+    kind = lazy_kind_for(df)
+    return None if kind is None else kind.predict
 
 
 def _import_known(df: object) -> None:

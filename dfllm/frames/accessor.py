@@ -1,4 +1,4 @@
-"""The ``.llm`` accessor: a thin door onto ``dfllm.predict`` for pandas and Polars frames."""
+"""The ``.llm`` accessor: a thin door onto ``dfllm.predict``, and the verbs, for every frame kind."""
 
 from __future__ import annotations
 
@@ -14,62 +14,65 @@ if TYPE_CHECKING:
     from dfllm.runtime.progress import RunStats
 
 
-class LLMAccessor:
-    """``df.llm.predict(engine, model, template, target, **options)``; see ``dfllm.predict``.
+class Verbs:
+    """``classify``, ``extract`` and ``filter``: thin doors onto ``predict`` (``dfllm.outputs.verbs``),
+    for every frame with an ``.llm`` accessor, lazy ones included."""
 
-    The verbs ``classify``, ``extract`` and ``filter`` are thin doors onto ``predict`` too; see
-    ``dfllm.outputs.verbs``.
-    """
-
-    def __init__(self, df: Any) -> None:
-        self._df = df
-
-    def predict(self, engine: Any, model: str | None = None, template: str | Template | None = None,
-                target: str | None = None, *, stats: RunStats | None = None,
-                **options: Unpack[PredictOptions]) -> Any:
-        from dfllm._api import predict
-
-        return predict(self._df, engine, model, template, target, stats=stats, **options)
-
-    async def apredict(self, engine: Any, model: str | None = None, template: str | Template | None = None,
-                       target: str | None = None, *, stats: RunStats | None = None,
-                       **options: Unpack[PredictOptions]) -> Any:
-        from dfllm._api import apredict
-
-        return await apredict(self._df, engine, model, template, target, stats=stats, **options)
+    _frame: Any
 
     def classify(self, column: str, labels: Sequence[str], *, engine: Any = "local", model: str | None = None,
                  target: str | None = None, **options: Unpack[PredictOptions]) -> Any:
         """A ``{column}_label`` column (or ``target``): one of ``labels`` per row, categorical."""
         from dfllm.outputs.verbs import classify
 
-        return classify(self._df, column, labels, engine=engine, model=model, target=target, **options)
+        return classify(self._frame, column, labels, engine=engine, model=model, target=target, **options)
 
     def extract(self, column: str, fields: Any, *, engine: Any = "local", model: str | None = None,
                 target: str | None = None, **options: Unpack[PredictOptions]) -> Any:
         """Typed ``{column}_{field}`` columns: ``fields`` is a list of names or any ``schema`` form."""
         from dfllm.outputs.verbs import extract
 
-        return extract(self._df, column, fields, engine=engine, model=model, target=target, **options)
+        return extract(self._frame, column, fields, engine=engine, model=model, target=target, **options)
 
     def filter(self, template: str, *, engine: Any = "local", model: str | None = None,
                **options: Unpack[PredictOptions]) -> Any:
         """The rows the model answers "yes" for ``template``, a yes/no question about each row."""
         from dfllm.outputs.verbs import filter as filter_rows
 
-        return filter_rows(self._df, template, engine=engine, model=model, **options)
+        return filter_rows(self._frame, template, engine=engine, model=model, **options)
+
+
+class LLMAccessor(Verbs):
+    """``df.llm.predict(engine, model, template, target, **options)``; see ``dfllm.predict``."""
+
+    def __init__(self, df: Any) -> None:
+        self._frame = df
+
+    def predict(self, engine: Any, model: str | None = None, template: str | Template | None = None,
+                target: str | None = None, *, stats: RunStats | None = None,
+                **options: Unpack[PredictOptions]) -> Any:
+        from dfllm._api import predict
+
+        return predict(self._frame, engine, model, template, target, stats=stats, **options)
+
+    async def apredict(self, engine: Any, model: str | None = None, template: str | Template | None = None,
+                       target: str | None = None, *, stats: RunStats | None = None,
+                       **options: Unpack[PredictOptions]) -> Any:
+        from dfllm._api import apredict
+
+        return await apredict(self._frame, engine, model, template, target, stats=stats, **options)
 
     def finetune(self, engine: Any, base_model: str, **options: Any) -> Any:
         from dfllm._finetune import finetune
 
-        return finetune(engine, base_model, self._df, **options)
+        return finetune(engine, base_model, self._frame, **options)
 
 
 def taken_by_other(cls: type, name: str = "llm") -> bool:
     """True when another package already put ``name`` on ``cls``: we refuse to replace it silently."""
     # Read through the class, pandas' and Polars' registrations both give back the accessor class.
     existing = getattr(cls, name, None)
-    if existing is None or existing is LLMAccessor:
+    if existing is None or (isinstance(existing, type) and issubclass(existing, Verbs)):
         return False
     warnings.warn(
         f"{cls.__module__}.{cls.__name__}.{name} is already registered by "

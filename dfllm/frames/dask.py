@@ -30,8 +30,8 @@ from dfllm.config.engines import EngineConfig
 from dfllm.config.options import PredictOptions
 from dfllm.config.secrets import Secret
 from dfllm.engines.providers import Provider
-from dfllm.frames import register_lazy
-from dfllm.frames.accessor import taken_by_other
+from dfllm.frames import LazyKind, register_lazy
+from dfllm.frames.accessor import Verbs, taken_by_other
 from dfllm.prompt.template import Template
 from dfllm.runtime.executor import Outcome
 from dfllm.runtime.progress import RunStats
@@ -294,17 +294,24 @@ def is_dask_frame(df: object) -> bool:
     return isinstance(df, dd.DataFrame)
 
 
-class DaskAccessor:
-    """``ddf.llm.predict(engine, model, template, target, **options)``: a lazy Dask DataFrame."""
+class DaskAccessor(Verbs):
+    """``ddf.llm.predict(engine, model, template, target, **options)``: a lazy Dask DataFrame.
+    The verbs return lazy Dask DataFrames too."""
 
     def __init__(self, ddf: dd.DataFrame) -> None:
-        self._ddf = ddf
+        self._frame = ddf
 
     def predict(self, engine: Any, model: str | None = None, template: str | Template | None = None,
                 target: str | None = None, **options: Unpack[PredictOptions]) -> dd.DataFrame:
-        return predict(self._ddf, engine, model, template, target, **options)
+        return predict(self._frame, engine, model, template, target, **options)
 
 
-register_lazy("dask", is_dask_frame, predict)
+def _keep_yes(answered: dd.DataFrame, target: str) -> dd.DataFrame:
+    kept = answered[answered[target] == "yes"]
+    result: dd.DataFrame = kept.drop(columns=[c for c in (target, f"{target}_error") if c in answered.columns])
+    return result
+
+
+register_lazy("dask", LazyKind(is_dask_frame, predict, _keep_yes))
 if not taken_by_other(dd.DataFrame):
     register_dataframe_accessor("llm")(DaskAccessor)  # type: ignore[no-untyped-call]

@@ -23,8 +23,8 @@ import polars as pl
 from polars.io.plugins import register_io_source
 from typing_extensions import Unpack
 
-from dfllm.frames import register_lazy
-from dfllm.frames.accessor import taken_by_other
+from dfllm.frames import LazyKind, register_lazy
+from dfllm.frames.accessor import Verbs, taken_by_other
 
 if TYPE_CHECKING:
     from dfllm._api import Plan
@@ -35,17 +35,18 @@ if TYPE_CHECKING:
 DEFAULT_BATCH_ROWS = 50_000
 
 
-class LazyLLMAccessor:
-    """``lf.llm.predict(engine, model, template, target, **options)``: a LazyFrame with the answers."""
+class LazyLLMAccessor(Verbs):
+    """``lf.llm.predict(engine, model, template, target, **options)``: a LazyFrame with the answers.
+    The verbs return LazyFrames too."""
 
     def __init__(self, lf: pl.LazyFrame) -> None:
-        self._lf = lf
+        self._frame = lf
 
     def predict(self, engine: Any, model: str | None = None, template: str | Template | None = None,
                 target: str | None = None, *, stats: RunStats | None = None,
                 batch_rows: int = DEFAULT_BATCH_ROWS, **options: Unpack[PredictOptions]) -> pl.LazyFrame:
         """Like ``dfllm.predict``, lazily. ``stats`` receives the counters of every collect."""
-        return predict_lazy(self._lf, engine, model, template, target, stats=stats, batch_rows=batch_rows,
+        return predict_lazy(self._frame, engine, model, template, target, stats=stats, batch_rows=batch_rows,
                             **options)
 
 
@@ -104,6 +105,10 @@ def _batches(lf: pl.LazyFrame, plan: Plan, stats: RunStats | None, batch_rows: i
         runner.close()
 
 
-register_lazy("polars-lazy", lambda df: isinstance(df, pl.LazyFrame), predict_lazy)
+def _keep_yes(answered: pl.LazyFrame, target: str) -> pl.LazyFrame:
+    return answered.filter(pl.col(target) == "yes").drop([target, f"{target}_error"], strict=False)
+
+
+register_lazy("polars-lazy", LazyKind(lambda df: isinstance(df, pl.LazyFrame), predict_lazy, _keep_yes))
 if not taken_by_other(pl.LazyFrame):
     pl.api.register_lazyframe_namespace("llm")(LazyLLMAccessor)

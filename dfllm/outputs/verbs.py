@@ -7,10 +7,13 @@
 
 They build a template and options and call ``predict``: one execution path, the same cache,
 limits, retries and errors. ``engine`` defaults to ``"local"`` (the bundled model, offline).
+On a lazy frame (Polars LazyFrame, Dask) each verb returns a lazy frame too, and sends nothing
+until it is computed.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,6 +60,12 @@ def filter(df: Any, template: str, *, engine: Any = "local", model: str | None =
     """
     from dfllm._api import predict
 
+    system = options.get("system") or "Answer the question about the text with yes or no only."
+    call: dict[str, Any] = {**options, "choices": _YES_NO, "system": system}
+    lazy = frames.lazy_kind_for(df)
+    if lazy is not None:  # the answers and the filter both stay lazy
+        target = f"_dfllm_keep_{uuid.uuid4().hex[:12]}"
+        return lazy.keep_yes(predict(df, engine, model, template, target, **call), target)
     adapter = frames.adapter_for(df)
     keep_rows = getattr(adapter, "keep_rows", None)
     if keep_rows is None:
@@ -64,8 +73,6 @@ def filter(df: Any, template: str, *, engine: Any = "local", model: str | None =
     existing = set(adapter.column_names(df))
     target = next(t for t in (f"_dfllm_keep{i or ''}" for i in range(len(existing) + 1))
                   if not {t, f"{t}_error"} & existing)
-    system = options.get("system") or "Answer the question about the text with yes or no only."
-    call: dict[str, Any] = {**options, "choices": _YES_NO, "system": system}
     answered = predict(df, engine, model, template, target, **call)
     return keep_rows(df, [answer == "yes" for answer in adapter.column_values(answered, target)])
 
