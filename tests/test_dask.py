@@ -308,7 +308,7 @@ def test_the_verbs_on_dask_are_lazy_and_answer_like_pandas(client: Any) -> None:
         labels = ["positive", "negative", "neutral"]
         question = "Is this text positive? Answer yes or no: {{text}}"
         classified = ddf.llm.classify("text", labels, engine="t", model=MODEL)
-        kept = ddf.llm.filter(question, engine="t", model=MODEL)
+        kept = ddf.llm.filter(question, engine="t", model=MODEL, usage_columns=True)
         assert fake.chat_requests == [] and list(kept.columns) == ["text", "n"]
         pd.testing.assert_series_equal(
             classified.compute()["text_label"].reset_index(drop=True),

@@ -245,10 +245,45 @@ def test_young_collections_are_rarer_while_requests_are_in_flight_and_thresholds
             thread.join()
         assert seen[1:] == [NETWORK_YOUNG_THRESHOLD] * 2 and gc.get_threshold() == (700, 10, 10)
 
+        async def retune(request: Request) -> str:  # the older generations, changed mid-run, are kept
+            gc.set_threshold(gc.get_threshold()[0], 99, 98)
+            return "ok"
+
+        dfllm.predict(pd.DataFrame({"t": ["x"]}), MockEngine(retune), "m", "{{t}}", "y", cache=False)
+        assert gc.get_threshold() == (700, 99, 98)
+        gc.set_threshold(700, 10, 10)
+
         for mine in ((0, 10, 10), (10 * NETWORK_YOUNG_THRESHOLD, 10, 10)):  # collection off, or rarer: kept
             seen.clear()
             gc.set_threshold(*mine)
             predict("alone")
             assert seen == [mine[0]] and gc.get_threshold() == mine
+    finally:
+        gc.set_threshold(*saved)
+
+
+def test_a_process_forked_mid_run_starts_with_the_young_threshold_it_had() -> None:
+    import gc
+    import os
+
+    from dfllm.runtime.bulk import NETWORK_YOUNG_THRESHOLD, gc_relaxed
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        with gc_relaxed():
+            assert gc.get_threshold()[0] == NETWORK_YOUNG_THRESHOLD
+            read, write = os.pipe()
+            child = os.fork()
+            if child == 0:  # pragma: no cover (the child's report is asserted below)
+                with gc_relaxed():
+                    pass
+                os.write(write, repr(gc.get_threshold()).encode())
+                os._exit(0)
+            os.close(write)
+            os.waitpid(child, 0)
+            with os.fdopen(read) as pipe:
+                assert pipe.read() == "(700, 10, 10)"
+        assert gc.get_threshold() == (700, 10, 10)
     finally:
         gc.set_threshold(*saved)

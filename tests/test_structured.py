@@ -414,6 +414,41 @@ def test_each_answer_is_parsed_once_fresh_or_cached(tmp_path: Any) -> None:
         assert out["t_n"].tolist() == [*range(20), 0]
 
 
+def test_sets_and_tuples_become_lists_and_free_form_json_inside_a_struct_is_json_text_in_arrow() -> None:
+    import pyarrow as pa
+
+    class Inner(pydantic.BaseModel):
+        tags: set[str]
+        meta: dict[str, Any]
+
+    class Outer(pydantic.BaseModel):
+        pair: tuple[str, ...]
+        inner: Inner
+
+    engine = json_engine({"x": {"pair": ["a", "b"], "inner": {"tags": ["t"], "meta": {"k": [1, 2]}}}})
+    for layout in ("fields", "struct"):
+        out = dfllm.predict(pl.DataFrame({"text": ["x"]}), engine, "m", "{{text}}", "t", schema=Outer,
+                            schema_columns=layout, cache=False)
+        row = out.row(0, named=True)
+        packed = row["t"] if layout == "struct" else {"pair": row["t_pair"], "inner": row["t_inner"]}
+        assert packed == {"pair": ["a", "b"], "inner": {"tags": ["t"], "meta": {"k": [1, 2]}}}
+        pandas_out = dfllm.predict(pd.DataFrame({"text": ["x"]}), engine, "m", "{{text}}", "t", schema=Outer,
+                                   schema_columns=layout, cache=False)
+        first = pandas_out.iloc[0]
+        assert (first["t"]["pair"] if layout == "struct" else first["t_pair"]) == ["a", "b"]
+        table = dfllm.predict(pa.table({"text": ["x"]}), engine, "m", "{{text}}", "t", schema=Outer,
+                              schema_columns=layout, cache=False)
+        inner = table.column("t").to_pylist()[0]["inner"] if layout == "struct" else table.column("t_inner")[0].as_py()
+        assert inner == {"tags": ["t"], "meta": '{"k": [1, 2]}'}
+
+
+def test_schema_columns_struct_without_a_schema_is_a_configuration_error() -> None:
+    engine = json_engine({})
+    with pytest.raises(dfllm.ConfigurationError, match="schema_columns='struct' packs a schema's fields"):
+        dfllm.predict(pd.DataFrame({"text": ["x"]}), engine, "m", "{{text}}", "t", schema_columns="struct")
+    assert engine.requests == []
+
+
 def test_write_back_parses_an_answer_no_check_has_seen() -> None:
     from dfllm._api import _answer
     from dfllm.config.options import build_options

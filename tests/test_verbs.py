@@ -105,6 +105,9 @@ def test_verbs_on_a_lazyframe_stay_lazy_until_collected() -> None:
     assert extracted.collect()["text_words"].to_list() == [3, 3, 4]
     assert kept.collect().to_dicts() == [{"text": "I love it", "n": 1}]
     assert len(engine.requests) == 9
+    with_usage = lf.llm.filter("Is this text positive? {{text}}", engine=engine, model="m",  # type: ignore[attr-defined]
+                               usage_columns=True, errors="null")
+    assert with_usage.collect_schema().names() == ["text", "n"]  # none of the answer's own columns
 
 
 def test_verbs_report_bad_input_before_any_request() -> None:

@@ -376,6 +376,9 @@ def build_options(layers: list[Mapping[str, Any]]) -> tuple[Options, list[str]]:
         merged.update(layer)
     problems = unknown_option_problems([str(k) for k in merged])
     problems += option_problems(merged)
+    if merged.get("schema_columns") == "struct" and merged.get("schema") is None:
+        problems.append("schema_columns='struct' packs a schema's fields into one column: pass schema= too, "
+                        "or leave schema_columns out.")
     if merged.get("schema") is not None and merged.get("choices") is not None:
         problems.append("choices and schema cannot be combined: use choices for one label, or a schema field "
                         "typed Literal['a', 'b'] for labels among other fields.")

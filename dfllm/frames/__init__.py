@@ -65,7 +65,7 @@ class FrameAdapter(Protocol):
 class LazyKind:
     """A lazy frame library: ``predict`` returns its lazy result (no request is sent), and
     ``keep_yes(answered, target)`` the lazy rows of such a result whose ``target`` is "yes",
-    without ``target`` and its error column (``filter``)."""
+    without the columns the answer added (``target`` and ``{target}_...``; ``filter``)."""
 
     matches: Callable[[object], bool]
     predict: Callable[..., Any]

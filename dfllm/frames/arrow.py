@@ -39,9 +39,32 @@ def arrow_array(column: Column) -> pa.Array:
         index = {label: i for i, label in enumerate(kind.categories)}
         codes = pa.array([None if v is None else index[v] for v in column.values], pa.int32())
         return pa.DictionaryArray.from_arrays(codes, dictionary)
-    if arrow_type(kind) == pa.string() and kind.kind != "string":
-        return pa.array([None if v is None else json.dumps(v) for v in column.values], pa.string())
+    if _holds_json(kind):
+        return pa.array([_as_arrow_value(v, kind) for v in column.values], arrow_type(kind))
     return pa.array(list(column.values), arrow_type(kind))
+
+
+def _is_json(kind: ColumnType) -> bool:
+    return kind.kind == "json" or (kind.kind == "list" and kind.item is None)
+
+
+def _holds_json(kind: ColumnType) -> bool:
+    """Whether free-form JSON sits anywhere in ``kind``: Arrow holds it as its JSON text."""
+    if kind.kind == "list" and kind.item is not None:
+        return _holds_json(kind.item)
+    if kind.kind == "struct":
+        return any(_holds_json(t) for _, t in kind.fields)
+    return _is_json(kind)
+
+
+def _as_arrow_value(value: Any, kind: ColumnType) -> Any:
+    if value is None:
+        return None
+    if kind.kind == "list" and kind.item is not None:
+        return [_as_arrow_value(v, kind.item) for v in value]
+    if kind.kind == "struct":
+        return {name: _as_arrow_value(value.get(name), t) for name, t in kind.fields}
+    return json.dumps(value) if _is_json(kind) else value
 
 
 class ArrowAdapter:

@@ -308,7 +308,8 @@ class DaskAccessor(Verbs):
 
 def _keep_yes(answered: dd.DataFrame, target: str) -> dd.DataFrame:
     kept = answered[answered[target] == "yes"]
-    result: dd.DataFrame = kept.drop(columns=[c for c in (target, f"{target}_error") if c in answered.columns])
+    added = [c for c in answered.columns if c == target or c.startswith(f"{target}_")]
+    result: dd.DataFrame = kept.drop(columns=added)
     return result
 
 

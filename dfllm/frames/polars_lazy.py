@@ -106,7 +106,8 @@ def _batches(lf: pl.LazyFrame, plan: Plan, stats: RunStats | None, batch_rows: i
 
 
 def _keep_yes(answered: pl.LazyFrame, target: str) -> pl.LazyFrame:
-    return answered.filter(pl.col(target) == "yes").drop([target, f"{target}_error"], strict=False)
+    added = [c for c in answered.collect_schema().names() if c == target or c.startswith(f"{target}_")]
+    return answered.filter(pl.col(target) == "yes").drop(added)
 
 
 register_lazy("polars-lazy", LazyKind(lambda df: isinstance(df, pl.LazyFrame), predict_lazy, _keep_yes))

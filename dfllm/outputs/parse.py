@@ -155,10 +155,10 @@ def converter(kind: ColumnType) -> Callable[[Any], Any] | None:
     """How a validated value of ``kind`` becomes a column value; None when it already is one."""
     if kind.kind in ("string", "float", "bool", "date"):
         return None
-    if kind.kind == "list":
+    if kind.kind == "list":  # a tuple, set or frozenset field too: frames want a list
         item = converter(kind.item) if kind.item is not None else None
         if item is None:
-            return None
+            return lambda value: value if value is None or type(value) is list else list(value)
         convert_item = item
         return lambda value: None if value is None else [convert_item(v) for v in value]
     if kind.kind == "struct":
