@@ -5,7 +5,7 @@
 Scenarios, each on a fresh fake provider process enforcing the cap (token bucket, 1 s burst):
   dfllm, cap advertised in x-ratelimit-* headers (as OpenAI does), no limits given
   dfllm, the header understates the cap 10x (another unit, say per 10 minutes), and overstates it 10x
-  dfllm, no headers at all: only 429 + Retry-After to learn from
+  dfllm, no headers at all: only 429 + Retry-After to learn from; then with 5% random 429s too
   dfllm, rpm= set to the cap
   dfllm, cold start: a short run (--cold-rows) with headers, the 429s of its first round trips
   openai SDK gather (max_retries=10, honours Retry-After) as the baseline
@@ -74,8 +74,9 @@ def measure(name: str, args: argparse.Namespace, rows: int, server: dict[str, An
 
 
 def capped(name: str, args: argparse.Namespace, rows: int | None = None, *, headers: bool = True,
-           scale: float = 1.0, **options: Any) -> None:
-    server = {"rpm": args.rpm, "no_ratelimit_headers": not headers, "advertised_rpm_scale": scale}
+           scale: float = 1.0, random_429: float = 0.0, **options: Any) -> None:
+    server = {"rpm": args.rpm, "no_ratelimit_headers": not headers, "advertised_rpm_scale": scale,
+              "random_429": random_429, "random_seed": 1}
     m = measure(name, args, rows or args.rows, server, **options)
     print(f"{name:<46}{m['rate']:>9.0f}{m['rate'] / args.rpm:>7.2f}{m['sent']:>7}{m['r429']:>6}"
           f"{100 * m['r429'] / m['sent']:>7.1f}%{m['failed']:>7}{m['cpu_us']:>9.0f}")
@@ -100,6 +101,7 @@ def main() -> None:
     capped("dfllm, header understates the cap 10x", args, scale=0.1)
     capped("dfllm, header overstates the cap 10x", args, scale=10.0)
     capped("dfllm, no headers (429 + Retry-After only)", args, headers=False)
+    capped("dfllm, no headers, and 5% random 429s", args, headers=False, random_429=0.05)
     capped("dfllm, rpm= set to the cap", args, headers=False, rpm=args.rpm)
     capped(f"dfllm, cold start, {args.cold_rows} rows, headers", args, args.cold_rows)
     capped(f"dfllm, cold start, {args.cold_rows} rows, no headers", args, args.cold_rows, headers=False)

@@ -124,6 +124,68 @@ def test_adaptive_rate_learns_from_the_last_second_cuts_after_a_cooldown_and_gro
     assert rate.per_minute() == pytest.approx(0.9 * probed / 2 * 1.3, rel=0.03)
 
 
+def paced_run(seconds: float, *, start_per_s: float, random_429: float = 0.0, cap_per_s: float | None = None,
+              seed: int = 0) -> tuple[AdaptiveRate, int, int]:
+    """An AdaptiveRate seeded at ``start_per_s`` by a header (after a second of successes at that
+    rate; it probes upwards fast until its first 429), sending at its pace to a server that
+    refuses ``random_429`` of requests at random and, with ``cap_per_s``, holds a token bucket of
+    one second's burst. Returns the rate, its successes and its 429s."""
+    rng = random.Random(seed)
+    t = FakeClock()
+    rate = AdaptiveRate(t.clock, t.sleep)
+    for i in range(int(start_per_s)):
+        t.now = i / start_per_s
+        rate.on_success()
+    t.now = 1.0
+    rate.seed(start_per_s * 60)
+    bucket, owed, ok, limited, step = cap_per_s or 0.0, 0.0, 0, 0, 0.01
+    while t.now < seconds:
+        t.advance(step)
+        if cap_per_s:
+            bucket = min(cap_per_s, bucket + cap_per_s * step)
+        owed += rate.per_minute() / 60 * step
+        while owed >= 1:
+            owed -= 1
+            refused = rng.random() < random_429
+            if cap_per_s and not refused:
+                refused = bucket < 1
+                bucket -= 0 if refused else 1
+            if refused:
+                limited += 1
+                rate.on_rate_limited(t.now, lone=True)
+            else:
+                ok += 1
+                rate.on_success()
+    return rate, ok, limited
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_429s_at_a_steady_pace_do_not_ratchet_the_rate_down(seed: int) -> None:
+    rate, ok, _ = paced_run(120, start_per_s=100, random_429=0.05, seed=seed)
+    # Before, each such 429 cut 10% once a second: 100/s fell to about 1/s within two minutes.
+    assert rate.per_minute() / 60 > 70 and ok / 120 > 70
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_real_cap_under_the_pace_is_still_found_with_and_without_random_429s(seed: int) -> None:
+    for noise in (0.0, 0.05):
+        rate, ok, limited = paced_run(120, start_per_s=100, cap_per_s=60, random_429=noise, seed=seed)
+        assert ok / 120 > 0.9 * 60 * (1 - noise) and 0.8 * 60 < rate.per_minute() / 60 < 1.25 * 60
+        assert limited / (ok + limited) < noise + 0.05
+
+
+def test_a_lone_429_in_a_runs_first_second_measures_the_rate_over_the_time_it_has_run() -> None:
+    t = FakeClock()
+    rate = AdaptiveRate(t.clock, t.sleep)
+    rate.seed(3000)  # a header's 50/s
+    for i in range(1, 11):  # 10 successes in the first 0.2 s: 50/s
+        t.now = i * 0.02
+        rate.on_success()
+    rate.on_rate_limited(0.2, lone=True)
+    # Counted over a whole second they were 10/s, and the pace fell to a fifth for tens of seconds.
+    assert rate.per_minute() > 0.4 * 3000
+
+
 def test_a_storm_is_counted_against_the_sends_since_its_first_429() -> None:
     t = FakeClock()
     storm = StormDetector(t)

@@ -364,7 +364,7 @@ class Executor:
                     self._pause.pause_for(delay, retry_after_cause(error, delay))
                     delay = 0.0
                 elif self._rpm is None and self._adaptive.pacer is not None:
-                    self._adaptive.on_rate_limited(sent_at)  # already paced: a 429 says the pace is too high
+                    self._adaptive.on_rate_limited(sent_at, lone=True)  # already paced: the pace may be too high
             if not error.retryable or attempt >= self._options.max_retries or now - started + delay > budget:
                 return error
             attempt += 1

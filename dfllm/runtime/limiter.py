@@ -211,6 +211,13 @@ class AdaptiveRate:
       the server's budget is still in debt from before the cut, and cutting on every such 429
       collapses the rate to half the cap in a second. A 429 with no success in the last
       second teaches no rate.
+    - A lone 429 (not a storm) while the pace is still under what the server took when the
+      last cut was made, with at least ``HOLD`` of the pace succeeding, cuts nothing: under
+      the cap that cut found, a cap's 429s stop, so these are a provider's random 429s, and
+      cutting on each of them once a second would ratchet the rate down to nothing. Once such
+      429s are seen, the next cut waits for the pace to pass that by ``MARGIN`` too, as what
+      succeeded then left out the random 429s. A cap that fell shows as successes falling
+      under ``HOLD`` of the pace, or as a storm, and is cut for.
     - Otherwise it grows ``GROWTH_PER_S`` of the rate each second: a slow probe that finds a
       raised limit again.
     """
@@ -219,7 +226,10 @@ class AdaptiveRate:
     GROWTH_PER_S = 0.03
     COOLDOWN_S = 1.0
     HIGH, LOW = 0.9, 0.25  # shares of the most remaining seen
+    HOLD = 0.75  # a share of the pace that succeeding shows the server still takes it
+    MARGIN = 0.1  # random 429s up to about this share never ratchet the rate down
     _SAMPLE_S = 1.0
+    _MIN_SPAN_S = 0.25
 
     def __init__(self, clock: Clock, sleep: Sleep) -> None:
         self._clock = clock
@@ -230,12 +240,17 @@ class AdaptiveRate:
         self._base_per_minute = 0.0
         self._since = 0.0
         self._last_cut = -math.inf
+        self._took = 0.0  # per minute: what the server took when the last cut was made
+        self._noisy = False  # lone 429s came under that since: the provider refuses some at random
         self._fast = False
+        self._first_success: float | None = None
         self.pacer: Pacer | None = None
 
     def on_success(self) -> None:
         now = self._clock()
         self._recent.append(now)
+        if self._first_success is None:
+            self._first_success = now
         if self._recent[0] < now - self._SAMPLE_S:
             self._trim(now)
 
@@ -276,7 +291,8 @@ class AdaptiveRate:
         elif remaining < self.LOW * self._most_remaining:
             if now >= self._last_cut + self.COOLDOWN_S:
                 self._last_cut = now
-                self._set(self.CUT * min(self.per_minute(), self._refilled_per_minute(now)), fast=False)
+                self._took = min(self.per_minute(), self._refilled_per_minute(now))
+                self._set(self.CUT * self._took, fast=False)
         elif self._fast:
             self._set(self.per_minute(), fast=False)
 
@@ -291,10 +307,20 @@ class AdaptiveRate:
         used = sum(1 for t in self._recent if t >= first_at)
         return max(1.0, (used + gained) / span * 60.0)
 
-    def on_rate_limited(self, sent_at: float) -> None:
+    def _succeeded_per_minute(self, now: float) -> float:
+        """Successes over the last second, or since the first one when that is sooner."""
+        if self._first_success is None:
+            return 0.0
+        span = min(self._SAMPLE_S, max(now - self._first_success, self._MIN_SPAN_S))
+        return len(self._recent) / span * 60.0
+
+    def on_rate_limited(self, sent_at: float, *, lone: bool = False) -> None:
+        """A 429 for a request sent at ``sent_at``; ``lone``: not part of a storm."""
         now = self._clock()
         self._trim(now)
-        succeeded = len(self._recent) / self._SAMPLE_S * 60.0
+        # A storm early in a run takes what succeeded so far as a floor and probes up from it;
+        # a lone 429 (a provider's hiccup) must not cut a header's pace to that fraction.
+        succeeded = self._succeeded_per_minute(now) if lone else len(self._recent) / self._SAMPLE_S * 60.0
         if self.pacer is None:
             if not self._recent:
                 return
@@ -302,7 +328,15 @@ class AdaptiveRate:
             # (the run may have been starting for less than a second), so probe upwards fast.
             self._set(succeeded, fast=True)
         elif sent_at >= self._last_cut + self.COOLDOWN_S:
-            rate = min(self.per_minute(), succeeded) if self._recent else self.per_minute()
+            pace = self.per_minute()
+            if lone and not self._fast and succeeded >= self.HOLD * pace:
+                if pace < self._took:
+                    self._noisy = True  # a cap's 429s stop under what it took
+                    return
+                if self._noisy and pace < self._took * (1.0 + self.MARGIN):
+                    return  # what succeeds leaves out the noise: over it by more before a cut
+            rate = min(pace, succeeded) if self._recent else pace
+            self._took, self._noisy = rate, False
             if self._fast:
                 # A fast probe found the cap: what succeeded includes the budget it saved up
                 # while under the cap, and the rate doubled in the last second. Half of it held.
