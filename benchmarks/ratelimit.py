@@ -5,7 +5,7 @@
 Scenarios, each on a fresh fake provider process enforcing the cap (token bucket, 1 s burst):
   dfllm, cap advertised in x-ratelimit-* headers (as OpenAI does), no limits given
   dfllm, the header understates the cap 10x (another unit, say per 10 minutes), and overstates it 10x
-  dfllm, no headers at all: only 429 + Retry-After to learn from; then with 5% random 429s too
+  dfllm, no headers at all: only 429 + Retry-After to learn from; then with 5% random 429s, with and without headers
   dfllm, rpm= set to the cap
   dfllm, cold start: a short run (--cold-rows) with headers, the 429s of its first round trips
   openai SDK gather (max_retries=10, honours Retry-After) as the baseline
@@ -102,6 +102,7 @@ def main() -> None:
     capped("dfllm, header overstates the cap 10x", args, scale=10.0)
     capped("dfllm, no headers (429 + Retry-After only)", args, headers=False)
     capped("dfllm, no headers, and 5% random 429s", args, headers=False, random_429=0.05)
+    capped("dfllm, cap in headers, and 5% random 429s", args, random_429=0.05)
     capped("dfllm, rpm= set to the cap", args, headers=False, rpm=args.rpm)
     capped(f"dfllm, cold start, {args.cold_rows} rows, headers", args, args.cold_rows)
     capped(f"dfllm, cold start, {args.cold_rows} rows, no headers", args, args.cold_rows, headers=False)
