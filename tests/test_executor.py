@@ -206,12 +206,16 @@ def test_a_lone_429_in_an_unpaced_run_is_not_told_to_the_cluster_gate() -> None:
     assert stats.rate_limited == 2 and gate.rate_limited == []  # other workers keep sending
 
 
-def test_a_429_storm_or_a_429_at_a_given_pace_is_told_to_the_cluster_gate() -> None:
+def test_a_429_storm_or_a_steady_share_at_a_given_pace_is_told_to_the_cluster_gate() -> None:
     # A storm: a real cap. (Short waits: the fake clock adds up the sleeps of every worker.)
     gate, _ = run_with_gate(set(range(10, 30)), retry_after=0.01)
     assert 1 <= len(gate.rate_limited) < 20 and all(wait == 0.01 for wait in gate.rate_limited)
-    gate, _ = run_with_gate({5}, rpm=600)  # the pace given should have kept under the cap
-    assert gate.rate_limited == [1.0]
+    # At the pace the caller gave, random 429s (2 in 60) pause nobody else; a quarter of the
+    # sends refused is a cap a little under that pace, and the cluster is told.
+    gate, stats = run_with_gate({5, 30}, rpm=600)
+    assert stats.rate_limited == 2 and gate.rate_limited == []
+    gate, stats = run_with_gate(set(range(3, 60, 4)), retry_after=0.01, rpm=600)
+    assert 0 < len(gate.rate_limited) < stats.rate_limited
 
 
 def test_young_collections_are_rarer_while_requests_are_in_flight_and_thresholds_come_back() -> None:

@@ -241,3 +241,18 @@ def test_slow_start_spreads_each_round_over_one_round_trip() -> None:
     asyncio.run(go())
     gap = 0.05 / 32
     assert starts == pytest.approx([0.0, gap, 2 * gap, 3 * gap, 4 * gap, 4 * gap])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_429s_at_five_percent_are_no_steady_share_and_a_cap_a_fifth_under_the_pace_is(seed: int) -> None:
+    rng = random.Random(seed)
+    for share, steady_expected in ((0.05, False), (0.2, True)):
+        t = FakeClock()
+        storm = StormDetector(t)
+        seen = False
+        for _ in range(1200):  # two minutes at 600/min (fixed seeds: a rare false call is possible)
+            t.advance(0.1)
+            storm.record(rng.random() < share, storm.sent())
+            seen = seen or storm.steady
+            assert steady_expected or not storm.storm
+        assert seen == steady_expected

@@ -345,7 +345,10 @@ class Executor:
             now = self._clock()
             if limited:
                 self.stats.rate_limited += 1
-                if self._gate is not None and self._is_cap():
+                # Already paced: the pace may be too high, or the provider refuses some at random.
+                cut = (not self._storm.storm and self._rpm is None and self._adaptive.pacer is not None
+                       and self._adaptive.on_rate_limited(sent_at, lone=True))
+                if self._gate is not None and self._is_cap(cut):
                     self._gate.on_rate_limited(error.retry_after)
             if error.retryable and wait is not None and wait > deadline - now:
                 cause = retry_after_cause(error, wait)
@@ -353,18 +356,15 @@ class Executor:
                     self._pause.pause_for(wait, cause)  # everyone would be told the same: stop now
                 return wait_refused(cause, wait, deadline - now, budget, error)
             delay = wait if wait is not None else backoff_s(attempt, self._rng)
-            if limited:
-                if self._storm.storm:
-                    # A storm means a real cap: more requests into it only buy more 429s, so
-                    # everyone waits and the window and rate are cut. A lone 429 (a provider's
-                    # hiccup) delays only its own row.
-                    self._window.on_rate_limited(sent_at)
-                    if self._rpm is None:
-                        self._adaptive.on_rate_limited(sent_at)
-                    self._pause.pause_for(delay, retry_after_cause(error, delay))
-                    delay = 0.0
-                elif self._rpm is None and self._adaptive.pacer is not None:
-                    self._adaptive.on_rate_limited(sent_at, lone=True)  # already paced: the pace may be too high
+            if limited and self._storm.storm:
+                # A storm means a real cap: more requests into it only buy more 429s, so
+                # everyone waits and the window and rate are cut. A lone 429 (a provider's
+                # hiccup) delays only its own row.
+                self._window.on_rate_limited(sent_at)
+                if self._rpm is None:
+                    self._adaptive.on_rate_limited(sent_at)
+                self._pause.pause_for(delay, retry_after_cause(error, delay))
+                delay = 0.0
             if not error.retryable or attempt >= self._options.max_retries or now - started + delay > budget:
                 return error
             attempt += 1
@@ -376,13 +376,14 @@ class Executor:
         """The pace in force: the caller's ``rpm``, else the learned rate, else slow start's."""
         return self._rpm or self._adaptive.pacer or self._slow_start
 
-    def _is_cap(self) -> bool:
-        """Whether the last 429 shows a real cap rather than a provider's hiccup: it is part of a
-        storm, or the run is paced (by ``rpm`` or a learned rate), a pace that should have kept
-        it under the cap. Only then is the cluster gate told, to pause the other workers: a lone
-        429 in an unpaced run delays only its own row, here and on every other worker.
+    def _is_cap(self, cut: bool) -> bool:
+        """Whether the last 429 shows a real cap rather than a provider's random 429s: it is part
+        of a storm; or the learned rate took it as the cap (``cut``); or, at a pace the caller
+        gave (``rpm``), 429s have been a steady share of the sends (a cap a little under it).
+        Only then is the cluster gate told, to pause the other workers: any other 429 delays
+        only its own row, here and on every other worker.
         """
-        return self._storm.storm or self._rpm is not None or self._adaptive.pacer is not None
+        return self._storm.storm or cut or (self._rpm is not None and self._storm.steady)
 
     def _learn(self, state: RateLimitState) -> None:
         """Take the account's limits from the provider's headers when the caller gave none.

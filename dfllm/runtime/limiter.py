@@ -314,8 +314,9 @@ class AdaptiveRate:
         span = min(self._SAMPLE_S, max(now - self._first_success, self._MIN_SPAN_S))
         return len(self._recent) / span * 60.0
 
-    def on_rate_limited(self, sent_at: float, *, lone: bool = False) -> None:
-        """A 429 for a request sent at ``sent_at``; ``lone``: not part of a storm."""
+    def on_rate_limited(self, sent_at: float, *, lone: bool = False) -> bool:
+        """A 429 for a request sent at ``sent_at``; ``lone``: not part of a storm. True when it
+        was taken as the cap (the rate was set or cut), False for noise or a cut not shown yet."""
         now = self._clock()
         self._trim(now)
         # A storm early in a run takes what succeeded so far as a floor and probes up from it;
@@ -323,7 +324,7 @@ class AdaptiveRate:
         succeeded = self._succeeded_per_minute(now) if lone else len(self._recent) / self._SAMPLE_S * 60.0
         if self.pacer is None:
             if not self._recent:
-                return
+                return False
             # A storm before any rate was known: what succeeded in the last second is a floor
             # (the run may have been starting for less than a second), so probe upwards fast.
             self._set(succeeded, fast=True)
@@ -332,9 +333,9 @@ class AdaptiveRate:
             if lone and not self._fast and succeeded >= self.HOLD * pace:
                 if pace < self._took:
                     self._noisy = True  # a cap's 429s stop under what it took
-                    return
+                    return False
                 if self._noisy and pace < self._took * (1.0 + self.MARGIN):
-                    return  # what succeeds leaves out the noise: over it by more before a cut
+                    return False  # what succeeds leaves out the noise: over it by more before a cut
             rate = min(pace, succeeded) if self._recent else pace
             self._took, self._noisy = rate, False
             if self._fast:
@@ -343,8 +344,9 @@ class AdaptiveRate:
                 rate = min(rate, max(self._base_per_minute, self.per_minute() / 2))
             self._set(self.CUT * rate, fast=False)
         else:
-            return  # the last cut has not had time to show
+            return False  # the last cut has not had time to show
         self._last_cut = now
+        return True
 
     async def acquire(self) -> None:
         if self.pacer is not None:
@@ -359,15 +361,23 @@ class StormDetector:
     answers: a 429 comes back at once and a success a round trip later, so early in a run a
     few random 429s outnumber the answers so far; and not against sends before the first 429,
     or the sends that filled the server's budget outvote a cap's 429s for a whole window.
+
+    ``steady``: at least ``STEADY_MIN_429`` in ``STEADY_WINDOW_S`` at ``STEADY_SHARE``, for a cap
+    a little under a pace the caller gave, whose 429s are a steady share of the sends, larger
+    than a provider's random ones.
     """
 
     MIN_429 = 8
     SHARE = 0.5  # of sends: a cap refuses nearly all of them, random 429s at 5% almost never 8 in 16
     WINDOW_S = 1.0
+    STEADY_MIN_429 = 12
+    STEADY_SHARE = 0.2
+    STEADY_WINDOW_S = 10.0
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._limited: collections.deque[tuple[float, int]] = collections.deque()  # (answered, ticket)
+        self._steady: collections.deque[tuple[float, int]] = collections.deque()
         self._sent = 0
 
     def sent(self) -> int:
@@ -380,10 +390,19 @@ class StormDetector:
         limited = self._limited
         if rate_limited:
             limited.append((now, ticket))
+            self._steady.append((now, ticket))
         while limited and limited[0][0] < now - self.WINDOW_S:
             limited.popleft()
+        while self._steady and self._steady[0][0] < now - self.STEADY_WINDOW_S:
+            self._steady.popleft()
 
     @property
     def storm(self) -> bool:
-        limited = self._limited
-        return len(limited) >= self.MIN_429 and len(limited) >= self.SHARE * (self._sent - limited[0][1] + 1)
+        return self._share_reached(self._limited, self.MIN_429, self.SHARE)
+
+    @property
+    def steady(self) -> bool:
+        return self._share_reached(self._steady, self.STEADY_MIN_429, self.STEADY_SHARE)
+
+    def _share_reached(self, limited: collections.deque[tuple[float, int]], least: int, share: float) -> bool:
+        return len(limited) >= least and len(limited) >= share * (self._sent - limited[0][1] + 1)
