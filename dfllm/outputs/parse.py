@@ -16,6 +16,7 @@ import datetime as dt
 import enum
 import functools
 import json
+import operator
 import re
 from collections.abc import Callable
 from typing import Any
@@ -38,14 +39,19 @@ class AnswerParser:
     """Turns answer text into one value per top-level field of ``schema``, in order.
 
     Built once per call: each field's conversion to a column value is chosen up front, and
-    fields that need none (strings, floats, booleans, lists of those) are taken as pydantic
-    gives them.
+    fields that need none (strings, floats, booleans, dates) are taken as pydantic gives them.
     """
 
     def __init__(self, schema: OutputSchema) -> None:
         self.schema = schema
         self._validate_json = schema.model.__pydantic_validator__.validate_json
-        self._fields = tuple((attr, converter(kind)) for _, attr, kind in schema.fields)
+        attrs = [attr for _, attr, _ in schema.fields]
+        getter = operator.itemgetter(*attrs)
+        # itemgetter of one name gives the value, of several a tuple.
+        self._take: Callable[[dict[str, Any]], tuple[Any, ...]] = (
+            (lambda values: (getter(values),)) if len(attrs) == 1 else getter)
+        self._conversions = tuple((i, convert) for i, (_, _, kind) in enumerate(schema.fields)
+                                  if (convert := converter(kind)) is not None)
 
     def __call__(self, text: str) -> tuple[Any, ...]:
         """The values of ``text``'s answer; ``SchemaError`` if it does not fit the schema."""
@@ -55,11 +61,16 @@ class AnswerParser:
             if not _is_syntax_error(exc):
                 raise _schema_error(text, self.schema, _describe(exc)) from None
             instance = _validate_extracted(text, self.schema)
-        values = instance.__dict__
+        values = self._take(instance.__dict__)
+        if not self._conversions:
+            return values
+        converted = list(values)
         try:
-            return tuple(values[attr] if convert is None else convert(values[attr]) for attr, convert in self._fields)
+            for i, convert in self._conversions:
+                converted[i] = convert(converted[i])
         except ValueError as exc:
             raise _schema_error(text, self.schema, str(exc)) from None
+        return tuple(converted)
 
 
 def parse_answer(text: str, schema: OutputSchema) -> tuple[Any, ...]:
