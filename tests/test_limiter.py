@@ -171,7 +171,9 @@ def test_a_real_cap_under_the_pace_is_still_found_with_and_without_random_429s(s
     for noise in (0.0, 0.05):
         rate, ok, limited = paced_run(120, start_per_s=100, cap_per_s=60, random_429=noise, seed=seed)
         assert ok / 120 > 0.9 * 60 * (1 - noise) and 0.8 * 60 < rate.per_minute() / 60 < 1.25 * 60
-        assert limited / (ok + limited) < noise + 0.05
+        # More than the 0.4% of cutting at every 429: a cap a few percent under the pace refuses
+        # like random 429s until the pace passes what the server took (see AdaptiveRate).
+        assert limited / (ok + limited) < noise + 0.04
 
 
 def test_a_lone_429_in_a_runs_first_second_measures_the_rate_over_the_time_it_has_run() -> None:

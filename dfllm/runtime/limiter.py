@@ -212,12 +212,15 @@ class AdaptiveRate:
       collapses the rate to half the cap in a second. A 429 with no success in the last
       second teaches no rate.
     - A lone 429 (not a storm) while the pace is still under what the server took when the
-      last cut was made, with at least ``HOLD`` of the pace succeeding, cuts nothing: under
-      the cap that cut found, a cap's 429s stop, so these are a provider's random 429s, and
-      cutting on each of them once a second would ratchet the rate down to nothing. Once such
-      429s are seen, the next cut waits for the pace to pass that by ``MARGIN`` too, as what
-      succeeded then left out the random 429s. A cap that fell shows as successes falling
-      under ``HOLD`` of the pace, or as a storm, and is cut for.
+      last cut was made (successes over ``TOOK_S``; none after a fast probe's cut), with at
+      least ``HOLD`` of the pace succeeding, cuts nothing: under the cap that cut found, a
+      cap's 429s stop, so these are a provider's random 429s, and cutting on each of them once
+      a second would ratchet the rate down to nothing. Once such 429s are seen, the next cut
+      waits for the pace to pass that by ``MARGIN`` too, as what succeeded then left out the
+      random 429s. A cap that fell shows as successes falling under ``HOLD`` of the pace, or
+      as a storm, and is cut for. The price: a cap a few percent under the pace looks like
+      random 429s until the pace passes what it took, so without headers a cap costs a few
+      percent of 429s where cutting at every one cost under one.
     - Otherwise it grows ``GROWTH_PER_S`` of the rate each second: a slow probe that finds a
       raised limit again.
     """
@@ -229,12 +232,14 @@ class AdaptiveRate:
     HOLD = 0.75  # a share of the pace that succeeding shows the server still takes it
     MARGIN = 0.1  # random 429s up to about this share never ratchet the rate down
     _SAMPLE_S = 1.0
+    TOOK_S = 3.0
     _MIN_SPAN_S = 0.25
 
     def __init__(self, clock: Clock, sleep: Sleep) -> None:
         self._clock = clock
         self._sleep = sleep
         self._recent: collections.deque[float] = collections.deque()  # success times, last second
+        self._steady_recent: collections.deque[float] = collections.deque()  # the same, last TOOK_S
         self._readings: collections.deque[tuple[float, int]] = collections.deque()  # (time, remaining)
         self._most_remaining = 0
         self._base_per_minute = 0.0
@@ -249,6 +254,7 @@ class AdaptiveRate:
     def on_success(self) -> None:
         now = self._clock()
         self._recent.append(now)
+        self._steady_recent.append(now)
         if self._first_success is None:
             self._first_success = now
         if self._recent[0] < now - self._SAMPLE_S:
@@ -257,6 +263,8 @@ class AdaptiveRate:
     def _trim(self, now: float) -> None:
         while self._recent and self._recent[0] < now - self._SAMPLE_S:
             self._recent.popleft()
+        while self._steady_recent and self._steady_recent[0] < now - self.TOOK_S:
+            self._steady_recent.popleft()
 
     def per_minute(self) -> float:
         elapsed = self._clock() - self._since
@@ -291,8 +299,9 @@ class AdaptiveRate:
         elif remaining < self.LOW * self._most_remaining:
             if now >= self._last_cut + self.COOLDOWN_S:
                 self._last_cut = now
-                self._took = min(self.per_minute(), self._refilled_per_minute(now))
-                self._set(self.CUT * self._took, fast=False)
+                rate = min(self.per_minute(), self._refilled_per_minute(now))
+                self._took, self._noisy = min(rate, self._took_per_minute(now)), False
+                self._set(self.CUT * rate, fast=False)
         elif self._fast:
             self._set(self.per_minute(), fast=False)
 
@@ -314,13 +323,20 @@ class AdaptiveRate:
         span = min(self._SAMPLE_S, max(now - self._first_success, self._MIN_SPAN_S))
         return len(self._recent) / span * 60.0
 
+    def _took_per_minute(self, now: float) -> float:
+        """Successes over the last ``TOOK_S``: over one second, a server's saved-up burst
+        swells what it seems to take."""
+        if self._first_success is None:
+            return 0.0
+        return len(self._steady_recent) / min(self.TOOK_S, max(now - self._first_success, self._MIN_SPAN_S)) * 60.0
+
     def on_rate_limited(self, sent_at: float, *, lone: bool = False) -> bool:
         """A 429 for a request sent at ``sent_at``; ``lone``: not part of a storm. True when it
         was taken as the cap (the rate was set or cut), False for noise or a cut not shown yet."""
         now = self._clock()
         self._trim(now)
-        # A storm early in a run takes what succeeded so far as a floor and probes up from it;
-        # a lone 429 (a provider's hiccup) must not cut a header's pace to that fraction.
+        # A storm takes what succeeded over the last second, a floor early in a run; a lone 429
+        # (perhaps a provider's hiccup) must not cut a header's pace to that fraction of a second.
         succeeded = self._succeeded_per_minute(now) if lone else len(self._recent) / self._SAMPLE_S * 60.0
         if self.pacer is None:
             if not self._recent:
@@ -337,7 +353,8 @@ class AdaptiveRate:
                 if self._noisy and pace < self._took * (1.0 + self.MARGIN):
                     return False  # what succeeds leaves out the noise: over it by more before a cut
             rate = min(pace, succeeded) if self._recent else pace
-            self._took, self._noisy = rate, False
+            # A fast probe's successes include the budget it saved up: no measure of the cap.
+            self._took, self._noisy = (0.0 if self._fast else min(rate, self._took_per_minute(now))), False
             if self._fast:
                 # A fast probe found the cap: what succeeded includes the budget it saved up
                 # while under the cap, and the rate doubled in the last second. Half of it held.
