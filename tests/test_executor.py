@@ -218,6 +218,28 @@ def test_a_429_storm_or_a_steady_share_at_a_given_pace_is_told_to_the_cluster_ga
     assert 0 < len(gate.rate_limited) < stats.rate_limited
 
 
+def test_at_a_learned_rate_the_gate_hears_of_the_429_that_cut_it_not_of_the_random_ones_after() -> None:
+    clock = FakeClock()
+    gate = RecordingGate()
+    sent = itertools.count()
+    refused = {40} | set(range(200, 600, 20))  # the cap the header overstated, then 5% at random
+
+    async def slow(request: Request) -> dfllm.Completion:
+        await clock.sleep(0.05)
+        if next(sent) in refused:
+            raise dfllm.RateLimitError("slow down", status=429, retry_after=0.01)
+        return dfllm.Completion("ok", rate_limit=RateLimitState(limit_requests=1200))  # a header: 20/s
+
+    stats = RunStats()
+    executor = Executor(MockEngine(slow), Options(cache=False, concurrency=4), stats, RequestSpec("m"),
+                        clock=clock, sleep=clock.sleep, rng=random.Random(0), gate=gate)
+    asyncio.run(executor.run([Work((i, i), f"p{i}") for i in range(580)]))
+    assert stats.rate_limited == len(refused) and stats.learned_rpm == 1200
+    # The 429s that cut the rate (a fast probe's first, then what the server took is known);
+    # the random ones after are held, here and on the other workers. Before, all 21 were told.
+    assert 1 <= len(gate.rate_limited) <= 5
+
+
 def test_young_collections_are_rarer_while_requests_are_in_flight_and_thresholds_come_back() -> None:
     import gc
     import threading
