@@ -28,8 +28,8 @@ def schema_columns(target: str, schema: OutputSchema, answers: Sequence[tuple[An
     """The typed columns for per-row answers (a tuple of field values, or None for a failed row)."""
     if layout == "struct":
         keys = [key for key, _, _ in schema.fields]
-        kind = ColumnType("struct", fields=tuple((key, kind) for key, _, kind in schema.fields))
-        return {target: Column([None if a is None else dict(zip(keys, a, strict=True)) for a in answers], kind)}
+        struct = ColumnType("struct", fields=tuple((key, field_type) for key, _, field_type in schema.fields))
+        return {target: Column([None if a is None else dict(zip(keys, a, strict=True)) for a in answers], struct)}
     columns = {}
     for i, (name, (_, _, kind)) in enumerate(zip(schema_column_names(target, schema), schema.fields, strict=True)):
         columns[name] = Column([None if a is None else a[i] for a in answers], kind)

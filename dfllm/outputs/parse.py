@@ -156,14 +156,9 @@ def drop_trailing_commas(text: str) -> str:
     return "".join(out)
 
 
-def to_column_value(value: Any, kind: ColumnType) -> Any:
-    """A validated value as the frame adapters want it: plain Python, enums by value, UTC datetimes."""
-    convert = converter(kind)
-    return value if convert is None else convert(value)
-
-
 def converter(kind: ColumnType) -> Callable[[Any], Any] | None:
-    """How a validated value of ``kind`` becomes a column value; None when it already is one."""
+    """How a validated value of ``kind`` becomes the value frame adapters want (plain Python,
+    enums by value, UTC datetimes, lists); None when it already is one."""
     if kind.kind in ("string", "float", "bool", "date"):
         return None
     if kind.kind == "list":  # a tuple, set or frozenset field too: frames want a list
