@@ -23,3 +23,14 @@ def test_py_typed_is_shipped() -> None:
     from importlib.resources import files
 
     assert files("dfllm").joinpath("py.typed").is_file()
+
+
+def test_import_registers_ddf_llm_without_loading_distributed() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, dfllm, dask.dataframe as dd; "
+            "assert hasattr(dd.DataFrame, 'llm'), 'ddf.llm is registered'; "
+            "assert 'distributed' not in sys.modules, 'distributed loads only once a client is found'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -36,10 +36,7 @@ from dfllm.prompt.template import Template
 from dfllm.runtime.executor import Outcome
 from dfllm.runtime.progress import RunStats
 from dfllm.runtime.stores import cache_location
-
-# Keys known in this process by key id: put here by the client (a threaded scheduler runs tasks
-# in its own process) or by ``_KeyPlugin`` on each worker.
-_KEYS: dict[str, Secret] = {}
+from dfllm.runtime.worker import KEYS
 
 
 def _key_id(identity: str, secret: Secret) -> str:
@@ -77,16 +74,16 @@ class EngineSpec:
         key = config.headers.get(config.provider.auth_header)
         key_id = _key_id(config.identity, key) if isinstance(key, Secret) else None
         if isinstance(key, Secret):
-            _KEYS[key_id or ""] = key
+            KEYS[key_id or ""] = key
         return cls(config.name, config.provider, config.base_url, dict(config.options), config.model_path,
                    {h: str(v) for h, v in config.routing.items()}, key_id, config.structured_outputs,
                    config.cache_namespace)
 
     def config(self) -> EngineConfig:
-        """The engine's config in this process, with the key from ``_KEYS`` or the environment."""
+        """The engine's config in this process, with the key from ``KEYS`` or the environment."""
         headers: dict[str, str | Secret] = dict(self.routing)
         provider = self.provider
-        key = _KEYS.get(self.key_id) if self.key_id else None
+        key = KEYS.get(self.key_id) if self.key_id else None
         if key is None and provider.key_env and os.environ.get(provider.key_env):
             key = Secret(provider.auth_prefix + os.environ[provider.key_env])
         if key is not None:
@@ -177,7 +174,9 @@ def _connect_cluster(spec: EngineSpec, limited: float | None) -> tuple[bool, flo
     except ValueError:
         return False, 1.0, 1
     if spec.key_id is not None:
-        client.register_plugin(_KeyPlugin(spec.key_id, _KEYS[spec.key_id]), name=f"dfllm-key-{spec.key_id}")
+        from dfllm.runtime.coordinator import KeyPlugin
+
+        client.register_plugin(KeyPlugin(spec.key_id, KEYS[spec.key_id]), name=f"dfllm-key-{spec.key_id}")
     workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
     from dfllm.runtime.coordinator import RateCoordinator
 
@@ -196,28 +195,6 @@ def _connect_cluster(spec: EngineSpec, limited: float | None) -> tuple[bool, flo
         )
         return False, 1.0 / workers, workers
     return True, 1.0, workers
-
-
-try:
-    from distributed.diagnostics.plugin import WorkerPlugin
-except ImportError:  # dask without distributed: only the local schedulers
-    WorkerPlugin = object  # type: ignore[assignment,misc]
-
-
-class _KeyPlugin(WorkerPlugin):
-    """Puts one API key in each worker's memory (``_KEYS``), as Dask passes credentials to workers."""
-
-    idempotent = True
-
-    def __init__(self, key_id: str, key: Secret) -> None:
-        self.key_id = key_id
-        self._value = key.reveal()
-
-    def __repr__(self) -> str:
-        return f"_KeyPlugin(key_id={self.key_id!r})"
-
-    def setup(self, worker: Any) -> None:
-        _KEYS[self.key_id] = Secret(self._value)
 
 
 def _predict_partition(part: pd.DataFrame, call: PartitionCall) -> pd.DataFrame:

@@ -14,6 +14,8 @@ whole never runs ahead of the budget, whatever the number of workers.
 
 ``Budgets`` is the schedule (pure, clock injected); ``RateCoordinator`` is the scheduler plugin
 that serves it as RPC handlers; ``ClusterGate`` is the worker's side, the executor's ``gate``.
+``KeyPlugin`` hands each worker the API key, outside the task graph. This module is imported
+only once a distributed client is connected: ``import dfllm`` does not load ``distributed``.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 
+from dfllm.config.secrets import Secret
 from dfllm.engines.base import RateLimitState
 from dfllm.runtime.limiter import Clock, Pacer, Sleep
 
@@ -266,3 +269,21 @@ class ClusterGate:
         self._fallen_back = True
         if self._rpm:
             self._fallback = Pacer(self._rpm / self._workers, self._clock, self._sleep)
+
+
+class KeyPlugin(WorkerPlugin):
+    """Puts one API key in each worker's memory (``worker.KEYS``), as Dask passes credentials to workers."""
+
+    idempotent = True
+
+    def __init__(self, key_id: str, key: Secret) -> None:
+        self.key_id = key_id
+        self._value = key.reveal()
+
+    def __repr__(self) -> str:
+        return f"KeyPlugin(key_id={self.key_id!r})"
+
+    def setup(self, worker: Any) -> None:
+        from dfllm.runtime.worker import KEYS
+
+        KEYS[self.key_id] = Secret(self._value)

@@ -14,11 +14,16 @@ import threading
 from collections.abc import Callable, Coroutine, Hashable
 from typing import Any, TypeVar
 
+from dfllm.config.secrets import Secret
 from dfllm.engines.base import Engine
 from dfllm.runtime.executor import Executor
 from dfllm.runtime.sync import LoopThread
 
 T = TypeVar("T")
+
+# API keys known in this process, by key id: put here by the client (a threaded scheduler runs
+# tasks in its own process) or by ``coordinator.KeyPlugin`` on each worker; never in a task graph.
+KEYS: dict[str, Secret] = {}
 
 # Executors kept open at once (each holds an open cache): calls beyond this close the oldest.
 _KEPT_EXECUTORS = 8
