@@ -29,6 +29,9 @@ def test_import_registers_ddf_llm_without_loading_distributed() -> None:
     import subprocess
     import sys
 
+    import pytest
+
+    pytest.importorskip("dask.dataframe")
     code = ("import sys, dfllm, dask.dataframe as dd; "
             "assert hasattr(dd.DataFrame, 'llm'), 'ddf.llm is registered'; "
             "assert 'distributed' not in sys.modules, 'distributed loads only once a client is found'")
