@@ -212,7 +212,7 @@ class AdaptiveRate:
       collapses the rate to half the cap in a second. A 429 with no success in the last
       second teaches no rate.
     - A lone 429 (not a storm) while the pace is still under what the server took when the
-      last cut was made (successes over ``TOOK_S``; none after a fast probe's cut), with at
+      last cut was made (successes over ``TOOK_S``, which damps a burst), with at
       least ``HOLD`` of the pace succeeding, cuts nothing: under the cap that cut found, a
       cap's 429s stop, so these are a provider's random 429s, and cutting on each of them once
       a second would ratchet the rate down to nothing. Once such 429s are seen, the next cut
@@ -353,8 +353,7 @@ class AdaptiveRate:
                 if self._noisy and pace < self._took * (1.0 + self.MARGIN):
                     return False  # what succeeds leaves out the noise: over it by more before a cut
             rate = min(pace, succeeded) if self._recent else pace
-            # A fast probe's successes include the budget it saved up: no measure of the cap.
-            self._took, self._noisy = (0.0 if self._fast else min(rate, self._took_per_minute(now))), False
+            self._took, self._noisy = min(rate, self._took_per_minute(now)), False
             if self._fast:
                 # A fast probe found the cap: what succeeded includes the budget it saved up
                 # while under the cap, and the rate doubled in the last second. Half of it held.
