@@ -239,7 +239,7 @@ class AdaptiveRate:
         self._clock = clock
         self._sleep = sleep
         self._recent: collections.deque[float] = collections.deque()  # success times, last second
-        self._steady_recent: collections.deque[float] = collections.deque()  # the same, last TOOK_S
+        self._recent_took: collections.deque[float] = collections.deque()  # the same, last TOOK_S
         self._readings: collections.deque[tuple[float, int]] = collections.deque()  # (time, remaining)
         self._most_remaining = 0
         self._base_per_minute = 0.0
@@ -254,7 +254,7 @@ class AdaptiveRate:
     def on_success(self) -> None:
         now = self._clock()
         self._recent.append(now)
-        self._steady_recent.append(now)
+        self._recent_took.append(now)
         if self._first_success is None:
             self._first_success = now
         if self._recent[0] < now - self._SAMPLE_S:
@@ -263,8 +263,8 @@ class AdaptiveRate:
     def _trim(self, now: float) -> None:
         while self._recent and self._recent[0] < now - self._SAMPLE_S:
             self._recent.popleft()
-        while self._steady_recent and self._steady_recent[0] < now - self.TOOK_S:
-            self._steady_recent.popleft()
+        while self._recent_took and self._recent_took[0] < now - self.TOOK_S:
+            self._recent_took.popleft()
 
     def per_minute(self) -> float:
         elapsed = self._clock() - self._since
@@ -316,19 +316,19 @@ class AdaptiveRate:
         used = sum(1 for t in self._recent if t >= first_at)
         return max(1.0, (used + gained) / span * 60.0)
 
-    def _succeeded_per_minute(self, now: float) -> float:
-        """Successes over the last second, or since the first one when that is sooner."""
+    def _successes_per_minute(self, times: collections.deque[float], window_s: float, now: float) -> float:
+        """The rate of the successes in ``times`` (the last ``window_s``), counted over the time
+        since the first success when that is shorter: a run's first second is not a whole one."""
         if self._first_success is None:
             return 0.0
-        span = min(self._SAMPLE_S, max(now - self._first_success, self._MIN_SPAN_S))
-        return len(self._recent) / span * 60.0
+        return len(times) / min(window_s, max(now - self._first_success, self._MIN_SPAN_S)) * 60.0
+
+    def _succeeded_per_minute(self, now: float) -> float:
+        return self._successes_per_minute(self._recent, self._SAMPLE_S, now)
 
     def _took_per_minute(self, now: float) -> float:
-        """Successes over the last ``TOOK_S``: over one second, a server's saved-up burst
-        swells what it seems to take."""
-        if self._first_success is None:
-            return 0.0
-        return len(self._steady_recent) / min(self.TOOK_S, max(now - self._first_success, self._MIN_SPAN_S)) * 60.0
+        """Over ``TOOK_S``: over one second, a server's saved-up burst swells what it seems to take."""
+        return self._successes_per_minute(self._recent_took, self.TOOK_S, now)
 
     def on_rate_limited(self, sent_at: float, *, lone: bool = False) -> bool:
         """A 429 for a request sent at ``sent_at``; ``lone``: not part of a storm. True when it
