@@ -6,7 +6,11 @@ footer, so it needs a seekable file). Output to a path is written to a temporary
 it and renamed over the target only when complete: a killed run never leaves half a file.
 
 CSV columns are read as text, exactly as written: a CSV has no types, and guessing them from
-the first block fails on a later block that disagrees ("007" stays "007"). Empty cells are null.
+the first block fails on a later block that disagrees ("007" stays "007"). ``NA``, ``null``,
+``None``, ``N/A``, ``nan``, ``#N/A`` are text like any other (pyarrow would read them as null,
+and such a row would not be sent). Only an empty field (``a,,b``) is null; a quoted empty
+field (``a,"",b``) is the empty string, which is how the CSV writer tells the two apart, so an
+output read back gives the same cells.
 """
 
 from __future__ import annotations
@@ -97,11 +101,16 @@ def _csv_source(handle: IO[bytes], batch_rows: int) -> Source:
     names = next(csv.reader([header.decode("utf-8")]), [])
     if not names:
         raise ValueError("The CSV input has no header line; its first line must name the columns.")
+    peek = getattr(handle, "peek", None)  # files and stdin are buffered readers
+    if peek is not None and not peek(1):  # a header and no rows: an input of no rows, not an error
+        schema = pa.schema([(name, pa.string()) for name in names])
+        return Source(schema, 0, iter(()), handle)
     reader = pa_csv.open_csv(
         handle,
         read_options=pa_csv.ReadOptions(column_names=names, block_size=_CSV_BLOCK_BYTES),
         convert_options=pa_csv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                              strings_can_be_null=True),
+                                              null_values=[""], strings_can_be_null=True,
+                                              quoted_strings_can_be_null=False),
     )
     return Source(reader.schema, None, _rebatched(reader, batch_rows), handle)
 
