@@ -274,3 +274,42 @@ def test_a_self_hosted_portkey_gateway_needs_no_key_and_bad_estimate_assumptions
     assert done.returncode == 2, done.stderr
     assert "--latency-s must be a positive number" in done.stderr and "--prompt-price must be" in done.stderr
     assert "API key" not in done.stderr
+
+
+def test_csv_cells_are_read_as_written_only_an_empty_field_is_null(tmp_path: Path) -> None:
+    written = ["NA", "null", "None", "N/A", "nan", "#N/A", "NULL", "-NaN", "TRUE", "007"]
+    lines = ["id,t", *(f"{i},{cell}" for i, cell in enumerate(written)), f'{len(written)},""', f"{len(written) + 1},"]
+    (tmp_path / "in.csv").write_text("\n".join(lines) + "\n")
+    with FakeProvider(responder="echo") as fake:
+        done = run(predict_args(fake, str(tmp_path / "in.csv"), str(tmp_path / "out.parquet")), tmp_path)
+        prompts = sorted(r.prompt for r in fake.chat_requests)
+    assert done.returncode == 0, done.stderr
+    # Every written cell was sent, and the quoted empty field "" as the empty string; only the
+    # empty field (the last row) is null, and gets no request.
+    assert prompts == sorted(f"say {cell}" for cell in [*written, ""])
+    out = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert [r["t"] for r in out] == [*written, "", None]
+    assert [r["y"] for r in out] == [f"say {cell}" for cell in [*written, ""]] + [None]
+
+
+@pytest.mark.parametrize("dst", ["out.parquet", "out.csv", "out.jsonl"])
+def test_a_header_only_csv_writes_an_empty_output_with_the_answer_columns(tmp_path: Path, dst: str) -> None:
+    (tmp_path / "empty.csv").write_text("id,t\n")
+    (tmp_path / "one.csv").write_text("id,t\n1,yes\n")
+    more = ("--choices", "yes,no", "--usage-columns")
+    with FakeProvider(responder="echo") as fake:
+        done = run(predict_args(fake, str(tmp_path / "empty.csv"), str(tmp_path / dst), *more), tmp_path)
+        assert fake.requests == []
+        one = run(predict_args(fake, str(tmp_path / "one.csv"), str(tmp_path / "one.parquet"), *more), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert one.returncode == 0, one.stderr
+    if dst.endswith(".parquet"):
+        written = pq.read_table(tmp_path / dst)
+        assert written.num_rows == 0
+        assert written.schema == pq.read_table(tmp_path / "one.parquet").schema  # the answer columns, typed
+    elif dst.endswith(".csv"):
+        assert (tmp_path / dst).read_text().splitlines() == [
+            '"id","t","y","y_prompt_tokens","y_completion_tokens","y_error"']
+    else:
+        assert (tmp_path / dst).read_text() == ""
+    assert "0 rows" in done.stderr
