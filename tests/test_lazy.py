@@ -60,3 +60,20 @@ def test_failed_rows_follow_the_errors_option(tmp_path: Path, fake: FakeProvider
     assert out["y_error"][1].startswith("LabelError")
     with pytest.raises(dfllm.BatchError):
         lf.llm.predict(engine, "m", "{{t}}", "z", choices=["yes", "no"]).collect()  # type: ignore[attr-defined]
+
+
+def test_a_query_that_reads_no_answer_column_sends_nothing(tmp_path: Path, fake: FakeProvider, engine: str) -> None:
+    lf = source(tmp_path, 300).llm.predict(engine, "m", "{{t}}", "y", batch_rows=64, errors="null",  # type: ignore[attr-defined]
+                                           usage_columns=True)
+    ids = lf.select("id").collect()
+    assert ids["id"].to_list() == list(range(300))
+    assert lf.filter(pl.col("t") == "r7").select("id", "t").collect()["id"].to_list() == [7, 257]
+    assert lf.select(pl.len()).collect().item() == 300
+    assert lf.select("t").head(5).collect()["t"].to_list() == ["r0", "r1", "r2", "r3", None]
+    assert fake.chat_requests == []
+    # Reading an answer column (to select, or to filter on) still sends what it needs.
+    assert lf.filter(pl.col("id") < 3).select("y").collect()["y"].to_list() == ["m says: r0", "m says: r1",
+                                                                                "m says: r2"]
+    assert len(fake.chat_requests) == 3
+    assert lf.filter(pl.col("y_error").is_null()).select("id").collect().height == 300
+    assert len(fake.chat_requests) == len({f"r{i % 250}" for i in range(300) if i % 9 != 4})

@@ -11,7 +11,8 @@ with no end to hang the session's closing on.
 Everything a caller can get wrong is checked when ``predict`` is called, before any request.
 At collect, the input streams through in batches of ``batch_rows``; each batch's unique prompts
 fan out concurrently. Filters on input columns are applied before predicting (no request for a
-row that is filtered out); filters on answer columns after.
+row that is filtered out); filters on answer columns after. A query that reads no answer
+column (``.select("id")``, ``.filter(pl.col("id") < 5).select(pl.len())``) sends nothing.
 """
 
 from __future__ import annotations
@@ -63,12 +64,33 @@ def predict_lazy(lf: pl.LazyFrame, engine: Any, model: str | None = None, templa
     plan = make_plan(pl.DataFrame(schema=input_schema), engine, model, template, target, options)
     output_schema = write_back(plan, [], RunStats()).collect_schema()
 
+    answers = frozenset(output_schema.names()) - frozenset(input_schema.names())
+
     def source(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
                batch_size: int | None) -> Iterator[pl.DataFrame]:
+        if not _answers_needed(answers, with_columns, predicate):
+            return _inputs_only(lf, with_columns or [], predicate, n_rows, batch_rows)
         return _batches(lf, plan, stats, batch_rows, with_columns, predicate, n_rows)
 
     return register_io_source(source, schema=output_schema, validate_schema=True,
                               explain_name="dfllm.predict", explain_detail=f"target={plan.target!r}")
+
+
+def _answers_needed(answers: frozenset[str], with_columns: list[str] | None, predicate: pl.Expr | None) -> bool:
+    """Whether the query reads an answer column: a projection and filter on inputs alone need no request."""
+    read = set(with_columns) if with_columns is not None else set(answers)
+    if predicate is not None:
+        read |= set(predicate.meta.root_names())
+    return bool(read & answers)
+
+
+def _inputs_only(lf: pl.LazyFrame, with_columns: list[str], predicate: pl.Expr | None, n_rows: int | None,
+                 batch_rows: int) -> Iterator[pl.DataFrame]:
+    if predicate is not None:
+        lf = lf.filter(predicate)
+    if n_rows is not None:
+        lf = lf.head(n_rows)
+    yield from lf.select(with_columns).collect_batches(chunk_size=batch_rows)
 
 
 def _batches(lf: pl.LazyFrame, plan: Plan, stats: RunStats | None, batch_rows: int,
