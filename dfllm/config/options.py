@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from dfllm._exceptions import did_you_mean
+from dfllm.outputs.choices import label_problems
 
 if TYPE_CHECKING:
     from dfllm.outputs.schema import OutputSchema
@@ -128,7 +129,7 @@ def _choices(name: str, value: Any) -> str | None:
         return f"{name} must be a list of non-empty strings, e.g. ['positive', 'negative'], got {value!r}."
     if len(set(value)) < 2 or len(set(value)) != len(value):
         return f"{name} needs at least two labels, each once, got {list(value)!r}."
-    return None
+    return " ".join(label_problems(value)) or None
 
 
 def _schema(name: str, value: Any) -> str | None:
@@ -167,6 +168,18 @@ def _url_problem(name: str, location: str) -> str | None:
     except ValueError:
         return (f"{name}={location!r}: {protocol!r} is not a protocol fsspec knows. Use a local path, or a "
                 "URL such as 's3://bucket/dir', 'gs://bucket/dir' or 'file:///shared/dir'.")
+    return None
+
+
+# Each request in flight holds a connection (a file descriptor) and a worker; past a few thousand a
+# run fails on "too many open files" or meets every provider's own cap, rather than going faster.
+MAX_CONCURRENCY = 4096
+
+
+def _concurrency(name: str, value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONCURRENCY:
+        return (f"{name} must be a positive integer, at most {MAX_CONCURRENCY:,} (requests in flight at once, each "
+                f"holding a connection), got {value!r}. Use rpm= to set a rate.")
     return None
 
 
@@ -240,7 +253,7 @@ OPTIONS: tuple[Option, ...] = (
            "'struct': one struct column {target} holding them all", one_of("fields", "struct")),
     Option("max_repairs", "int", 2, "re-asks of a row whose answer does not fit the schema, showing the "
            "model its answer and the validation error; then a row error", non_negative_int),
-    Option("concurrency", "int", 64, "requests in flight at most", positive_int),
+    Option("concurrency", "int", 64, f"requests in flight at most, 1 to {MAX_CONCURRENCY:,}", _concurrency),
     Option("rpm", "float", None, "client-side requests per minute; without it dfllm reads x-ratelimit-* "
            "headers or learns from 429s", positive_number, default_text="learned"),
     Option("tpm", "float", None, "client-side tokens per minute", positive_number, default_text="learned"),
