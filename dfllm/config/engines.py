@@ -25,7 +25,7 @@ from dfllm._exceptions import (
     did_you_mean,
 )
 from dfllm.config.options import OPTION_NAMES, option_problems, unknown_option_problems
-from dfllm.config.secrets import Secret
+from dfllm.config.secrets import Secret, shown_url
 from dfllm.engines.base import Capabilities, Engine, is_engine
 from dfllm.engines.kinds import KINDS, ProviderKind
 from dfllm.engines.providers import PROVIDERS, Provider, needs_key
@@ -54,16 +54,38 @@ class EngineConfig:
         shown = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return (
             f"EngineConfig(name={self.name!r}, provider={self.provider.name!r}, "
-            f"base_url={self.base_url!r}{', ' + shown if shown else ''})"
+            f"base_url={self.shown_base_url!r}{', ' + shown if shown else ''})"
         )
 
     @property
+    def shown_base_url(self) -> str:
+        """``base_url`` fit for a message: any part that looks like a key masked (``shown_url``)."""
+        return shown_url(self.base_url)
+
+    @property
     def capabilities(self) -> Capabilities:
-        """The provider's capabilities, with structured outputs as this engine was told."""
+        """The provider's capabilities (a gateway's: those of the provider it routes to), with
+        structured outputs as this engine was told."""
+        found = self.provider.upstream_capabilities.get(self.upstream or "", self.provider.capabilities)
         if self.structured_outputs is None:
-            return self.provider.capabilities
+            return found
         told = STRUCTURED_OUTPUTS[self.structured_outputs]
-        return replace(self.provider.capabilities, json_schema=told.json_schema, json_mode=told.json_mode)
+        return replace(found, json_schema=told.json_schema, json_mode=told.json_mode)
+
+    @property
+    def upstream(self) -> str | None:
+        """The provider a gateway forwards to, where this engine names it: the ``"provider"`` of its
+        config (one for every target), else its provider parameter. None for a virtual key."""
+        provider = self.provider
+        if provider.upstream_config_param is not None:
+            config = self.routing.get(provider.header_params[provider.upstream_config_param])
+            named = _config_upstream(config.reveal() if isinstance(config, Secret) else config)
+            if named is not None:
+                return named
+        if provider.upstream_param is not None:
+            named_header = self.routing.get(provider.header_params[provider.upstream_param])
+            return named_header if isinstance(named_header, str) else None
+        return None
 
     @property
     def kind(self) -> ProviderKind:
@@ -115,19 +137,47 @@ def drop_engine(name: str) -> None:
         raise UnknownEngineError(f"No engine named {name!r}. Engines: {sorted(_ENGINES)}.")
 
 
+def _config_upstream(config_text: str | None) -> str | None:
+    """The one provider a gateway config routes to (its own, or every target's), if it names one."""
+    try:
+        config = json.loads(config_text) if config_text else None
+    except (ValueError, RecursionError):
+        return None  # a saved config's id: where it routes is not visible from here
+    named: set[str] = set()
+    stack: list[tuple[Any, int]] = [(config, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, dict) or depth > 8:
+            return None
+        targets = node.get("targets")
+        if isinstance(node.get("provider"), str):
+            named.add(node["provider"])
+        elif isinstance(targets, list) and targets:
+            stack.extend((target, depth + 1) for target in targets)
+        else:
+            return None
+    return named.pop() if len(named) == 1 else None
+
+
 def _keyed_hash(value: str) -> str:
     return hashlib.blake2b(value.encode(), key=b"dfllm routing identity", digest_size=16).hexdigest()
 
 
 def base_url_problems(base_url: Any) -> list[str]:
-    """Why ``base_url`` is not an http(s) URL a request can go to (empty when it is)."""
+    """Why ``base_url`` is not an http(s) URL a request can go to (empty when it is).
+
+    Messages show the URL through ``shown_url``: a key pasted into it is never quoted back.
+    """
     example = "e.g. base_url='https://api.example.com/v1' or 'http://127.0.0.1:8000/v1'"
     if not isinstance(base_url, str):
         return [f"base_url must be a string URL, {example}; got {type(base_url).__name__}."]
-    shown = _shown_url(base_url)
+    shown = shown_url(base_url)
     if base_url != base_url.strip() or any(c.isspace() for c in base_url):
         return [f"base_url {shown!r} contains whitespace; remove it ({example})."]
-    parts = urllib.parse.urlsplit(base_url)
+    try:
+        parts = urllib.parse.urlsplit(base_url)
+    except ValueError:  # an unclosed IPv6 bracket
+        return [f"base_url {shown!r} is not a URL ({example})."]
     if parts.scheme not in ("http", "https"):
         return [f"base_url {shown!r} must start with http:// or https:// ({example})."]
     try:
@@ -139,18 +189,10 @@ def base_url_problems(base_url: Any) -> list[str]:
     if parts.username or parts.password:
         return ["base_url must not carry credentials (user:password@); pass the key as api_key instead."]
     if parts.query or parts.fragment:
-        return [f"base_url {shown!r} must not have a query or fragment; give the API's root ({example})."]
+        return [f"base_url {shown!r} must not have a query or fragment (not shown: it may hold a key); give the "
+                f"API's root and pass a key as api_key ({example})."]
     del port
     return []
-
-
-def _shown_url(url: str) -> str:
-    """The URL as safe to show: any user:password@ part masked."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password or parts.username:
-        host = parts.netloc.rsplit("@", 1)[-1]
-        return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
-    return url
 
 
 def configure(name: str, provider_name: str, using: Mapping[str, Any]) -> EngineConfig:
@@ -208,7 +250,8 @@ def configure(name: str, provider_name: str, using: Mapping[str, Any]) -> Engine
         _warn_if_cleartext(name, str(base_url))
     if "config" in routing_values:
         _warn_if_gateway_retries(name, _header_text(routing_values["config"]))
-    options = {**provider.model_defaults, **{k: v for k, v in using.items() if k in OPTION_NAMES}}
+    # provider.model_defaults are the seed's CREATE MODEL defaults: create_model applies them.
+    options = {k: v for k, v in using.items() if k in OPTION_NAMES}
     return EngineConfig(
         name=name,
         provider=provider,
@@ -269,7 +312,7 @@ def _header_param_problems(values: Mapping[str, Any]) -> list[str]:
         parts = urllib.parse.urlsplit(str(host))
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
             problems.append(
-                f"custom_host {_shown_url(str(host))!r} must be the http(s) URL of an OpenAI-compatible "
+                f"custom_host {shown_url(str(host))!r} must be the http(s) URL of an OpenAI-compatible "
                 "server, without credentials, e.g. custom_host='http://127.0.0.1:8000/v1'."
             )
     return problems
@@ -303,7 +346,7 @@ def _warn_if_cleartext(name: str, base_url: str) -> None:
     parts = urllib.parse.urlsplit(base_url)
     if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
         warnings.warn(
-            f"Engine {name!r} sends its key in clear text to {base_url} (http://, not https://): anyone on "
+            f"Engine {name!r} sends its key in clear text to {shown_url(base_url)} (http://, not https://): anyone on "
             "the network path can read it. Use https://, or a server on this machine.",
             UserWarning,
             stacklevel=4,

@@ -150,3 +150,48 @@ class Scrubber:
 
     def __repr__(self) -> str:
         return f"Scrubber({len(self._forms)} forms)"
+
+
+# A URL part is taken for a credential when it starts like a vendor's key (OpenAI's sk-, Groq's
+# gsk_, Hugging Face's hf_, GitHub's ghp_, Google's AIza...) or holds a random-looking run: 16 or
+# more letters and digits, both mixed in. Words, versions, model and deployment names are runs of
+# letters or short runs; UUIDs are runs of at most 12.
+_KEY_PREFIX = re.compile(r"^(sk|pk|rk|gsk|hf|ghp|gho|github_pat|xai|key)[-_].{6,}|^AIza.{10,}", re.I)
+_RANDOM_RUN = re.compile(r"(?=[A-Za-z0-9]*[0-9])(?=[A-Za-z0-9]*[A-Za-z])[A-Za-z0-9]{16,}")
+
+
+def looks_like_key(part: str) -> bool:
+    """Whether one path segment or query value of a URL looks like a credential."""
+    return bool(_KEY_PREFIX.match(part) or _RANDOM_RUN.search(part))
+
+
+def url_secrets(url: str) -> list[Secret]:
+    """The parts of ``url`` that look like credentials: path segments (see ``looks_like_key``),
+    every query value, and a user:password. Sent as given, never shown."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return [Secret(url)]
+    found = [urllib.parse.unquote(s) for s in parts.path.split("/") if looks_like_key(urllib.parse.unquote(s))]
+    found += [value for _, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if value]
+    found += [p for p in (parts.username, parts.password) if p]
+    if parts.query:
+        found.append(parts.query)
+    if parts.fragment:
+        found.append(parts.fragment)
+    return [Secret(value) for value in found]
+
+
+def shown_url(url: str) -> str:
+    """``url`` as fit for a message or repr: a user:password, a query and a fragment become ``***``,
+    and so does every path segment that looks like a credential."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # an unclosed IPv6 bracket: nothing of it is shown
+        return "***"
+    netloc = parts.netloc
+    if parts.username or parts.password:
+        netloc = "***@" + netloc.rsplit("@", 1)[-1]
+    path = "/".join("***" if looks_like_key(urllib.parse.unquote(s)) else s for s in parts.path.split("/"))
+    return urllib.parse.urlunsplit((parts.scheme, netloc, path, "***" if parts.query else "",
+                                    "***" if parts.fragment else ""))

@@ -38,7 +38,7 @@ from dfllm._exceptions import (
     ServerError,
     TransportError,
 )
-from dfllm.config.secrets import Scrubber, Secret
+from dfllm.config.secrets import Scrubber, Secret, shown_url, url_secrets
 from dfllm.engines.base import NO_CAPABILITIES, Capabilities, Completion, RateLimitState, Request
 
 _SHOWN_BODY = 300  # characters of an unexpected body quoted in a message
@@ -72,10 +72,13 @@ class OpenAICompatibleEngine:
         self.max_concurrency: int | None = None
         self._params: dict[str, Any] | None = None
         self._params_json = b"}"
-        self.base_url = base_url.rstrip("/")
-        self._url = f"{self.base_url}/chat/completions"
+        self._root = base_url.rstrip("/")
+        # What messages and the repr show: a key pasted into the URL's path is masked there,
+        # and scrubbed from anything the server echoes.
+        self.base_url = shown_url(self._root)
+        self._url = f"{self._root}/chat/completions"
         self._headers = dict(headers)
-        self._scrub = Scrubber(v for v in headers.values() if isinstance(v, Secret))
+        self._scrub = Scrubber([*(v for v in headers.values() if isinstance(v, Secret)), *url_secrets(self._root)])
         self._auth_hint = auth_hint or "Check the API key given to create_engine (or its environment variable)."
         self._max_body_bytes = max_body_bytes
         self._session: aiohttp.ClientSession | None = None
@@ -109,7 +112,7 @@ class OpenAICompatibleEngine:
 
     async def get_json(self, path: str, timeout_s: float = 60.0) -> Any:
         """GET ``{base_url}/{path}`` (model listing), with the same error mapping as ``complete``."""
-        raw, _ = await self._send("GET", f"{self.base_url}/{path.lstrip('/')}", timeout_s)
+        raw, _ = await self._send("GET", f"{self._root}/{path.lstrip('/')}", timeout_s)
         try:
             return json.loads(raw)
         except (ValueError, RecursionError):

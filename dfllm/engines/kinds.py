@@ -62,7 +62,7 @@ class HttpKind:
         if not isinstance(data, list):
             from dfllm._exceptions import ResponseFormatError
 
-            raise ResponseFormatError(f"{config.base_url}/models did not return a model list.")
+            raise ResponseFormatError(f"{config.shown_base_url}/models did not return a model list.")
         return [e for e in data if isinstance(e, dict) and isinstance(e.get("id"), str)]
 
     async def describe(self, config: EngineConfig, model: str) -> dict[str, Any]:
