@@ -20,6 +20,7 @@ distributed = pytest.importorskip("distributed")
 
 import cloudpickle  # type: ignore[import-untyped]  # noqa: E402
 import pandas as pd  # noqa: E402
+import psutil  # type: ignore[import-untyped]  # noqa: E402  # distributed's dependency
 
 import dfllm  # noqa: E402
 from dfllm.engines.base import Completion  # noqa: E402
@@ -36,10 +37,32 @@ MODEL = "gpt-4o-mini"
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
     # Started once: two worker processes take several seconds on a loaded 2-core machine.
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  silence_logs=40) as cluster, distributed.Client(cluster) as client:
+    # Loopback only: a test must not open a port to the network. The scheduler serves HTTP even
+    # with dashboard_address=None (on 8787, where a gateway under test may want to be): a free
+    # port on 127.0.0.1 instead.
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address="127.0.0.1:0", silence_logs=40) as cluster, \
+            distributed.Client(cluster) as client:
         client.wait_for_workers(2, timeout=120)
         yield client
+
+
+def listening() -> list[tuple[str, int]]:
+    """The (address, port) pairs this process listens on (run here and on each worker)."""
+    return [(c.laddr.ip, c.laddr.port) for c in psutil.Process(os.getpid()).net_connections("inet")
+            if c.status == psutil.CONN_LISTEN]
+
+
+def test_the_cluster_and_its_dashboard_listen_on_loopback_only(client: Any) -> None:
+    info = client.scheduler_info(n_workers=-1)
+    named = [client.scheduler.address, *info["workers"], *(w["nanny"] for w in info["workers"].values())]
+    assert len(named) == 5 and all(a.startswith("tcp://127.0.0.1:") for a in named), named
+    # What is bound, not only what is named: the scheduler, its HTTP server and the nannies here,
+    # each worker in its own process.
+    bound = {"client process": listening(), **client.run(listening)}
+    assert len(bound) == 3, bound
+    assert all(pairs and {ip for ip, _ in pairs} == {"127.0.0.1"} for pairs in bound.values()), bound
+    assert ("127.0.0.1", info["services"]["dashboard"]) in bound["client process"], info["services"]
 
 
 def frame(n: int, prefix: str = "row") -> pd.DataFrame:
@@ -193,7 +216,7 @@ def _gate_leases() -> dict[str, int]:
     runtime = worker._runtime
     if runtime is None:
         return {}
-    return {str(k[1]): g.leases for k, g in runtime._shared.items() if k[0] == "gate"}  # type: ignore[index]
+    return {str(k[1:]): g.leases for k, g in runtime._shared.items() if k[0] == "gate"}  # type: ignore[index]
 
 
 def test_two_workers_together_stay_under_the_servers_rpm_cap_and_use_it(client: Any) -> None:
@@ -212,6 +235,43 @@ def test_two_workers_together_stay_under_the_servers_rpm_cap_and_use_it(client: 
     assert 0.8 * cap <= achieved <= 1.05 * cap, achieved
     leases = client.run(_gate_leases)
     assert all(any(n > 0 for n in by_budget.values()) for by_budget in leases.values()), leases
+
+
+def rate_per_minute(arrivals: list[float]) -> float:
+    """Requests per minute between the first and the last arrival: no start-up ramp to dilute it."""
+    arrivals = sorted(arrivals)
+    return (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) * 60
+
+
+def test_each_compute_on_one_cluster_keeps_its_own_rpm(client: Any) -> None:
+    # Computes one after another on one cluster and one budget (engine and model): each must be
+    # paced by its own rpm, not by the rpm (or the absence of one) of the first compute.
+    with FakeProvider() as fake:
+        dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
+
+        def run(model: str, prefix: str, rows: int, **options: Any) -> float:
+            ddf = dd.from_pandas(frame(rows, prefix), npartitions=2, sort=False)
+            out = ddf.llm.predict("t", model, "Echo {{text}}", "answer", cache=False, **options).compute()
+            assert out["answer"].notna().all()
+            arrivals = [r.arrived_at for r in fake.chat_requests if r.prompt.startswith(f"Echo {prefix} ")]
+            assert len(arrivals) == rows
+            return rate_per_minute(arrivals)
+
+        # Three budgets (one per model), two computes on each: (rate, the compute's rpm).
+        rates = {
+            "rpm=300 first": (run(MODEL, "slow", 15, rpm=300), 300),
+            "no rpm after rpm=300": (run(MODEL, "free", 60), None),
+            "no rpm first": (run("model-2", "free-first", 20), None),
+            "rpm=600 after no rpm": (run("model-2", "capped", 25, rpm=600), 600),
+            "rpm=1200 first": (run("model-3", "fast", 30, rpm=1200), 1200),
+            "rpm=300 after rpm=1200": (run("model-3", "slower", 15, rpm=300), 300),
+        }
+    # A stale lease doubles a rate (two workers, each pacing itself at the rpm, under a gate at
+    # the first compute's rpm) or holds an uncapped compute at the first rpm: bounds that a loaded
+    # 2-core machine keeps (it only sends later) and either mistake breaks.
+    wrong = {name: rate for name, (rate, rpm) in rates.items()
+             if (rpm is not None and not 0.5 * rpm <= rate <= 1.25 * rpm) or (rpm is None and rate < 3 * 300)}
+    assert not wrong, rates
 
 
 def test_a_cap_under_the_given_rpm_seen_by_one_worker_pauses_the_other(client: Any) -> None:

@@ -257,7 +257,10 @@ async def _answer(runtime: Any, call: PartitionCall, plan: Any, gate_call: Any) 
     if gate_call is not None:
         from dfllm.runtime.coordinator import ClusterGate
 
-        gate = runtime.shared(("gate", call.budget), lambda: ClusterGate(
+        # One gate per budget and limits: a gate leases at its first call's rpm/tpm, so a later
+        # call with other limits (or none) on the same worker must not reuse it.
+        limits = (plan.options.rpm, plan.options.tpm)
+        gate = runtime.shared(("gate", call.budget, limits), lambda: ClusterGate(
             call.budget, gate_call.worker_address, gate_call, rpm=plan.options.rpm, tpm=plan.options.tpm,
             workers=call.workers))
     executor = await runtime.executor(call.call_id, lambda: make_executor(plan, engine, RunStats(), gate=gate))

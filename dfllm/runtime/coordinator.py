@@ -9,8 +9,12 @@ whole never runs ahead of the budget, whatever the number of workers.
 - A ``Retry-After`` seen by any worker moves the schedule past the pause: the next lease of
   every worker says so, hence all of them stop within one lease window.
 - A worker that dies holding a lease loses at most its slots, one window's worth.
-- Limits given by the caller win; otherwise the first worker that reads the provider's
-  ``x-ratelimit-limit-*`` headers teaches the whole cluster.
+- Limits given by the caller win, and hold for that call only: each lease carries its call's
+  ``rpm``/``tpm``, so a later call on the same cluster (a lower rpm, a higher one, or none) is
+  paced by its own. Otherwise the first worker that reads the provider's ``x-ratelimit-limit-*``
+  headers teaches the whole cluster, and what it learned stays with the budget for later calls
+  without limits: a budget is one account and model, whose limit does not change with the call
+  (a new reading replaces it).
 
 ``Budgets`` is the schedule (pure, clock injected); ``RateCoordinator`` is the scheduler plugin
 that serves it as RPC handlers; ``ClusterGate`` is the worker's side, the executor's ``gate``.
@@ -47,18 +51,18 @@ Call = Callable[..., Awaitable[dict[str, Any]]]
 
 @dataclass
 class _Budget:
-    rpm: float | None = None  # given by the caller
-    tpm: float | None = None
+    # The caller's rpm/tpm are not kept here: they belong to one call and come with each lease.
     learned_rpm: float | None = None
     learned_tpm: float | None = None
     next_at: float = 0.0  # the next free send time
     paused_until: float = 0.0
     holders: dict[str, float] = field(default_factory=dict)  # worker -> last lease time
 
-    def interval_s(self, tokens_each: int) -> float | None:
-        """Seconds one request occupies the schedule; None when no limit is known."""
-        rpm = self.rpm or self.learned_rpm
-        tpm = self.tpm or self.learned_tpm
+    def interval_s(self, tokens_each: int, rpm: float | None, tpm: float | None) -> float | None:
+        """Seconds one request occupies the schedule; None when no limit is known. The caller's
+        limits (``rpm``/``tpm`` of the leasing call) win over learned ones."""
+        rpm = rpm or self.learned_rpm
+        tpm = tpm or self.learned_tpm
         candidates = [60.0 / rpm] if rpm else []
         if tpm:
             candidates.append(60.0 * min(max(tokens_each, 1), tpm) / tpm)
@@ -75,10 +79,10 @@ class Budgets:
 
     def lease(self, budget: str, worker: str, want: int, tokens_each: int = 0,
               rpm: float | None = None, tpm: float | None = None) -> dict[str, Any]:
-        """Reserve up to ``want`` send times. Offsets in the reply are seconds from now."""
+        """Reserve up to ``want`` send times, spaced by this call's ``rpm``/``tpm`` (or the learned
+        limits when it gave none). Offsets in the reply are seconds from now."""
         b = self._budgets[budget]
         now = self._clock()
-        b.rpm, b.tpm = rpm or None, tpm or None
         b.holders[worker] = now
         for name, seen in list(b.holders.items()):
             if seen < now - _HOLDER_TTL_S:
@@ -86,7 +90,7 @@ class Budgets:
         pause_s = max(0.0, b.paused_until - now)
         reply: dict[str, Any] = {"pause_s": pause_s, "valid_s": self.lease_s, "count": 0, "first_s": 0.0,
                                  "interval_s": 0.0, "retry_s": 0.0, "unlimited": False}
-        interval = b.interval_s(tokens_each)
+        interval = b.interval_s(tokens_each, rpm or None, tpm or None)
         if interval is None:
             reply["unlimited"] = True
             return reply
@@ -155,6 +159,9 @@ class RateCoordinator(SchedulerPlugin):
 class ClusterGate:
     """The executor's ``gate`` on one worker: sends only at times leased from the coordinator.
 
+    A gate serves one budget at one pair of caller's limits (``rpm``, ``tpm``), which it sends with
+    every lease: calls with other limits need a gate of their own, or they would be paced by
+    these (the driver keeps one per budget and limits).
     ``call(op, **fields)`` performs one scheduler RPC. If the coordinator cannot be reached, the
     gate falls back to pacing at ``rpm / workers`` on its own and logs why.
     """
