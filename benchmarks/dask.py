@@ -69,8 +69,10 @@ def report(name: str, elapsed: float, ok: int, refused: int, failed: int, cap: f
 
 
 def on_cluster(workers: int, fn: Callable[[Client], None]) -> None:
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=40) as cluster, Client(cluster) as client:
+    # Loopback only: a benchmark must not open a port to the network. The scheduler serves HTTP
+    # even with dashboard_address=None (on 8787): a free port on 127.0.0.1 instead.
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0", silence_logs=40) as cluster, Client(cluster) as client:
         client.wait_for_workers(workers, timeout=120)
         fn(client)
 
