@@ -179,6 +179,48 @@ def test_gateway_retries_multiply_dfllms_and_are_warned_about(gateway: tuple[str
     assert sent == (1 + 1) * (1 + 1)  # (dfllm attempts) x (gateway attempts)
 
 
+def test_openai_routing_asks_for_the_schema_as_json_schema_through_the_gateway(gateway: tuple[str, int]) -> None:
+    with FakeProvider(api_key=UPSTREAM_KEY) as upstream:
+        dfllm.create_engine("pk", "portkey", base_url=gateway[0], provider="openai",
+                            provider_api_key=UPSTREAM_KEY, custom_host=upstream.base_url)
+        result = _predict("pk", schema={"city": str, "country": str}, errors="null")
+        requests = upstream.chat_requests
+    # One request a row, each with OpenAI's response_format as the gateway passed it on; the
+    # schema is not described in a system prompt.
+    assert len(requests) == 2
+    for request in requests:
+        assert request.body["response_format"]["type"] == "json_schema"
+        assert set(request.body["response_format"]["json_schema"]["schema"]["properties"]) == {"city", "country"}
+        assert [m["role"] for m in request.body["messages"]] == ["user"]
+    assert result["answer_error"].isna().all() and result["answer_city"].notna().all()
+
+
+def test_max_tokens_goes_upstream_only_where_a_model_sets_it(gateway: tuple[str, int]) -> None:
+    with FakeProvider(api_key=UPSTREAM_KEY) as upstream:
+        dfllm.create_engine("pk", "portkey", base_url=gateway[0], provider="openai",
+                            provider_api_key=UPSTREAM_KEY, custom_host=upstream.base_url)
+        _predict("pk", DF.head(1))
+        model = dfllm.create_model("portkey_model", engine="pk", predict="answer", column="question",
+                                   model="gpt-4o-mini")
+        model.predict(DF.head(1), cache=False)
+        dfllm.create_model("m300", engine="pk", predict="answer", column="question", model="gpt-4o-mini",
+                           max_tokens=300).predict(DF.head(1), cache=False)
+        sent = [r.body.get("max_tokens") for r in upstream.chat_requests]
+    assert sent == [None, 100, 300]  # a plain predict sends none; the seed's default is create_model's
+
+
+def test_list_models_through_the_gateway_says_the_gateways_list_failed(gateway: tuple[str, int]) -> None:
+    with FakeProvider(api_key=UPSTREAM_KEY) as upstream:
+        dfllm.create_engine("pk", "portkey", base_url=gateway[0], provider="openai",
+                            provider_api_key=UPSTREAM_KEY, custom_host=upstream.base_url)
+        with pytest.raises(dfllm.EngineError) as info:
+            dfllm.list_models("pk")
+    message = str(info.value)
+    assert message.startswith(f"Listing the models of engine 'pk' at {gateway[0]} failed: ")
+    assert "HTTP 500" in message and "The open-source Portkey gateway lists models only" in message
+    assert "List the models at the upstream provider" in message and UPSTREAM_KEY not in message
+
+
 # -- configuration, no gateway needed -------------------------------------------------------------
 
 def test_config_and_upstream_keys_are_secrets_only_hashed_into_identity() -> None:

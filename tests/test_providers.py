@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import string
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
 import pandas as pd
 import pytest
+from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 
 import dfllm
+from dfllm.config.secrets import Secret, shown_url, url_secrets
 from dfllm.engines import PROVIDERS
 from dfllm.testing import FakeProvider
 
@@ -154,3 +165,162 @@ def test_openai_compatible_servers_need_no_key_but_a_base_url() -> None:
         dfllm.create_engine("vllm", "openai_compatible", base_url=fake.base_url)
         pd.DataFrame({"t": ["x"]}).llm.predict("vllm", "my-model", "{{t}}", "y")
         assert "Authorization" not in fake.chat_requests[0].headers
+
+
+# -- a server of the test's own, on a background loop ----------------------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@contextlib.contextmanager
+def serving(handler: Handler) -> Iterator[tuple[str, list[str]]]:
+    """``handler`` answers every request on 127.0.0.1; yields the server's root URL and the paths it got."""
+    paths: list[str] = []
+
+    async def record(request: web.Request) -> web.StreamResponse:
+        paths.append(request.path_qs)
+        return await handler(request)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    runner = web.AppRunner(app)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start() -> int:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return int(runner.addresses[0][1])
+
+    port = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}", paths
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+def _completion(text: str) -> web.Response:
+    return web.json_response({"id": "c", "object": "chat.completion", "model": "m", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})
+
+
+# -- Portkey: schemas follow the routed provider, the seed's max_tokens stays with create_model -------
+
+SCHEMA = {"city": str}
+
+
+@pytest.mark.parametrize(("routing", "json_schema"), [
+    ({"provider": "openai"}, True),
+    ({"config": {"provider": "openai", "api_key": "sk-upstream-0000000000"}}, True),
+    ({"config": {"strategy": {"mode": "fallback"}, "targets": [{"provider": "openai"}, {"provider": "openai"}]}},
+     True),
+    ({"provider": "openai", "structured_outputs": "prompt"}, False),  # the override wins
+    ({"provider": "anthropic"}, False),
+    ({"virtual_key": "vk-0123456789"}, False),  # where it routes is not visible from here
+    ({"config": {"strategy": {"mode": "fallback"}, "targets": [{"provider": "openai"}, {"provider": "anthropic"}]}},
+     False),
+])
+def test_portkey_asks_for_a_schema_as_the_routed_provider_takes_it(routing: dict[str, object],
+                                                                   json_schema: bool) -> None:
+    with FakeProvider() as fake:
+        dfllm.create_engine("pk", "portkey", api_key="pk-key", base_url=fake.base_url, **routing)
+        pd.DataFrame({"q": ["Where is Stockholm?"]}).llm.predict("pk", "gpt-4o-mini", "{{q}}", "a", schema=SCHEMA,
+                                                                 errors="null")
+        body = fake.chat_requests[0].body
+    sent = body.get("response_format", {}).get("type")
+    assert sent == ("json_schema" if json_schema else None)
+    assert (body["messages"][0]["role"] == "system") is not json_schema  # the prompt-described schema
+
+
+def test_portkey_sends_the_seeds_max_tokens_only_from_create_model_and_shows_it() -> None:
+    df = pd.DataFrame({"question": ["Where is Stockholm located?"]})
+    with FakeProvider() as fake:
+        dfllm.create_engine("pk", "portkey", api_key="k", base_url=fake.base_url)
+        df.llm.predict("pk", "claude-2.1", "{{question}}", "answer")
+        model = dfllm.create_model("m", engine="pk", predict="answer", column="question")
+        model.predict(df, cache=False)
+        dfllm.create_engine("pk50", "portkey", api_key="k", base_url=fake.base_url, max_tokens=50)
+        dfllm.create_model("m50", engine="pk50", predict="answer", column="question").predict(df, cache=False)
+        sent = [r.body.get("max_tokens") for r in fake.chat_requests]
+    assert sent == [None, 100, 50]  # a plain predict, the seed's model default, the engine's own
+    assert "'max_tokens': 100" in repr(model)
+
+
+def test_listing_models_through_a_self_hosted_portkey_gateway_says_whose_list_failed() -> None:
+    async def crash(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"status": "failure", "message": "Something went wrong"}, status=500)
+
+    with serving(crash) as (root, paths):
+        dfllm.create_engine("gw", "portkey", base_url=f"{root}/v1", provider="openai", provider_api_key="sk-x")
+        with pytest.raises(dfllm.ServerError) as info:
+            dfllm.list_models("gw")
+    assert paths == ["/v1/models"]
+    message = str(info.value)
+    assert message.startswith(f"Listing the models of engine 'gw' at {root}/v1 failed: ")
+    assert "HTTP 500: Something went wrong" in message and "its /v1/models fails" in message
+    assert "List the models at the upstream provider" in message and info.value.status == 500
+
+
+# -- a key pasted into base_url ------------------------------------------------------------------------
+
+PASTED = "sk-proj-Zq8Xw2Lr9Tn4Vb7Hc1Md"
+
+
+def test_a_key_in_base_urls_path_is_sent_but_never_shown(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DFLLM_CACHE_DIR", str(tmp_path / "cache"))
+
+    async def deployment(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if body["messages"][-1]["content"] == "ok":
+            return _completion("fine")
+        # A server that quotes the request URL back, key and all, in either encoding.
+        return web.json_response({"error": {"message": f"No deployment at {request.url} ({request.raw_path})"}},
+                                 status=400)
+
+    with serving(deployment) as (root, paths):
+        engine = dfllm.create_engine("e", "openai_compatible", base_url=f"{root}/{PASTED}/v1")
+        out = pd.DataFrame({"t": ["ok", "bad"]}).llm.predict("e", "m", "{{t}}", "y", errors="null")
+        refused = pd.DataFrame({"t": ["ok"]}).llm.predict(
+            dfllm.create_engine("down", "openai_compatible", base_url=f"http://127.0.0.1:9/{PASTED}/v1"),
+            "m", "{{t}}", "y", errors="null", max_retries=0)
+    assert sorted(paths) == [f"/{PASTED}/v1/chat/completions"] * 2  # sent as given
+    assert out["y"].tolist()[0] == "fine"
+    shown = [repr(engine), str(engine), repr(engine.connect()), *map(str, out["y_error"]),
+             *map(str, refused["y_error"])]
+    assert out["y_error"][1].startswith("BadRequestError") and refused["y_error"][0].startswith("TransportError")
+    assert "***" in repr(engine) and all(PASTED not in text and PASTED[3:] not in text for text in shown)
+    cache = b"".join(p.read_bytes() for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    assert cache and PASTED.encode() not in cache and PASTED[3:].encode() not in cache
+
+
+def test_a_key_in_base_urls_query_is_refused_without_quoting_it() -> None:
+    with pytest.raises(dfllm.ConfigurationError) as info:
+        dfllm.create_engine("e", "openai_compatible", base_url=f"https://example.com/v1?api-key={PASTED}")
+    with pytest.warns(UserWarning, match="clear text") as warned:
+        dfllm.create_engine("w", "openai", api_key="k", base_url=f"http://example.com/{PASTED}/v1")
+    messages = [str(info.value), *(str(w.message) for w in warned)]
+    assert "must not have a query or fragment" in messages[0] and "https://example.com/v1?***" in messages[0]
+    assert all(PASTED not in m and PASTED[3:] not in m for m in messages)
+
+
+@given(st.text(string.ascii_letters + string.digits, min_size=16, max_size=64).filter(
+    lambda s: any(c.isdigit() for c in s) and any(c.isalpha() for c in s)),
+    st.sampled_from(["", "sk-", "sk-proj-", "gsk_", "hf_"]))
+def test_a_random_token_in_any_path_segment_is_masked(token: str, prefix: str) -> None:
+    key = prefix + token
+    for url in (f"https://gw.example.com/{key}/v1", f"https://gw.example.com/v1/{key}", f"http://h:1/a/{key}/b"):
+        assert key not in shown_url(url) and token not in shown_url(url)
+        assert Secret(key) in url_secrets(url)
+
+
+@pytest.mark.parametrize("url", ["https://api.openai.com/v1", "http://127.0.0.1:8000/v1",
+                                 "https://x.openai.azure.com/openai/deployments/gpt-4o-mini-2024-07-18",
+                                 "https://h/v1/meta-llama/Meta-Llama-3-70B-Instruct",
+                                 "https://h/v1/123e4567-e89b-12d3-a456-426614174000/chat"])
+def test_ordinary_urls_are_shown_whole(url: str) -> None:
+    assert shown_url(url) == url and url_secrets(url) == []

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-from dfllm._exceptions import ParameterError
+from dfllm._exceptions import EngineError, ParameterError
 from dfllm.config.engines import EngineConfig, resolve_engine
 from dfllm.runtime.sync import run_sync
 
@@ -15,8 +16,23 @@ def list_models(engine: Any, *, refresh: bool = False) -> list[str]:
     """The model ids the engine's provider lists. Fetched once per engine and process."""
     config = _config(engine)
     if refresh or config.identity not in _listings:
-        _listings[config.identity] = run_sync(config.kind.list_models(config))
+        try:
+            _listings[config.identity] = run_sync(config.kind.list_models(config))
+        except EngineError as exc:
+            raise _listing_failed(config, exc) from None
     return [entry["id"] for entry in _listings[config.identity]]
+
+
+def _listing_failed(config: EngineConfig, exc: EngineError) -> EngineError:
+    """``exc`` (same class, status and wait), saying whose model list failed, and what to do
+    where the provider is a gateway you run yourself (the open-source Portkey gateway's fails)."""
+    message = f"Listing the models of engine {config.name!r} at {config.shown_base_url} failed: {exc}"
+    hint = config.provider.models_hint
+    if hint and config.base_url != config.provider.base_url:
+        message = f"{message.rstrip('.')}. {hint}"
+    failed = copy.copy(exc)
+    failed.args = (message,)
+    return failed
 
 
 def describe_model(engine: Any, model_name: str | None) -> dict[str, Any]:

@@ -76,7 +76,9 @@ def create_model(name: str, *, engine: Any, predict: str, model_name: str | None
 
     ``using`` takes Portkey's ``column`` (the column that is the prompt) and ``model`` (a
     synonym of ``model_name``), plus any prediction option as the model's default
-    (``max_tokens``, ``temperature``, ``system``, ``choices``...).
+    (``max_tokens``, ``temperature``, ``system``, ``choices``...). The provider's own model
+    defaults (Portkey's ``max_tokens=100``, from its seed) fill in what neither ``using`` nor
+    the engine sets.
     """
     problems: list[str] = []
     config = resolve_engine(engine)
@@ -107,5 +109,10 @@ def create_model(name: str, *, engine: Any, predict: str, model_name: str | None
     if problems:
         raise ParameterError(problems)
     assert prompt_template is not None
+    defaults: dict[str, Any] = {}
+    if isinstance(config, EngineConfig):
+        # The seed's CREATE MODEL defaults (Portkey: max_tokens=100), where neither the engine nor
+        # USING sets them; they live in the model's options, so its repr shows them.
+        defaults = {k: v for k, v in config.provider.model_defaults.items() if k not in config.options}
     # Keep the engine as given: a name is looked up again at predict time, like MindsDB.
-    return Model(name, engine, predict, model_name, prompt_template, dict(using))
+    return Model(name, engine, predict, model_name, prompt_template, {**defaults, **using})

@@ -25,6 +25,14 @@ class Provider:
     only keyed-hashed into the cache identity). ``key_required_off_default``: False when a
     self-hosted server of this API (any base_url other than the default) may need no key.
     ``auth_hint`` is the advice given when the provider refuses the credentials.
+    ``model_defaults`` are the seed's ``CREATE MODEL`` defaults: ``create_model`` applies them
+    (shown in the model's repr), a plain ``predict`` through the engine does not.
+
+    A gateway names the provider it forwards to with ``upstream_param`` (a USING parameter, also
+    read as ``"provider"`` from the JSON of ``upstream_config_param``); ``upstream_capabilities``
+    says how each upstream takes a schema through it. An upstream not listed there (or one
+    hidden behind a virtual key) gets ``capabilities``; ``structured_outputs=`` overrides both.
+    ``models_hint`` is added when listing models through it fails.
     """
 
     name: str
@@ -44,6 +52,10 @@ class Provider:
     model_card_url: str | None = None  # ``{model}`` is replaced by the model id
     kind: str = "http"
     capabilities: Capabilities = field(default_factory=Capabilities)
+    upstream_param: str | None = None
+    upstream_config_param: str | None = None
+    upstream_capabilities: Mapping[str, Capabilities] = field(default_factory=dict)
+    models_hint: str | None = None
 
 
 _JSON_SCHEMA = Capabilities(json_schema=True, json_mode=True)
@@ -117,9 +129,19 @@ PROVIDERS: dict[str, Provider] = {
                 "provider's (provider_api_key, the virtual_key, or the api_key inside config) rather than "
                 "portkey_api_key: check each."
             ),
-            # The seed's defaults: claude-2.1, 100 tokens.
+            # The seed's CREATE MODEL defaults: claude-2.1, 100 tokens.
             model_defaults={"max_tokens": 100},
             default_model="claude-2.1",
+            upstream_param="provider",
+            upstream_config_param="config",
+            # The gateway passes OpenAI's response_format through to OpenAI unchanged.
+            upstream_capabilities={"openai": _JSON_SCHEMA},
+            models_hint=(
+                "The open-source Portkey gateway lists models only through Portkey's hosted service, and "
+                "its /v1/models fails when a provider, virtual key or config is given. List the models at "
+                "the upstream provider instead (an engine created for it, e.g. dfllm.create_engine('up', "
+                "'openai', api_key=...)), or give the model id directly."
+            ),
         ),
         Provider(
             name="local",
