@@ -33,7 +33,7 @@ from dfllm.frames import Column, ColumnType
 from dfllm.outputs.choices import normalise_label
 from dfllm.outputs.columns import schema_column_names, schema_columns
 from dfllm.prompt.keys import RequestKeys
-from dfllm.prompt.template import Template
+from dfllm.prompt.template import Template, UnsendableRow
 from dfllm.runtime.bulk import gc_paused
 from dfllm.runtime.executor import Executor, Outcome, RequestSpec, Validate, Work
 from dfllm.runtime.progress import RunStats
@@ -67,7 +67,8 @@ class Plan:
     info: EngineInfo
     spec: RequestSpec
     work: list[Work] = field(default_factory=list)
-    row_work: list[int] = field(default_factory=list)  # row -> index into work, -1: all-null row
+    row_work: list[int] = field(default_factory=list)  # row -> index into work, -1: all-null row, -2: unsendable
+    unsendable: dict[int, str] = field(default_factory=dict)  # row -> why its cells cannot be sent
     template: Template | None = None
     keys: RequestKeys | None = None
 
@@ -224,7 +225,7 @@ def plan_batch(plan: Plan, df: Any) -> Plan:
     then render batch after batch with the engine, options and keys already resolved.
     """
     assert plan.template is not None and plan.keys is not None
-    batch = dataclasses.replace(plan, df=df, adapter=frames.adapter_for(df), work=[], row_work=[])
+    batch = dataclasses.replace(plan, df=df, adapter=frames.adapter_for(df), work=[], row_work=[], unsendable={})
     _render(batch, plan.template, plan.keys)
     return batch
 
@@ -293,6 +294,10 @@ def _render(plan: Plan, template: Template, keys: RequestKeys) -> None:
         if prompt is None:
             row_work.append(-1)
             continue
+        if isinstance(prompt, UnsendableRow):
+            plan.unsendable[len(row_work)] = prompt.problem
+            row_work.append(-2)
+            continue
         index = seen.get(prompt)
         if index is None:
             index = seen[prompt] = len(work)
@@ -314,6 +319,8 @@ def write_back(plan: Plan, outcomes: list[Outcome], stats: RunStats) -> Any:
     for row, index in enumerate(plan.row_work):
         if index < 0:
             answers.append(None)
+            if index == -2:
+                row_errors[row] = TemplateError(plan.unsendable[row])
             continue
         answers.append(answers_by_work[index])
         failure = errors_by_work[index]

@@ -167,10 +167,10 @@ def engine_config(args: argparse.Namespace, problems: list[str]) -> EngineConfig
     """The engine from --engine/--base-url/--param/--key-env, or None with its problems added."""
     provider = PROVIDERS.get(args.engine)
     using: dict[str, Any] = {}
-    for item in args.param:
+    for position, item in enumerate(args.param, 1):
         name, sep, value = item.partition("=")
         if not sep or not name:
-            problems.append(f"--param takes KEY=VALUE, got {_masked(item)!r}.")
+            problems.append(_param_problem(position, len(args.param), item))
             continue
         using[name] = value
         if provider is not None and _is_key_param(provider.key_params, name):
@@ -207,9 +207,13 @@ def _is_key_param(key_params: Sequence[str], name: str) -> bool:
     return name in key_params or name in ("api_key", "provider_api_key") or name.endswith("_api_key")
 
 
-def _masked(item: str) -> str:
-    name, _, value = item.partition("=")
-    return f"{name}=***" if value else name
+def _param_problem(position: int, count: int, item: str) -> str:
+    """What is wrong with a --param lacking NAME=, never quoting it: it may be a key (api_key:sk-...)."""
+    hint = " Put '=' between the name and the value, not ':'." if ":" in item else ""
+    which = f"--param number {position} of {count}" if count > 1 else "--param"
+    return (f"{which} has no NAME= before its value ({len(item)} characters, not shown: it may hold a key).{hint} "
+            "Write --param NAME=VALUE, e.g. --param virtual_key=...; for the API key, set the provider's "
+            "environment variable or --key-env VAR instead.")
 
 
 def option_values(args: argparse.Namespace, problems: list[str]) -> dict[str, Any]:

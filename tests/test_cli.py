@@ -276,6 +276,23 @@ def test_a_self_hosted_portkey_gateway_needs_no_key_and_bad_estimate_assumptions
     assert "API key" not in done.stderr
 
 
+def test_a_malformed_param_is_named_without_echoing_what_may_be_a_key(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"t": ["a"]}), tmp_path / "in.parquet")
+    secret = "sk-pasted-0123456789abcdef"
+    with FakeProvider() as fake:
+        done = run(predict_args(fake, str(tmp_path / "in.parquet"), str(tmp_path / "o.parquet"),
+                                "--param", f"api_key:{secret}", "--param", "=" + secret, "--concurrency", "0"),
+                   tmp_path)
+        sent = len(fake.requests)
+    assert done.returncode == 2, done.stderr
+    assert secret not in done.stderr + done.stdout and secret[3:12] not in done.stderr
+    assert "--param number 1 of 2 has no NAME= before its value (34 characters, not shown" in done.stderr
+    assert "Put '=' between the name and the value, not ':'" in done.stderr
+    assert "--param number 2 of 2 has no NAME=" in done.stderr and "--param NAME=VALUE" in done.stderr
+    assert "concurrency must be a positive integer" in done.stderr  # listed with the rest
+    assert sent == 0
+
+
 def test_csv_cells_are_read_as_written_only_an_empty_field_is_null(tmp_path: Path) -> None:
     written = ["NA", "null", "None", "N/A", "nan", "#N/A", "NULL", "-NaN", "TRUE", "007"]
     lines = ["id,t", *(f"{i},{cell}" for i, cell in enumerate(written)), f'{len(written)},""', f"{len(written) + 1},"]

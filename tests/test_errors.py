@@ -67,3 +67,78 @@ def test_secret_refuses_pickling() -> None:
     config = dfllm.create_engine("t", "openai", api_key=KEY, base_url="http://127.0.0.1:9/v1")
     with pytest.raises(TypeError, match="cannot be pickled"):
         pickle.dumps(config)
+
+
+# -- errors are ours: what used to escape raw is a ConfigurationError before any request -----------
+def _deep_schema(depth: int) -> dict[str, object]:
+    node: dict[str, object] = {"type": "string"}
+    for _ in range(depth):
+        node = {"type": "array", "items": node}
+    return {"type": "object", "properties": {"x": node}}
+
+
+@pytest.mark.parametrize(("schema", "fragments"), [
+    ({"type": "object", "properties": {"x": {"enum": [[1, 2], [3]]}}},
+     ["schema.x: enum/const values must be strings, numbers, booleans or null, got [[1, 2], [3]]"]),
+    ({"type": "object", "properties": {"x": {"enum": [{"a": 1}, "b"]}}},
+     ["got [{'a': 1}]", "'type': 'array' or 'object'"]),
+    ({"type": "object", "properties": {"x": {"const": {"a": 1}}}}, ["got [{'a': 1}]"]),
+    (_deep_schema(3000), ["schema is nested more than 64 levels deep"]),
+    ({"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age", "agee"]},
+     ["schema: required names ['agee'], which is not among its properties ['age']", "add it to properties"]),
+    ({"type": "object", "properties": {"p": {"type": "object", "properties": {"a": {"type": "string"}},
+                                             "required": ["b"]}}}, ["schema.p: required names ['b']"]),
+])
+def test_schemas_that_raised_raw_errors_are_refused_before_any_request(
+        schema: dict[str, object], fragments: list[str], engine: str, fake: FakeProvider) -> None:
+    with pytest.raises(dfllm.ConfigurationError) as info:
+        DF.llm.predict(engine, "m", "{{text}}", "y", schema=schema)
+    for fragment in fragments:
+        assert fragment in str(info.value), fragment
+    assert fake.requests == []
+
+
+def test_every_schema_problem_and_every_other_problem_are_listed_together(engine: str, fake: FakeProvider) -> None:
+    schema = {"type": "object", "required": ["c"], "properties": {
+        "a": {"enum": [[1]]}, "b": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["y"]}}}
+    with pytest.raises(dfllm.ConfigurationError) as info:
+        DF.llm.predict(engine, "m", "{{text}}", "y", schema=schema, concurrency=10**9, system="a\udc80b")
+    message = str(info.value)
+    for fragment in ("schema: required names ['c']", "schema.a: enum/const", "schema.b: required names ['y']",
+                     "concurrency must be a positive integer, at most 4,096", "got 1000000000",
+                     "system holds a lone surrogate '\\udc80' at position 1"):
+        assert fragment in message, fragment
+    assert fake.requests == []
+
+
+def test_a_schema_nested_within_the_bound_is_accepted(engine: str, fake: FakeProvider) -> None:
+    out = DF.llm.predict(engine, "m", "{{text}}", "y", schema=_deep_schema(20), errors="null")
+    assert len(fake.chat_requests) == 1 and out["y_x"].notna().all()
+
+
+@pytest.mark.parametrize("concurrency", [10**9, 4097, 0])
+def test_concurrency_is_bounded(concurrency: int, engine: str, fake: FakeProvider) -> None:
+    with pytest.raises(dfllm.ParameterError, match=f"at most 4,096 .*got {concurrency}"):
+        DF.llm.predict(engine, "m", "{{text}}", "y", concurrency=concurrency)
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("options", [{"system": "\ud800 be brief"}, {"choices": ["yes", "n\udfffo"]}])
+def test_a_lone_surrogate_in_an_option_is_refused_before_any_request(
+        options: dict[str, object], engine: str, fake: FakeProvider) -> None:
+    with pytest.raises(dfllm.ParameterError, match=r"lone surrogate .* cannot be sent"):
+        DF.llm.predict(engine, "m", "{{text}}", "y", **options)
+    assert fake.requests == []
+
+
+def test_a_lone_surrogate_in_a_cell_is_that_rows_error_and_the_row_is_not_sent(
+        engine: str, fake: FakeProvider) -> None:
+    df = pd.DataFrame({"text": pd.Series(["fine", "bad \udc9f cell", "also fine"], dtype=object), "n": [1, 2, 3]})
+    out = df.llm.predict(engine, "m", "{{text}} {{n}}", "y", errors="null")
+    assert [r.prompt for r in sorted(fake.chat_requests, key=lambda r: r.prompt)] == ["also fine 3", "fine 1"]
+    assert out["y"].isna().tolist() == [False, True, False]
+    error = out["y_error"][1]
+    assert error.startswith("TemplateError: The cell of column 'text' holds a lone surrogate '\\udc9f' at position 4")
+    with pytest.raises(dfllm.BatchError) as info:
+        df.llm.predict(engine, "m", "{{text}} {{n}}", "y")
+    assert list(info.value.errors) == [1] and info.value.partial["y"].notna().tolist() == [True, False, True]

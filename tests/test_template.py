@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dfllm import Template, TemplateError
-from dfllm.prompt.template import cell_text, is_null
+from dfllm.prompt.template import UnsendableRow, cell_text, is_null
 from dfllm.testing import FakeProvider
 
 names = st.text(alphabet=st.characters(blacklist_characters="{}", blacklist_categories=["Cs"]), min_size=1,
@@ -148,3 +148,55 @@ def test_numbers_render_as_the_frame_shows_them() -> None:
     t = Template("{{i}} {{f}} {{b}}")
     cols = {c: df[c].tolist() for c in "ifb"}
     assert list(t.render_columns(cols, 2)) == ["1 1.5 True", "2 2.0 False"]
+
+
+# -- cells are read as written: bytes refused, a lone surrogate is the row's own error --------------
+@pytest.mark.parametrize("blob", [b"caf\xc3\xa9", bytearray(b"x"), memoryview(b"y")])
+def test_bytes_cells_are_refused_naming_every_column_and_the_fix(blob: object) -> None:
+    t = Template("{{a}} {{b}} {{c}}")
+    with pytest.raises(TemplateError) as info:
+        list(t.render_columns({"a": ["x", blob], "b": ["y", "z"], "c": [blob, None]}, 2))
+    assert info.value.problems[0].startswith("Column 'a' holds bytes (first at row 1), which would be sent as")
+    assert info.value.problems[1].startswith("Column 'c' holds bytes (first at row 0)")
+    assert len(info.value.problems) == 2 and ".str.decode('utf-8')" in str(info.value)
+
+
+def test_a_bytes_column_stops_predict_before_any_request() -> None:
+    import pandas as pd
+
+    import dfllm
+
+    df = pd.DataFrame({"t": ["a", b"\x89PNG"]})
+    with FakeProvider() as fake:
+        dfllm.create_engine("bytes", "openai", api_key="sk-test-bytes-000000", base_url=fake.base_url)
+        with pytest.raises(TemplateError, match="Column 't' holds bytes"):
+            df.llm.predict("bytes", "m", "{{t}}", "y")
+        assert fake.requests == []
+
+
+def test_a_cell_with_a_lone_surrogate_renders_as_that_rows_problem() -> None:
+    t = Template("<{{a}}|{{b}}>")
+    rendered = list(t.render_columns({"a": ["ok", "h\ud83d", None], "b": ["é", "x", "\udfff"]}, 3))
+    assert rendered[0] == "<ok|é>"
+    assert rendered[1] == UnsendableRow("The cell of column 'a' holds a lone surrogate '\\ud83d' at position 1, "
+                                        "which is not valid Unicode and cannot be sent. Repair the text where it "
+                                        "was decoded (e.g. bytes.decode('utf-8', errors='replace')).")
+    assert isinstance(rendered[2], UnsendableRow) and "column 'b'" in rendered[2].problem
+
+
+def test_a_template_with_a_lone_surrogate_is_refused() -> None:
+    with pytest.raises(TemplateError) as info:
+        Template("Sum \udc00 {{t}}")
+    assert str(info.value).startswith(
+        "prompt_template 'Sum \\udc00 {{t}}' holds a lone surrogate '\\udc00' at position 4")
+
+
+@given(st.lists(st.text(alphabet=st.characters(categories=["Cs", "Ll"]), max_size=6),
+                min_size=1, max_size=10))
+def test_a_row_is_a_prompt_exactly_when_its_cells_are_valid_unicode(values: list[str]) -> None:
+    rendered = list(Template("[{{v}}]").render_columns({"v": values}, len(values)))
+    for value, row in zip(values, rendered, strict=True):
+        if any("\ud800" <= ch <= "\udfff" for ch in value):
+            assert isinstance(row, UnsendableRow)
+        else:
+            assert row == f"[{value}]"

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from dfllm._exceptions import did_you_mean
 from dfllm.outputs.choices import label_problems
+from dfllm.prompt.template import surrogate_problem
 
 if TYPE_CHECKING:
     from dfllm.outputs.schema import OutputSchema
@@ -129,7 +130,12 @@ def _choices(name: str, value: Any) -> str | None:
         return f"{name} must be a list of non-empty strings, e.g. ['positive', 'negative'], got {value!r}."
     if len(set(value)) < 2 or len(set(value)) != len(value):
         return f"{name} needs at least two labels, each once, got {list(value)!r}."
-    return " ".join(label_problems(value)) or None
+    problems = label_problems(value) + [p for c in value if (p := surrogate_problem(f"{name} label {c!r}", c))]
+    return " ".join(problems) or None
+
+
+def _system(name: str, value: Any) -> str | None:
+    return text(name, value) or surrogate_problem(name, value)
 
 
 def _schema(name: str, value: Any) -> str | None:
@@ -242,7 +248,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("extra_body", "dict", None, "further request body fields (not model, messages, stream, n)",
            _extra_body, sent=True, default_text="none"),
     # Read by policy; never sent as such.
-    Option("system", "str", None, "system prompt", text, default_text="none"),
+    Option("system", "str", None, "system prompt", _system, default_text="none"),
     Option("choices", "list[str]", None,
            "the answer must be one of these labels (local: grammar-constrained; HTTP: normalised, "
            "else a row error with the raw text)", _choices, default_text="none"),

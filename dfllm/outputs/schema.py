@@ -33,6 +33,11 @@ _SIMPLE: dict[type, ColumnType] = {str: ColumnType("string"), bool: ColumnType("
                                    float: ColumnType("float"), dt.datetime: ColumnType("datetime"),
                                    dt.date: ColumnType("date")}
 _DROPPED_KEYS = ("title", "default")
+# A schema nested deeper than this (dicts and lists, counted as JSON) is refused before it is
+# walked: every step below recurses, and no answer a model writes needs such a shape.
+MAX_SCHEMA_DEPTH = 64
+_MAX_SCHEMA_NODES = 100_000
+_JSON_SCALARS = (str, int, float, bool, type(None))
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,35 @@ class OutputSchema:
 
 def normalise_schema(value: Any) -> OutputSchema:
     """The ``OutputSchema`` for any accepted form, or a ``ParameterError`` listing every problem."""
+    if isinstance(value, Mapping):
+        problem = _shape_problem(value)
+        if problem:
+            raise ParameterError(problem)
+    try:
+        return _normalise(value)
+    except RecursionError as exc:  # a deep annotation or pydantic model: the JSON form is checked above
+        raise ParameterError(f"schema is nested too deeply to be built ({exc}); flatten it to at most "
+                             f"{MAX_SCHEMA_DEPTH} levels.") from exc
+
+
+def _shape_problem(schema: Mapping[Any, Any]) -> str | None:
+    """Too deep or too large a schema dict, found without recursing (a deep one would overflow)."""
+    stack: list[tuple[Any, int]] = [(schema, 1)]
+    seen = 0
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if depth > MAX_SCHEMA_DEPTH:
+            return (f"schema is nested more than {MAX_SCHEMA_DEPTH} levels deep (or refers to itself); "
+                    "flatten it: no answer needs that many levels.")
+        if seen > _MAX_SCHEMA_NODES:
+            return f"schema has more than {_MAX_SCHEMA_NODES:,} parts; give a smaller one."
+        children = node.values() if isinstance(node, Mapping) else node if isinstance(node, (list, tuple)) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (Mapping, list, tuple)))
+    return None
+
+
+def _normalise(value: Any) -> OutputSchema:
     if isinstance(value, type) and issubclass(value, pydantic.BaseModel):
         model = value
     elif isinstance(value, Mapping) and _looks_like_json_schema(value):
@@ -134,10 +168,7 @@ def _annotation(schema: Any, definitions: Mapping[str, Any], where: str, seen: s
                                  "non-recursive definitions.")
         return _annotation(definitions[name], definitions, where, seen | {ref})
     if "enum" in schema or "const" in schema:
-        values = tuple(schema["enum"]) if "enum" in schema else (schema["const"],)
-        if not values:
-            raise ParameterError(f"{where}: enum is empty.")
-        return Literal[values]
+        return _literal(schema, where)
     for union_key in ("anyOf", "oneOf"):
         if union_key in schema:
             options = [_annotation(s, definitions, f"{where}.{union_key}", seen) for s in schema[union_key]]
@@ -157,14 +188,21 @@ def _annotation(schema: Any, definitions: Mapping[str, Any], where: str, seen: s
         return list[item]  # type: ignore[valid-type]
     if kind == "object" or "properties" in schema:
         properties = schema.get("properties") or {}
-        if not isinstance(properties, Mapping) or not properties:
-            return dict[str, Any]
-        problems = _field_name_problems(list(properties))
+        if not isinstance(properties, Mapping):
+            properties = {}
+        problems = _field_name_problems(list(properties)) + _required_problems(schema, properties, where)
+        required = schema.get("required")
+        required = set(required) if isinstance(required, (list, tuple)) and not problems else set()
+        fields: dict[str, tuple[Any, bool]] = {}
+        for key, sub in properties.items():
+            try:
+                fields[key] = (_annotation(sub, definitions, f"{where}.{key}", seen), key in required)
+            except ParameterError as exc:  # every field's problems at once
+                problems += exc.problems
         if problems:
             raise ParameterError(problems)
-        required = set(schema.get("required", ()))
-        fields = {key: (_annotation(sub, definitions, f"{where}.{key}", seen), key in required)
-                  for key, sub in properties.items()}
+        if not fields:
+            return dict[str, Any]
         title = schema.get("title")
         name = title if isinstance(title, str) and title.isidentifier() and not keyword.iskeyword(title) else "Answer"
         return _create(name, fields)
@@ -172,6 +210,33 @@ def _annotation(schema: Any, definitions: Mapping[str, Any], where: str, seen: s
         return Any
     raise ParameterError(f"{where}: unsupported JSON Schema {dict(schema)!r}; use string, integer, number, "
                          "boolean, array, object, enum or anyOf.")
+
+
+def _literal(schema: Mapping[str, Any], where: str) -> Any:
+    """``enum`` / ``const`` as a ``Literal``: only JSON scalars can be compared with an answer as labels."""
+    if "enum" in schema and not isinstance(schema["enum"], (list, tuple)):
+        raise ParameterError(f"{where}: enum must be a list of values, e.g. ['a', 'b'], got {schema['enum']!r}.")
+    values = tuple(schema["enum"]) if "enum" in schema else (schema["const"],)
+    if not values:
+        raise ParameterError(f"{where}: enum is empty.")
+    others = [v for v in values if not isinstance(v, _JSON_SCALARS)]
+    if others:
+        raise ParameterError(
+            f"{where}: enum/const values must be strings, numbers, booleans or null, got {others!r}; describe a "
+            "list or an object with 'type': 'array' or 'object' instead.")
+    return Literal[values]
+
+
+def _required_problems(schema: Mapping[str, Any], properties: Mapping[Any, Any], where: str) -> list[str]:
+    required = schema.get("required", [])
+    if not isinstance(required, (list, tuple)) or not all(isinstance(r, str) for r in required):
+        return [f"{where}: required must be a list of property names, got {required!r}."]
+    unknown = [r for r in required if r not in properties]
+    if not unknown:
+        return []
+    return [f"{where}: required names {unknown!r}, which {'is' if len(unknown) == 1 else 'are'} not among its "
+            f"properties {list(properties)}; fix the name{'s' if len(unknown) > 1 else ''} or add "
+            f"{'it' if len(unknown) == 1 else 'them'} to properties."]
 
 
 def strict_wire_schema(schema: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,10 @@
 
 The template is parsed once. Rendering is a single pass over the parsed pieces, so a cell
 value is inserted literally: text such as ``{{x}}`` inside a value is never expanded again.
+
+Cells are read as written, so what cannot be written as text is refused rather than guessed: a
+``bytes`` cell (its repr ``b'...'`` is not its content) stops the call before any request, and a
+cell holding a lone surrogate (not Unicode, so not sendable) becomes that row's error.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from dfllm._exceptions import TemplateError, did_you_mean
@@ -16,13 +21,39 @@ from dfllm._exceptions import TemplateError, did_you_mean
 _PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 _SINGLE_BRACED = re.compile(r"(?<!\{)\{\s*([^{}\s\"':,][^{}\"':,]*?)\s*\}(?!\})")
 _EXAMPLE = "e.g. 'Summarise {{text}}'"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_BINARY = (bytes, bytearray, memoryview)
+
+
+def lone_surrogate(text: str) -> str | None:
+    """Where ``text`` holds a lone surrogate (half of a UTF-16 pair: no UTF-8 can carry it), or None."""
+    if text.isascii():
+        return None
+    match = _SURROGATE.search(text)
+    return None if match is None else f"{match.group()!a} at position {match.start()}"
+
+
+def surrogate_problem(what: str, text: str) -> str | None:
+    """The message for a text that holds a lone surrogate, naming ``what`` holds it and the fix."""
+    where = lone_surrogate(text)
+    if where is None:
+        return None
+    return (f"{what} holds a lone surrogate {where}, which is not valid Unicode and cannot be sent. Repair "
+            "the text where it was decoded (e.g. bytes.decode('utf-8', errors='replace')).")
+
+
+@dataclass(frozen=True)
+class UnsendableRow:
+    """A row whose cells cannot make a prompt: not sent, ``problem`` is that row's error."""
+
+    problem: str
 
 
 def _problems(text: str, pieces: list[str], constant: bool) -> list[str]:
     """Every way the template is malformed, each with its fix."""
     if not text.strip():
         return [f"prompt_template is empty. Write the prompt with {{{{column}}}} placeholders, {_EXAMPLE}."]
-    problems = []
+    problems = [p for p in [surrogate_problem(f"prompt_template {text!r}", text)] if p]
     if any(not name for name in pieces[1::2]):
         problems.append(f"prompt_template {text!r} has an empty placeholder '{{{{}}}}'. "
                         "Put a column name inside the braces, e.g. '{{text}}'.")
@@ -149,14 +180,21 @@ class Template:
             out.append(pieces[i + 1])
         return "".join(out)
 
-    def render_columns(self, columns: Mapping[str, Sequence[Any]], n_rows: int) -> Iterator[str | None]:
-        """Render row after row from column lists. Yields None for a row whose fields are all null.
+    def render_columns(self, columns: Mapping[str, Sequence[Any]],
+                       n_rows: int) -> Iterator[str | UnsendableRow | None]:
+        """Render row after row from column lists. Yields None for a row whose fields are all null,
+        an ``UnsendableRow`` for a row with a cell no request can carry (a lone surrogate).
 
-        A constant template (no fields) renders the same prompt for every row.
+        A constant template (no fields) renders the same prompt for every row. A column holding
+        ``bytes`` is a ``TemplateError`` (every such column named) before the first row.
         """
         if not self.fields:
             yield from [self.text] * n_rows
             return
+        # One C-level pass per column: the set of cell types, not a check per cell.
+        binary = [f for f in self.fields if any(issubclass(kind, _BINARY) for kind in set(map(type, columns[f])))]
+        if binary:
+            raise TemplateError([_binary_problem(f, columns[f]) for f in binary])
         nulls = {f: [is_null(v) for v in columns[f]] for f in self.fields}
         texts = {f: ["" if null else str(v) for v, null in zip(columns[f], nulls[f], strict=True)]
                  for f in self.fields}
@@ -165,4 +203,21 @@ class Template:
         layout = "%s".join(literal.replace("%", "%%") for literal in self._pieces[0::2])
         slots = [texts[name] for name in self._pieces[1::2]]
         for values, all_null in zip(zip(*slots, strict=True), skip, strict=True):
-            yield None if all_null else layout % values
+            if all_null:
+                yield None
+                continue
+            prompt = layout % values
+            # Inlined lone_surrogate: this runs once per row.
+            yield prompt if prompt.isascii() or not _SURROGATE.search(prompt) else self._unsendable(values)
+
+    def _unsendable(self, values: Sequence[str]) -> UnsendableRow:
+        problems = [surrogate_problem(f"The cell of column {name!r}", value)
+                    for name, value in zip(self._pieces[1::2], values, strict=True)]
+        return UnsendableRow(" ".join(dict.fromkeys(p for p in problems if p)))
+
+
+def _binary_problem(name: str, values: Sequence[Any]) -> str:
+    row = next(i for i, v in enumerate(values) if isinstance(v, _BINARY))
+    return (f"Column {name!r} holds bytes (first at row {row}), which would be sent as their Python repr b'...'. "
+            f"Decode it to text first, e.g. df[{name!r}] = df[{name!r}].str.decode('utf-8'); bytes are not "
+            "read as images or files.")
