@@ -9,8 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dfllm._exceptions import RateLimitError
+from dfllm.config.options import Options
+from dfllm.engines.base import Completion, Request
+from dfllm.engines.http import rate_limit_state, retry_after
+from dfllm.runtime.executor import Executor, RequestSpec, Work
 from dfllm.runtime.limiter import AdaptiveRate, Pacer, Pause, SlowStartPacer, StormDetector, Window
-from dfllm.testing import FakeClock
+from dfllm.runtime.progress import RunStats
+from dfllm.testing import SHAPES, FakeClock, MockEngine, answer_headers, make_cap, refusal_headers
+from dfllm.testing._limits import HeaderStyle, Shape
 
 
 def test_pacer_has_no_burst_at_start_and_spaces_requests_evenly() -> None:
@@ -258,3 +265,44 @@ def test_random_429s_at_five_percent_are_no_steady_share_and_a_cap_a_fifth_under
             seen = seen or storm.steady
             assert steady_expected or not storm.storm
         assert seen == steady_expected
+
+
+def run_against_cap(shape: Shape, style: HeaderStyle, rows: int, *, rpm: float = 1000, window_s: float = 60.0,
+                    start: float = 1_000_017.0) -> tuple[float, int, int]:
+    """The executor, without rpm=, against a cap of ``shape`` whose headers are in ``style``, on an
+    injected clock (one request at a time, answered at once: the pace alone sets the timing).
+    The server's records: (rate per minute as a share of the cap, 200s, 429s)."""
+    clock = FakeClock(start)  # a fixed window's phase comes from the clock: this run starts 17 s into one
+    cap = make_cap(shape, rpm, None, window_s, clock)
+    records = {200: 0, 429: 0}
+
+    def handler(request: Request) -> Completion | BaseException:
+        wait = cap.take()
+        headers = answer_headers(style, cap, 1.0)
+        if wait > 0:
+            records[429] += 1
+            said = retry_after({**headers, **refusal_headers(style, wait, window_s)})
+            return RateLimitError("429", status=429, retry_after=said[0] if said else None,
+                                  retry_after_header=said[1] if said else None)
+        records[200] += 1
+        return Completion("ok", rate_limit=rate_limit_state(headers))
+
+    engine = MockEngine(handler, clock=clock)
+    options = Options(cache=False, concurrency=1, max_retries=50)
+    executor = Executor(engine, options, RunStats(), RequestSpec("m"), clock=clock, sleep=clock.sleep,
+                        rng=random.Random(0))
+    outcomes = asyncio.run(executor.run([Work((i, i), f"p{i}") for i in range(rows)]))
+    assert all(isinstance(o, Completion) for o in outcomes)
+    elapsed = max(engine.sent_at) - start
+    return rows / elapsed * 60 / rpm, records[200], records[429]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("style", ["openai", "litellm"])
+def test_without_rpm_a_run_longer_than_a_window_holds_the_cap_whatever_its_shape(
+        shape: Shape, style: HeaderStyle) -> None:
+    # Three and a half minutes' worth at 1000/min. Before, a fixed window without a reset header
+    # sent most of its budget early, then almost nothing for the rest of the window (0.66-0.95x).
+    share, ok, limited = run_against_cap(shape, style, 3500)
+    assert 0.95 <= share <= 1.1, (share, ok, limited)
+    assert limited <= 0.01 * ok

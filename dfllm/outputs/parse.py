@@ -7,7 +7,12 @@ or ``]``), then validates it with pydantic in strict mode: ``"5"`` is not an int
 field is an error, never a silent null. The fast path (the answer is exactly one JSON object, as
 every schema-enforcing engine sends) goes straight to pydantic's JSON parser.
 
-A value the frame cannot hold (an integer outside int64) is an error too, never a wrap-around.
+A value the frame cannot hold (an integer outside int64, a float that is NaN or infinite) is an
+error too, never a wrap-around or a silent NaN.
+
+An answer is untrusted input: whatever it holds (nesting thousands deep, megabytes of near-JSON,
+lone surrogates), reading it ends in its values or a ``SchemaError``, never another exception,
+and the tolerant search does a bounded number of linear passes over it.
 """
 
 from __future__ import annotations
@@ -15,9 +20,12 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import functools
+import itertools
 import json
+import math
 import operator
 import re
+import reprlib
 from collections.abc import Callable
 from typing import Any
 
@@ -29,10 +37,19 @@ from dfllm.engines.base import Completion
 from dfllm.frames import ColumnType
 from dfllm.outputs.schema import OutputSchema
 
-_FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)```", re.DOTALL)
+_FENCE = "```"
 _MAX_STARTS = 8  # "{" positions tried in leading prose before giving up
+# The tolerant search is for chatty answers, a few KiB; an answer longer than this (no model's
+# output budget writes one) must be exactly one JSON object, which is read in one fast pass.
+MAX_SEARCHED_CHARS = 2**20
+_SEARCHED = "1 MiB"
+# A string (to its closing quote, or to the end when unclosed), or a comma right before "}" or
+# "]". Possessive, so each character is looked at once: a hostile answer cannot make it backtrack.
+_STRING_OR_TRAILING_COMMA = re.compile(r'("(?:[^"\\]|\\.)*+"?)|,(?=\s*+[}\]])', re.DOTALL)
+_TRAILING_COMMA = re.compile(r",\s*+[}\]]")
 _INT64 = (-(2**63), 2**63 - 1)
 _RAW_SHOWN = 500
+_TOO_DEEP = "its JSON is nested too deeply to read"
 
 
 class AnswerParser:
@@ -54,7 +71,18 @@ class AnswerParser:
                                   if (convert := converter(kind)) is not None)
 
     def __call__(self, text: str) -> tuple[Any, ...]:
-        """The values of ``text``'s answer; ``SchemaError`` if it does not fit the schema."""
+        """The values of ``text``'s answer; ``SchemaError`` if it does not fit the schema, and for
+        any other failure to read it: an answer is never allowed to end the run."""
+        try:
+            return self._values(text)
+        except SchemaError:
+            raise
+        except RecursionError:
+            raise _schema_error(text, self.schema, _TOO_DEEP) from None
+        except Exception as exc:  # a limit nobody foresaw is still this answer's problem, not the run's
+            raise _schema_error(text, self.schema, f"it could not be read ({type(exc).__name__}: {exc})") from exc
+
+    def _values(self, text: str) -> tuple[Any, ...]:
         try:
             instance = self._validate_json(text, strict=True)
         except pydantic.ValidationError as exc:
@@ -65,11 +93,11 @@ class AnswerParser:
         if not self._conversions:
             return values
         converted = list(values)
-        try:
-            for i, convert in self._conversions:
+        for i, convert in self._conversions:
+            try:
                 converted[i] = convert(converted[i])
-        except ValueError as exc:
-            raise _schema_error(text, self.schema, str(exc)) from None
+            except ValueError as exc:
+                raise _schema_error(text, self.schema, f"{self.schema.fields[i][0]}: {exc}") from None
         return tuple(converted)
 
 
@@ -101,7 +129,14 @@ def validator(schema: OutputSchema) -> Callable[[Completion], Completion | Schem
 
 
 def _validate_extracted(text: str, schema: OutputSchema) -> pydantic.BaseModel:
-    candidate = extract_json(text)
+    if len(text) > MAX_SEARCHED_CHARS:
+        # Nor is it re-asked: the re-ask would send the megabytes back to the model.
+        raise _schema_error(text, schema, f"it is not one JSON object, and an answer over {_SEARCHED} "
+                                          "is not searched for one", repairable=False)
+    try:
+        candidate = extract_json(text)
+    except RecursionError:
+        raise _schema_error(text, schema, _TOO_DEEP) from None
     if candidate is None:
         raise _schema_error(text, schema, "no JSON object found in the answer")
     try:
@@ -116,51 +151,70 @@ def _is_syntax_error(exc: pydantic.ValidationError) -> bool:
 
 
 def extract_json(text: str) -> str | None:
-    """The first JSON object in ``text``, as JSON text, or None when there is none."""
-    fenced = _FENCE.search(text)
-    for source in ((fenced.group(1),) if fenced else ()) + (text,):
-        starts = [m.start() for m in re.finditer(r"\{", source)][:_MAX_STARTS]
+    """The first JSON object in ``text``, as JSON text, or None when there is none.
+
+    At most ``_MAX_STARTS`` "{" positions per source (the first fenced block, then the whole
+    text) are tried, each with a few linear passes. ``RecursionError`` when the object found is
+    nested deeper than Python's json reads.
+    """
+    for source in _sources(text):
+        starts = itertools.islice((m.start() for m in _OPEN_BRACE.finditer(source)), _MAX_STARTS)
         for start in starts:
-            for candidate in (source, drop_trailing_commas(source[start:])):
-                offset = start if candidate is source else 0
-                try:
-                    value, _ = _DECODER.raw_decode(candidate, offset)
-                except ValueError:
-                    continue
-                if isinstance(value, dict):
-                    return json.dumps(value)
+            value = _object_at(source, start)
+            if value is not None:
+                return json.dumps(value)
     return None
 
 
+_OPEN_BRACE = re.compile(r"\{")
 _DECODER = json.JSONDecoder()
+
+
+def _sources(text: str) -> tuple[str, ...]:
+    """Where to look: the first fenced block (its info string is no "{", so it stays), then all."""
+    opening = text.find(_FENCE)
+    closing = text.find(_FENCE, opening + len(_FENCE)) if opening >= 0 else -1
+    return (text[opening + len(_FENCE):closing], text) if closing >= 0 else (text,)
+
+
+def _object_at(source: str, start: int) -> dict[str, Any] | None:
+    """The JSON object that starts at ``source[start]``, trailing commas forgiven; else None."""
+    try:
+        value, _ = _DECODER.raw_decode(source, start)
+    except json.JSONDecodeError as exc:
+        # Dropping trailing commas changes nothing before the first one, so it can only help when
+        # the decoder stopped at the bracket right after one: else no pass over the rest is spent.
+        if not _stopped_at_trailing_comma(source, start, exc.pos):
+            return None
+        try:
+            value, _ = _DECODER.raw_decode(drop_trailing_commas(source[start:]))
+        except ValueError:
+            return None
+    return value if isinstance(value, dict) else None
+
+
+def _stopped_at_trailing_comma(source: str, start: int, stop: int) -> bool:
+    """Whether the decoder stopped at a trailing comma: at the bracket after it (or, as newer
+    Pythons report it, at the comma itself)."""
+    comma = source.rfind(",", start, stop + 1)
+    found = _TRAILING_COMMA.match(source, comma) if comma >= 0 else None
+    return found is not None and found.end() > stop
 
 
 def drop_trailing_commas(text: str) -> str:
     """``text`` without commas that stand, outside strings, right before ``}`` or ``]``."""
-    out: list[str] = []
-    in_string = escaped = False
-    for i, char in enumerate(text):
-        if in_string:
-            escaped = char == "\\" and not escaped
-            if char == '"' and not escaped:
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char == ",":
-            j = i + 1
-            while j < len(text) and text[j].isspace():
-                j += 1
-            if j < len(text) and text[j] in "}]":
-                continue
-        out.append(char)
-    return "".join(out)
+    # split keeps what lies between matches and each match's group: a string as it was, None for
+    # a trailing comma. All in C: no Python call per match, as sub with a template would make.
+    return "".join(filter(None, _STRING_OR_TRAILING_COMMA.split(text)))
 
 
 def converter(kind: ColumnType) -> Callable[[Any], Any] | None:
     """How a validated value of ``kind`` becomes the value frame adapters want (plain Python,
     enums by value, UTC datetimes, lists); None when it already is one."""
-    if kind.kind in ("string", "float", "bool", "date"):
+    if kind.kind in ("string", "bool", "date"):
         return None
+    if kind.kind == "float":
+        return _finite
     if kind.kind == "list":  # a tuple, set or frozenset field too: frames want a list
         item = converter(kind.item) if kind.item is not None else None
         if item is None:
@@ -192,7 +246,19 @@ def _scalar(kind: str, value: Any) -> Any:
     if kind == "datetime" and isinstance(value, dt.datetime) and value.tzinfo is not None:
         return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
     if kind == "json":
-        return pydantic_core.to_jsonable_python(value, by_alias=True)
+        value = pydantic_core.to_jsonable_python(value, by_alias=True)
+        try:
+            json.dumps(value, allow_nan=False)
+        except ValueError:
+            raise ValueError("NaN or Infinity is not a JSON value; free-form JSON takes finite numbers only") from None
+    return value
+
+
+def _finite(value: float | None) -> float | None:
+    # JSON has no NaN or Infinity, though pydantic reads them: in a typed column they would pass
+    # for numbers, so an answer holding one (or a number too large for a float) does not fit.
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"{value} is not a finite number; a float column takes finite numbers only")
     return value
 
 
@@ -200,12 +266,21 @@ def _describe(exc: pydantic.ValidationError) -> str:
     parts = []
     for error in exc.errors(include_url=False)[:10]:
         where = ".".join(str(p) for p in error["loc"]) or "answer"
-        shown = "" if error["type"] == "missing" else f" (got {str(error.get('input'))[:60]!r})"
+        shown = "" if error["type"] == "missing" else f" (got {_short(error.get('input'))!r})"
         parts.append(f"{where}: {error['msg']}{shown}")
     return "; ".join(parts)
 
 
-def _schema_error(text: str, schema: OutputSchema, why: str) -> SchemaError:
+# What an error shows of a value: bounded however large or deep the value is.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 3, 8, 4, 60, 60
+
+
+def _short(value: Any) -> str:
+    return (value if isinstance(value, str) else _SHORT.repr(value))[:60]
+
+
+def _schema_error(text: str, schema: OutputSchema, why: str, *, repairable: bool = True) -> SchemaError:
     return SchemaError(
         f"The answer does not match the schema {schema.name}: {why}. Raw answer: {text[:_RAW_SHOWN]!r}",
-        raw=text, problem=why)
+        raw=text, problem=why, repairable=repairable)

@@ -11,8 +11,9 @@ keep) are in ``RunStats.warnings`` and emitted as ``RuntimeWarning`` when the ru
 Answers that must fit a schema are checked here too, because a re-ask is policy: given a
 ``validate`` callback (an answer -> the answer with its typed ``values`` when it fits, else the
 ``SchemaError``; each answer is parsed once, here), a row whose
-answer does not fit is asked again, at most ``max_repairs`` times, with its previous answer and
-the validation problem in the conversation; then the ``SchemaError`` is that row's outcome. Only
+answer does not fit is asked again, at most ``max_repairs`` times and within the row's
+``max_retry_time_s``, with its previous answer and the validation problem in the conversation;
+then the ``SchemaError`` is that row's outcome (as is anything ``validate`` raises). Only
 answers that fit are cached, and a cached answer is checked again on read (a changed schema,
 or an entry written by an older dfllm, is asked afresh rather than served in a stale shape).
 """
@@ -55,6 +56,8 @@ Validate = Callable[[Completion], "Completion | SchemaError"]
 # trip) rather than the whole pool at once into a possible cap.
 _INITIAL_WINDOW = 32
 _DEFAULT_COMPLETION_ESTIMATE = 256
+# An answer longer than this is checked against the schema on a worker thread, not on the loop.
+_CHECKED_IN_THREAD_CHARS = 64 * 1024
 
 
 class Work(NamedTuple):
@@ -207,7 +210,7 @@ class Executor:
                 with gc_paused():
                     found = cache.get_many(w.key for w in work)
                     if self._validate is not None:
-                        checked = ((k, self._validate(c)) for k, c in found.items())
+                        checked = ((k, self._check_now(c)) for k, c in found.items())
                         found = {k: c for k, c in checked if isinstance(c, Completion)}
                     results = [found.get(w.key) for w in work]
                 hits = len(found)
@@ -260,15 +263,22 @@ class Executor:
             progress.advance()
 
     async def _answer(self, item: Work) -> Outcome:
-        """The row's outcome: the engine's answer, re-asked while it does not fit the schema."""
-        outcome = await self._attempt(item)
+        """The row's outcome: the engine's answer, re-asked while it does not fit the schema.
+
+        Re-asks spend the row's ``max_retry_time_s`` as retries do: the budget runs from the
+        row's first send, so a model that never fits cannot keep its row busy for long.
+        """
+        started = self._clock()
+        outcome = await self._attempt(item, started)
         repairs = 0
         while self._validate is not None and isinstance(outcome, Completion):
-            problem = self._validate(outcome)
+            problem = await self._check(outcome)
             if isinstance(problem, Completion):
                 return problem  # it fits, with its typed values
             if not problem.repairable or repairs >= self._options.max_repairs or self._abort is not None:
                 return problem
+            if self._clock() - started >= self._options.max_retry_time_s:
+                return _out_of_time(problem, repairs, self._options.max_retry_time_s)
             repairs += 1
             self.stats.repairs += 1
             item = item._replace(history=(*item.history, {"role": "assistant", "content": outcome.text}, {
@@ -276,18 +286,38 @@ class Executor:
                 "content": f"That answer does not fit the required JSON schema: {problem.problem}. "
                            "Reply with only the corrected JSON object.",
             }))
-            outcome = await self._attempt(item)
+            outcome = await self._attempt(item, started)
         return outcome
+
+    async def _check(self, completion: Completion) -> Completion | SchemaError:
+        """The ``validate`` verdict on an answer; a long one is read on a worker thread, so that
+        reading megabytes never stalls the other rows' requests (and their timeouts)."""
+        if len(completion.text) > _CHECKED_IN_THREAD_CHARS:
+            return await asyncio.to_thread(self._check_now, completion)
+        return self._check_now(completion)
+
+    def _check_now(self, completion: Completion) -> Completion | SchemaError:
+        """``validate``'s verdict; whatever it raises is this answer's error, never the run's."""
+        assert self._validate is not None
+        try:
+            return self._validate(completion)
+        except Exception as exc:
+            error = SchemaError(
+                f"Checking the answer failed ({type(exc).__name__}: {exc}); the row is not asked again. "
+                f"Raw answer: {completion.text[:200]!r}",
+                raw=completion.text, problem=f"{type(exc).__name__}: {exc}", repairable=False)
+            error.__cause__ = exc
+            return error
 
     def _open_window(self) -> None:
         """The first answer is in (and its headers read): let the window slow-start from here."""
         self._opened = True
         self._window.widen(_INITIAL_WINDOW)
 
-    async def _attempt(self, item: Work) -> Outcome:
+    async def _attempt(self, item: Work, started: float) -> Outcome:
+        """One answer for ``item``, retried within the row's budget, which runs from ``started``."""
         request = self._spec.build(item.prompt, item.history)
         budget = self._options.max_retry_time_s
-        started = self._clock()
         deadline = started + budget
         attempt = 0
         while True:
@@ -441,6 +471,13 @@ class Executor:
                 )
             return
         self._tpm = Pacer(limit, self._clock, self._sleep)
+
+
+def _out_of_time(problem: SchemaError, repairs: int, budget: float) -> SchemaError:
+    """The row's last problem, once its re-asks have spent its time budget."""
+    return SchemaError(
+        f"{problem} Not asked again: after {repairs} re-ask(s) the row has spent its max_retry_time_s={budget:g}; "
+        "raise it to allow more.", raw=problem.raw, problem=problem.problem, repairable=False)
 
 
 def _positive(value: object) -> float | None:

@@ -240,8 +240,9 @@ class AdaptiveRate:
         self._sleep = sleep
         self._recent: collections.deque[float] = collections.deque()  # success times, last second
         self._recent_took: collections.deque[float] = collections.deque()  # the same, last TOOK_S
-        self._readings: collections.deque[tuple[float, int]] = collections.deque()  # (time, remaining)
-        self._most_remaining = 0
+        self.budget = Budget()
+        self._answered = 0  # successes in all; at the last reading, _answered_read
+        self._answered_read = 0
         self._base_per_minute = 0.0
         self._since = 0.0
         self._last_cut = -math.inf
@@ -253,6 +254,7 @@ class AdaptiveRate:
 
     def on_success(self) -> None:
         now = self._clock()
+        self._answered += 1
         self._recent.append(now)
         self._recent_took.append(now)
         if self._first_success is None:
@@ -267,10 +269,14 @@ class AdaptiveRate:
             self._recent_took.popleft()
 
     def per_minute(self) -> float:
-        elapsed = self._clock() - self._since
+        now = self._clock()
+        elapsed = now - self._since
         if self._fast:
-            return float(self._base_per_minute * 2.0 ** min(elapsed, 60.0))
-        return self._base_per_minute * (1.0 + self.GROWTH_PER_S * elapsed)
+            probed = float(self._base_per_minute * 2.0 ** min(elapsed, 60.0))
+        else:
+            probed = self._base_per_minute * (1.0 + self.GROWTH_PER_S * elapsed)
+        # At least one a minute: a pace the budget stopped still re-reads it when it comes back.
+        return max(min(probed, self.budget.per_minute(now)), 1.0)
 
     def _set(self, per_minute: float, *, fast: bool) -> None:
         self._base_per_minute = max(per_minute, 1.0)
@@ -284,37 +290,33 @@ class AdaptiveRate:
         if self.pacer is None and math.isfinite(per_minute) and per_minute > 0:
             self._set(per_minute, fast=True)
 
-    def on_remaining(self, remaining: int) -> None:
-        """A reading of the budget left (``x-ratelimit-remaining-requests``)."""
+    def on_remaining(self, remaining: int, *, limit: float | None = None, reset_s: float | None = None,
+                     in_flight: int = 0) -> None:
+        """A reading of the budget left (``x-ratelimit-remaining-requests``), with the limit and the
+        reset when sent, and the requests in flight when it came (the server may not count them yet)."""
         if self.pacer is None or remaining < 0:
             return
         now = self._clock()
-        self._readings.append((now, remaining))
-        while self._readings[0][0] < now - self._SAMPLE_S:
-            self._readings.popleft()
-        self._most_remaining = max(self._most_remaining, remaining)
-        if remaining >= self.HIGH * self._most_remaining:
+        self.budget.read(now, remaining, succeeded=self._answered - self._answered_read, limit=limit,
+                         reset_s=reset_s, in_flight=in_flight)
+        self._answered_read = self._answered
+        most = self.budget.most
+        if remaining >= self.HIGH * most:
             if not self._fast:
                 self._set(self.per_minute(), fast=True)
-        elif remaining < self.LOW * self._most_remaining:
+        elif remaining < self.LOW * most:
             if now >= self._last_cut + self.COOLDOWN_S:
                 self._last_cut = now
-                rate = min(self.per_minute(), self._refilled_per_minute(now))
+                # A margin under what the budget allows over the time to its reset, never under the
+                # limit header's own rate while that is trusted (see Budget).
+                # What succeeded keeps a pace the budget cannot measure yet (readings a second
+                # apart, requests in flight); per_minute still holds it to what the budget allows.
+                spend = max(self.budget.spend_per_minute(now), self._succeeded_per_minute(now))
+                rate = max(self.CUT * min(self.per_minute(), spend), self.budget.floor_per_minute())
                 self._took, self._noisy = min(rate, self._took_per_minute(now)), False
-                self._set(self.CUT * rate, fast=False)
+                self._set(rate, fast=False)
         elif self._fast:
             self._set(self.per_minute(), fast=False)
-
-    def _refilled_per_minute(self, now: float) -> float:
-        """What the server's budget refilled over the last second: used (successes) plus gained."""
-        self._trim(now)
-        first_at, first = self._readings[0]
-        span = now - first_at
-        if span < 0.2 * self._SAMPLE_S:
-            return len(self._recent) / self._SAMPLE_S * 60.0 if self._recent else self.per_minute()
-        gained = self._readings[-1][1] - first
-        used = sum(1 for t in self._recent if t >= first_at)
-        return max(1.0, (used + gained) / span * 60.0)
 
     def _successes_per_minute(self, times: collections.deque[float], window_s: float, now: float) -> float:
         """The rate of the successes in ``times`` (the last ``window_s``), counted over the time
@@ -367,6 +369,7 @@ class AdaptiveRate:
     async def acquire(self) -> None:
         if self.pacer is not None:
             await self.pacer.acquire()
+            self.budget.sent()
 
 
 class StormDetector:
@@ -422,3 +425,114 @@ class StormDetector:
 
     def _share_reached(self, limited: collections.deque[tuple[float, int]], least: int, share: float) -> bool:
         return len(limited) >= least and len(limited) >= share * (self._sent - limited[0][1] + 1)
+
+
+class Budget:
+    """The budget the server's ``x-ratelimit-*`` headers show, and the rate that spends it.
+
+    Whatever the limiter's shape, ``remaining`` is what may be sent before more comes back, and
+    more comes back by the reset: all of it at once (a fixed window), as earlier sends age out
+    (a sliding window), or continuously (a token bucket). So the rate the budget allows is what
+    is left over the time to the reset, plus what the server has been refilling meanwhile
+    (measured between readings, leaving out a window's reset); never a refill per second alone,
+    which on a window is nothing until the window moves.
+
+    The time to the reset is the ``reset`` header when sent. Without one (LiteLLM's proxy sends
+    limit and remaining only), a fixed window shows its reset as ``remaining`` jumping back
+    up: the next is expected a window later (a minute, the unit of the limit header, unless two
+    jumps showed a shorter window); before any jump, a whole window is assumed, which never
+    spends faster than the budget allows.
+
+    When the budget holds about a minute of the ``limit`` header (a per-minute window, or a
+    bucket as deep as its limit), the limit is a floor for the rate while a little of the budget
+    is left: a sliding window refills only once its first minute has passed, and spending what
+    is left over the time to its full reset would use under two thirds of the first minute.
+    """
+
+    FULL = 0.9  # at least this share of the most remaining seen left: the budget binds nothing yet
+    JUMP = 0.5  # a rise of this share of the most remaining seen, at once: a fixed window's reset
+    NEAR_EMPTY = 0.05  # below this share of the most seen, the limit header is no floor
+    REFILL_S = 2.0  # the span the refill is measured over
+    MIN_HORIZON_S = 0.5
+    WINDOW_S = 60.0  # the unit of x-ratelimit-limit-requests
+
+    def __init__(self) -> None:
+        self.most = 0
+        self.limit: float | None = None
+        self._remaining = 0
+        self._read_at: float | None = None
+        self._unaccounted = 0  # in flight when read, and sent since: not yet counted by the server
+        self._reset_at: float | None = None  # from a reset header
+        self._boundary: float | None = None  # a fixed window's last reset, seen as a jump
+        self.window_s = self.WINDOW_S
+        self._refills: collections.deque[tuple[float, int]] = collections.deque()  # (time, refilled)
+
+    def read(self, now: float, remaining: int, *, succeeded: int, limit: float | None = None,
+             reset_s: float | None = None, in_flight: int = 0) -> None:
+        """A reading; ``succeeded``: answers since the last one (what the server counted meanwhile)."""
+        if self._read_at is not None:
+            refilled = remaining - self._remaining + succeeded
+            if refilled > self.JUMP * self.most:
+                self._jumped(now)
+            else:
+                self._refills.append((now, refilled))
+        while self._refills and self._refills[0][0] < now - self.REFILL_S:
+            self._refills.popleft()
+        self.most = max(self.most, remaining)
+        self.limit = limit
+        self._remaining, self._read_at, self._unaccounted = remaining, now, max(0, in_flight)
+        self._reset_at = None if reset_s is None else now + reset_s
+
+    def _jumped(self, now: float) -> None:
+        if self._boundary is not None and 1.0 <= now - self._boundary < self.window_s * 0.9:
+            self.window_s = now - self._boundary
+        self._boundary = now
+
+    def sent(self) -> None:
+        self._unaccounted += 1
+
+    def spendable(self) -> int:
+        return self._remaining - self._unaccounted
+
+    def refill_per_minute(self, now: float) -> float:
+        if not self._refills or self._read_at is None:
+            return 0.0
+        span = max(min(self.REFILL_S, now - self._refills[0][0]), self.MIN_HORIZON_S)
+        return max(0.0, sum(r for _, r in self._refills) / span * 60.0)
+
+    def refilling(self, now: float) -> bool:
+        return self.refill_per_minute(now) > 0
+
+    def _horizon_s(self, now: float) -> float | None:
+        """Seconds to the next reset; None when it has passed (the budget is full again)."""
+        assert self._read_at is not None
+        if self._reset_at is not None:
+            reset_at = self._reset_at
+        elif self._boundary is not None:  # a fixed window's: the next boundary after the reading
+            reset_at = self._read_at + self.window_s - (self._read_at - self._boundary) % self.window_s
+        else:
+            reset_at = self._read_at + self.window_s
+        return reset_at - now if reset_at > now else None
+
+    def per_minute(self, now: float) -> float:
+        """The rate the budget allows now: inf while it is near full, or its reset has passed."""
+        spend = self.spend_per_minute(now)
+        return max(spend, self.floor_per_minute())
+
+    def spend_per_minute(self, now: float) -> float:
+        """What is left over the time to the reset, plus the refill; inf while the budget binds nothing."""
+        if self._read_at is None:
+            return math.inf
+        horizon = self._horizon_s(now)
+        left = self.spendable()
+        if horizon is None or left >= self.FULL * self.most:
+            return math.inf
+        return max(0, left) / max(horizon, self.MIN_HORIZON_S) * 60.0 + self.refill_per_minute(now)
+
+    def floor_per_minute(self) -> float:
+        """The limit header's rate per minute, when the budget holds about a minute of it and is
+        not nearly spent; else 0."""
+        left = self.spendable()
+        if self.limit is None or self.most < 0.5 * self.limit or left <= self.NEAR_EMPTY * self.most:
+            return 0.0
+        return self.limit * 60.0 / self.WINDOW_S

@@ -26,12 +26,15 @@ from dfllm.testing._behaviour import (
     status,
 )
 from dfllm.testing._inthread import FakeProvider
+from dfllm.testing._limits import HEADER_STYLES, SHAPES, answer_headers, make_cap, refusal_headers
 from dfllm.testing._mock import FakeClock, MockEngine
 from dfllm.testing._process import FakeProviderProcess
 from dfllm.testing._server import DEFAULT_MODELS, FakeProviderApp
 
 __all__ = [
     "DEFAULT_MODELS",
+    "HEADER_STYLES",
+    "SHAPES",
     "Behaviour",
     "FakeClock",
     "FakeProvider",
@@ -41,13 +44,16 @@ __all__ = [
     "RecordedRequest",
     "always",
     "answer",
+    "answer_headers",
     "drop",
     "echo_headers",
     "every",
+    "make_cap",
     "malformed",
     "ok",
     "per_prompt",
     "redirect",
+    "refusal_headers",
     "respond",
     "sequence",
     "status",

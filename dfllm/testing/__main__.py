@@ -1,4 +1,4 @@
-"""``python -m dfllm.testing --latency-ms 50 [--rpm 3000] [--random-429 0.05] [--port 0]``: run the fake provider.
+"""``python -m dfllm.testing --latency-ms 50 [--rpm 3000 --rpm-shape fixed] [--random-429 0.05]``: a fake provider.
 
 Prints its base URL on the first line of stdout, then serves on 127.0.0.1 until terminated.
 """
@@ -11,6 +11,7 @@ import contextlib
 
 from aiohttp import web
 
+from dfllm.testing._limits import HEADER_STYLES, SHAPES
 from dfllm.testing._server import FakeProviderApp
 
 
@@ -21,7 +22,9 @@ async def _serve(args: argparse.Namespace) -> None:
         api_key=args.api_key,
         rpm=args.rpm,
         rpm_burst=args.rpm_burst,
-        ratelimit_headers=not args.no_ratelimit_headers,
+        rpm_shape=args.rpm_shape,
+        rpm_window_s=args.rpm_window_s,
+        ratelimit_headers="none" if args.no_ratelimit_headers else args.ratelimit_headers,
         advertised_rpm_scale=args.advertised_rpm_scale,
         random_429=args.random_429,
         random_seed=args.random_seed,
@@ -42,6 +45,12 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--rpm", type=float, default=None, help="server-side request cap per minute")
     parser.add_argument("--rpm-burst", type=float, default=None)
+    parser.add_argument("--rpm-shape", choices=SHAPES, default="bucket",
+                        help="the cap's shape: a token bucket, a sliding or a fixed window (see --rpm-window-s)")
+    parser.add_argument("--rpm-window-s", type=float, default=60.0,
+                        help="a window's length: it holds rpm * this / 60 requests")
+    parser.add_argument("--ratelimit-headers", choices=HEADER_STYLES, default="openai",
+                        help="the headers about the cap: OpenAI's (with reset), LiteLLM's proxy's (no reset), none")
     parser.add_argument("--no-ratelimit-headers", action="store_true",
                         help="enforce the cap without x-ratelimit-* headers (only 429 + Retry-After)")
     parser.add_argument("--advertised-rpm-scale", type=float, default=1.0,

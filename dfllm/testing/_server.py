@@ -20,32 +20,10 @@ from aiohttp import web
 
 from dfllm.testing._behaviour import Behaviour, RecordedRequest, Script
 from dfllm.testing._finetune import FineTuneRoutes
+from dfllm.testing._limits import HEADER_STYLES, HeaderStyle, Shape, answer_headers, make_cap, refusal_headers
 from dfllm.testing._responders import RESPONDERS, Responder, conforming, requested_schema
 
 DEFAULT_MODELS = ("gpt-4o-mini", "mistral-7b", "mistralai/Mistral-7B-Instruct-v0.1", "claude-2.1")
-
-
-class _Bucket:
-    """Server-side request budget: ``rpm`` per minute, refilled continuously, bursting to ``burst``."""
-
-    def __init__(self, rpm: float, burst: float | None) -> None:
-        self.rate = rpm / 60.0
-        self.capacity = burst if burst is not None else max(1.0, self.rate)
-        self.tokens = self.capacity
-        self.stamp = time.monotonic()
-
-    def take(self) -> float:
-        """Take one request's token: 0.0 if granted, else seconds until one is available."""
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate
-
-    def reset_s(self) -> float:
-        return (self.capacity - self.tokens) / self.rate
 
 
 class FakeProviderApp:
@@ -60,7 +38,9 @@ class FakeProviderApp:
         api_key: str | None = None,
         rpm: float | None = None,
         rpm_burst: float | None = None,
-        ratelimit_headers: bool = True,
+        rpm_shape: Shape = "bucket",
+        rpm_window_s: float = 60.0,
+        ratelimit_headers: bool | HeaderStyle = True,
         advertised_rpm_scale: float = 1.0,
         random_429: float = 0.0,
         random_seed: int | None = None,
@@ -72,10 +52,17 @@ class FakeProviderApp:
         self.script = script
         self.api_key = api_key
         self.rpm = rpm
-        self._bucket = _Bucket(rpm, rpm_burst) if rpm else None
-        self.ratelimit_headers = ratelimit_headers
-        # A lying header: x-ratelimit-limit-requests says rpm * scale (other units, another
-        # provider's numbers behind a gateway); remaining and reset stay the bucket's truth.
+        # The cap's shape (see _limits): a token bucket, or a sliding or fixed window of rpm_window_s.
+        self._cap = make_cap(rpm_shape, rpm, rpm_burst, rpm_window_s) if rpm else None
+        self.rpm_window_s = rpm_window_s
+        if ratelimit_headers is True or ratelimit_headers is False:
+            ratelimit_headers = "openai" if ratelimit_headers else "none"
+        if ratelimit_headers not in HEADER_STYLES:
+            raise ValueError(f"ratelimit_headers must be True, False or one of {HEADER_STYLES}, "
+                             f"got {ratelimit_headers!r}")
+        self.ratelimit_headers: HeaderStyle = ratelimit_headers
+        # A lying header: x-ratelimit-limit-requests says the cap * scale (other units, another
+        # provider's numbers behind a gateway); remaining and reset stay the cap's truth.
         self.advertised_rpm_scale = advertised_rpm_scale
         # A provider's hiccups: this share of requests gets a 429 with Retry-After: 1 whatever
         # the cap, without x-ratelimit-* headers.
@@ -173,19 +160,13 @@ class FakeProviderApp:
             response = _error(429, "The server is overloaded, try again.", "rate_limit_exceeded")
             response.headers["retry-after"] = "1"
             return self._respond(response)
-        if self._bucket is not None:
-            wait = self._bucket.take()
-            if self.ratelimit_headers:
-                limit_headers = {
-                    "x-ratelimit-limit-requests": f"{(self.rpm or 0) * self.advertised_rpm_scale:.0f}",
-                    "x-ratelimit-remaining-requests": str(int(self._bucket.tokens)),
-                    "x-ratelimit-reset-requests": f"{self._bucket.reset_s():.3f}s",
-                }
+        if self._cap is not None:
+            wait = self._cap.take()
+            limit_headers = answer_headers(self.ratelimit_headers, self._cap, self.advertised_rpm_scale)
             if wait > 0:
                 response = _error(429, "Rate limit reached for requests.", "rate_limit_exceeded")
                 response.headers.update(limit_headers)
-                response.headers["retry-after-ms"] = f"{math.ceil(wait * 1000)}"
-                response.headers["retry-after"] = f"{math.ceil(wait)}"
+                response.headers.update(refusal_headers(self.ratelimit_headers, wait, self.rpm_window_s))
                 return self._respond(response)
         behaviour = (self.script(recorded) if self.script else None) or Behaviour()
         delay = self.latency_s if behaviour.delay_s is None else behaviour.delay_s

@@ -1,0 +1,227 @@
+"""Answers as a hostile provider writes them: each ends as a value or its row's error, never the run's.
+
+Whatever an answer holds (nesting thousands deep, megabytes of near-JSON, NaN, lone surrogates,
+wrong types, half an object, prose), the run ends, every other row's answer is kept and cached,
+and reading one answer never stalls the others' requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dfllm
+from dfllm.config.options import Options
+from dfllm.engines.base import Completion, Request
+from dfllm.runtime.executor import Executor, RequestSpec, Work
+from dfllm.runtime.progress import RunStats
+from dfllm.testing import Behaviour, FakeProvider, MockEngine, RecordedRequest, ok
+
+from .conftest import KEY
+
+SCHEMA = {"n": int, "x": float, "label": Literal["a", "b"], "tags": list[str]}
+LABELS = ["yes", "no"]
+DEEP = "[" * 3000 + "]" * 3000
+
+
+def first_prompt(request: RecordedRequest) -> str:
+    """The row's own prompt: the first user message (a re-ask appends others after it)."""
+    messages = request.body.get("messages", []) if isinstance(request.body, dict) else []
+    return next((str(m.get("content")) for m in messages if m.get("role") == "user"), "")
+
+
+def rows(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"t": [f"row {i}" for i in range(n)]})
+
+
+def row_errors(out: pd.DataFrame) -> list[str | None]:
+    return [None if pd.isna(e) else str(e) for e in out["y_error"]]
+
+
+# -- one answer that cannot be read ---------------------------------------------------------
+
+def test_an_answer_nested_thousands_deep_is_its_rows_error_and_every_other_answer_is_cached() -> None:
+    deep = '{"n": ' + DEEP + "}"
+
+    def script(request: RecordedRequest) -> Behaviour | None:
+        return ok(deep) if first_prompt(request) == "row 7" else None  # else a conforming object
+
+    with FakeProvider(script=script) as fake:
+        dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
+        out = dfllm.predict(rows(50), "t", "m", "{{t}}", "y", schema=SCHEMA, errors="null")
+        first = Counter(first_prompt(r) for r in fake.chat_requests)
+        again = dfllm.predict(rows(50), "t", "m", "{{t}}", "y", schema=SCHEMA, errors="null")
+        second = Counter(first_prompt(r) for r in fake.chat_requests[sum(first.values()):])
+    errors = row_errors(out)
+    assert [i for i, e in enumerate(errors) if e is not None] == [7]
+    assert "SchemaError" in str(errors[7]) and "nested too deeply" in str(errors[7])
+    assert out["y_n"].isna().tolist() == [i == 7 for i in range(50)]
+    assert first == {**{f"row {i}": 1 for i in range(50)}, "row 7": 3}  # asked, then re-asked twice
+    # Every answer that fitted was cached: the re-run asks only for the row that did not.
+    assert second == {"row 7": 3}
+    assert again["y_n"].tolist()[:7] == out["y_n"].tolist()[:7]
+
+
+def test_whatever_the_check_raises_is_that_rows_error_and_the_others_are_cached(tmp_path: Path) -> None:
+    def validate(completion: Completion) -> Completion | dfllm.SchemaError:
+        if completion.text == "answer to bad":
+            raise RecursionError("maximum recursion depth exceeded")
+        return completion._replace(values=(completion.text,))
+
+    def run() -> tuple[list[Any], MockEngine]:
+        engine = MockEngine()
+        executor = Executor(engine, Options(cache=str(tmp_path / "cache.sqlite")), RunStats(), RequestSpec("m"),
+                            validate=validate)
+        work = [Work((i, i), prompt) for i, prompt in enumerate(["a", "bad", "c"])]
+        return asyncio.run(executor.run(work)), engine
+
+    outcomes, engine = run()
+    assert [o.values for o in outcomes[0::2]] == [("answer to a",), ("answer to c",)]
+    error = outcomes[1]
+    assert isinstance(error, dfllm.SchemaError) and not error.repairable
+    assert "RecursionError: maximum recursion depth exceeded" in str(error)
+    assert engine.prompts == ["a", "bad", "c"]  # a check that broke is not re-asked
+    _, again = run()
+    assert again.prompts == ["bad"]
+
+
+def test_a_megabytes_answer_is_read_off_the_loop_and_no_other_row_is_sent_twice() -> None:
+    # 7.8 MB under the 8 MiB body cap, never valid, with a "{" every few characters.
+    huge = "{x, " * (7_800_000 // 4)
+
+    def script(request: RecordedRequest) -> Behaviour | None:
+        return ok(huge) if first_prompt(request) == "row 3" else None
+
+    with FakeProvider(latency_s=0.3, script=script) as fake:
+        dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
+        out = dfllm.predict(rows(40), "t", "m", "{{t}}", "y", schema={"n": int}, errors="null", concurrency=8,
+                            timeout_s=2, max_repairs=0)
+        sent = Counter(first_prompt(r) for r in fake.chat_requests)
+    # No row timed out behind the reading of the big answer and was paid for twice.
+    assert sent == {f"row {i}": 1 for i in range(40)}
+    errors = row_errors(out)
+    assert [i for i, e in enumerate(errors) if e is not None] == [3]
+    assert "over 1 MiB is not searched" in str(errors[3])
+
+
+# -- the property ----------------------------------------------------------------------------
+
+def _valid_objects() -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries({
+        "n": st.integers(-(2**63), 2**63 - 1),
+        "x": st.floats(allow_nan=False, allow_infinity=False),
+        "label": st.sampled_from(["a", "b"]),
+        "tags": st.lists(st.text(max_size=4), max_size=3),
+    })
+
+
+_DEPTHS = st.integers(1, 5000) | st.sampled_from([199, 201, 999, 1001, 3000])  # about the parsers' limits
+_SURROGATES = st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=3)
+
+# (what the answer is, its text): "valid" answers fit SCHEMA, "invalid" ones never do; "any"
+# answers may or may not (a lone surrogate becomes U+FFFD on the way in, prose may hold a label).
+ANSWERS = st.one_of(
+    _valid_objects().map(lambda o: ("valid", json.dumps(o))),
+    _valid_objects().map(lambda o: ("valid", f"Sure! Here it is:\n```json\n{json.dumps(o, indent=1)}\n```")),
+    _valid_objects().map(lambda o: ("invalid", json.dumps(o)[: len(json.dumps(o)) // 2])),  # truncated
+    _DEPTHS.map(lambda d: ("invalid", '{"n": ' + "[" * d + "]" * d + ', "x": 1}')),  # depth
+    _DEPTHS.map(lambda d: ("invalid", "Here: {" * 3 + "[" * d)),
+    st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999"]).map(
+        lambda v: ("invalid", '{"n": 1, "x": ' + v + ', "label": "a", "tags": []}')),
+    st.tuples(st.text(max_size=3), st.booleans()).map(  # wrong types
+        lambda t: ("invalid", json.dumps({"n": t[0], "x": t[1], "label": "c", "tags": "x"}))),
+    st.integers(20_000, 200_000).map(lambda k: ("invalid", '{"n": [' + "1, " * k)),  # size, truncated
+    st.integers(20_000, 100_000).map(lambda k: ("invalid", "{x, " * k + "]")),  # size, near-JSON
+    _SURROGATES.map(lambda s: ("any", '{"n": 1, "x": 0.5, "label": "b", "tags": [' + json.dumps(s) + "]}")),
+    st.text(max_size=40).map(lambda t: ("any", t)),  # prose
+    st.tuples(st.text(max_size=5), _SURROGATES).map(lambda t: ("any", "".join(t))),
+)
+
+
+def test_hostile_answers_end_as_values_or_row_errors_and_every_valid_answer_is_cached() -> None:
+    answers: dict[str, str] = {}
+
+    def script(request: RecordedRequest) -> Behaviour | None:
+        return ok(answers[first_prompt(request)])
+
+    caches = itertools.count()
+    with FakeProvider(script=script) as fake, tempfile.TemporaryDirectory() as tmp:
+        dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
+
+        @given(st.sampled_from(["text", "choices", "schema"]), st.lists(ANSWERS, min_size=1, max_size=5))
+        @settings(max_examples=100, deadline=None)
+        def check(kind: str, drawn: list[tuple[str, str]]) -> None:
+            answers.clear()
+            answers.update({f"row {i}": text for i, (_, text) in enumerate(drawn)})
+            options: dict[str, Any] = {"schema": SCHEMA} if kind == "schema" else (
+                {"choices": LABELS} if kind == "choices" else {})
+            cache = str(Path(tmp) / f"{next(caches)}.sqlite")
+
+            def run() -> tuple[pd.DataFrame, list[str]]:
+                before = len(fake.chat_requests)
+                out = dfllm.predict(rows(len(drawn)), "t", "m", "{{t}}", "y", errors="null", max_repairs=1,
+                                    timeout_s=10, cache=cache, **options)
+                return out, [first_prompt(r) for r in fake.chat_requests[before:]]
+
+            out, _ = run()
+            errors = row_errors(out)
+            values = out["y_n"].tolist() if kind == "schema" else out["y"].tolist()
+            for i, (what, _) in enumerate(drawn):
+                # Every row is a value or a row error, never both, never neither.
+                assert (errors[i] is None) != pd.isna(values[i]), (kind, what, errors[i], values[i])
+                if kind == "schema" and what != "any":
+                    assert (errors[i] is None) == (what == "valid"), (what, errors[i])
+                if kind == "choices" and errors[i] is None:
+                    assert values[i] in LABELS
+                error = errors[i]
+                if error is not None:
+                    assert error.startswith(("SchemaError", "LabelError")), error
+            if kind == "schema":
+                for i, (what, text) in enumerate(drawn):
+                    if what == "valid":
+                        assert out["y_n"].tolist()[i] == _object_in(text)["n"]
+            # Every valid answer was cached: a re-run asks again only for rows that failed (with a
+            # schema, all of them: an answer that does not fit is never cached; a label is read
+            # from the cached raw text, so a LabelError comes back without a request).
+            again, sent = run()
+            failed = {f"row {i}" for i, e in enumerate(errors) if e is not None}
+            assert set(sent) == failed if kind == "schema" else set(sent) <= failed
+            assert row_errors(again) == errors
+
+        check()
+
+
+def _object_in(text: str) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(text[text.index("{"):text.rindex("}") + 1])
+    return found
+
+
+@pytest.mark.parametrize("kind", ["text", "choices", "schema"])
+def test_no_answer_crashes_the_executor_in_process(kind: str) -> None:
+    """The same answers without a socket: what the engine hands over, the executor settles."""
+    texts = ['{"n": ' + DEEP + "}", DEEP, "{x, " * 100_000, '{"n": 1, "x": NaN, "label": "a", "tags": []}', "yes"]
+    def answer(request: Request) -> str:
+        prompt = next(m["content"] for m in request.messages if m["role"] == "user")
+        return texts[int(prompt.split()[1])]
+
+    engine = MockEngine(answer)
+    options: dict[str, Any] = {"schema": SCHEMA} if kind == "schema" else (
+        {"choices": LABELS} if kind == "choices" else {})
+    out = dfllm.predict(rows(len(texts)), engine, "m", "{{t}}", "y", errors="null", cache=False, **options)
+    errors = row_errors(out)
+    if kind == "schema":
+        assert all(e is not None and e.startswith("SchemaError") for e in errors)
+    elif kind == "choices":
+        assert [e is None for e in errors] == [False, False, False, False, True]
+    else:
+        assert errors == [None] * len(texts) and out["y"].tolist() == texts
