@@ -202,13 +202,15 @@ class Template:
         # One C-level %-format per row; the literals' own '%' signs are escaped first.
         layout = "%s".join(literal.replace("%", "%%") for literal in self._pieces[0::2])
         slots = [texts[name] for name in self._pieces[1::2]]
+        # Rows are looked at one by one only when some cell holds a lone surrogate (searched at C speed).
+        suspect = any(_SURROGATE.search(text) for text in ("".join(texts[f]) for f in self.fields)
+                      if not text.isascii())
         for values, all_null in zip(zip(*slots, strict=True), skip, strict=True):
             if all_null:
                 yield None
                 continue
             prompt = layout % values
-            # Inlined lone_surrogate: this runs once per row.
-            yield prompt if prompt.isascii() or not _SURROGATE.search(prompt) else self._unsendable(values)
+            yield self._unsendable(values) if suspect and _SURROGATE.search(prompt) else prompt
 
     def _unsendable(self, values: Sequence[str]) -> UnsendableRow:
         problems = [surrogate_problem(f"The cell of column {name!r}", value)
