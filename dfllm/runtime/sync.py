@@ -29,6 +29,7 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 def _run_in_thread(coro: Coroutine[Any, Any, T]) -> T:
     loop = asyncio.new_event_loop()
     outcome: dict[str, Any] = {}
+    finished = threading.Event()
 
     def target() -> None:
         task = loop.create_task(coro)
@@ -40,20 +41,27 @@ def _run_in_thread(coro: Coroutine[Any, Any, T]) -> T:
         finally:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+            finished.set()
 
     thread = threading.Thread(target=target, name="dfllm-predict")
     thread.start()
+    # Waited for with an event, not thread.join(timeout): before Python 3.13, a join that Ctrl-C
+    # interrupts marks the thread stopped while it still runs, so later joins, and the
+    # interpreter's exit, no longer wait for it, and the answers its cache had yet to write
+    # were lost.
     try:
         with _ctrl_c_raises():
-            while thread.is_alive():
-                thread.join(0.1)
+            while not finished.wait(0.1):
+                pass
     except KeyboardInterrupt:
         # Ctrl-C: cancel the run so it stops promptly and flushes its cache, then say so.
         task = outcome.get("task")
         if task is not None:
-            loop.call_soon_threadsafe(task.cancel)
-        thread.join()
+            with contextlib.suppress(RuntimeError):  # the run ended (and closed its loop) just now
+                loop.call_soon_threadsafe(task.cancel)
+        finished.wait()
         raise
+    thread.join()
     if "error" in outcome:
         raise outcome["error"]
     result: T = outcome["result"]
