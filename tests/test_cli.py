@@ -17,7 +17,7 @@ import pytest
 
 from dfllm.cli import PARSERS, build_parser
 from dfllm.config.options import OPTIONS
-from dfllm.testing import DEFAULT_MODELS, FakeProvider
+from dfllm.testing import DEFAULT_MODELS, FakeProvider, ok
 
 from .conftest import KEY
 
@@ -145,6 +145,26 @@ def test_failed_rows_exit_1_with_their_errors_in_the_error_column(tmp_path: Path
     assert [r["y"] for r in out] == ["yes", None, "no", "yes"]
     assert [r["y_error"] is not None for r in out] == [False, True, False, False]
     assert "LabelError" in str(out[1]["y_error"]) and "1 failed rows" in done.stderr
+
+
+def test_an_answer_nested_thousands_deep_is_a_row_error_exit_1_with_the_output_written(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"t": ["a", "deep", "c"]}), tmp_path / "in.parquet")
+    schema = json.dumps({"type": "object", "properties": {"n": {"type": "integer"}}})
+    deep = '{"n": ' + "[" * 3000 + "]" * 3000 + "}"
+    with FakeProvider(script=lambda request: ok(deep) if "deep" in request.prompt else None) as fake:
+        args = predict_args(fake, str(tmp_path / "in.parquet"), str(tmp_path / "out.parquet"), "--schema", schema,
+                            "--max-repairs", "0")
+        done = run(args, tmp_path)
+        again = run(args, tmp_path)
+        prompts = [r.prompt for r in fake.chat_requests]
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "1 failed rows" in done.stderr
+    out = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert [r["y_n"] is None for r in out] == [False, True, False]
+    assert "SchemaError" in str(out[1]["y_error"]) and "nested too deeply" in str(out[1]["y_error"])
+    # The re-run exits the same way, asking only for the row that failed: the others were cached.
+    assert again.returncode == 1, again.stderr
+    assert sorted(prompts) == ["say a", "say c", "say deep", "say deep"]
 
 
 def test_a_schema_gives_typed_parquet_columns_or_one_struct_column(tmp_path: Path) -> None:

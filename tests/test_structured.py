@@ -16,10 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dfllm
+from dfllm.config.options import Options
 from dfllm.engines.base import Capabilities, Completion, Request
-from dfllm.outputs.parse import drop_trailing_commas, extract_json, parse_answer
+from dfllm.outputs.parse import drop_trailing_commas, extract_json, parse_answer, validator
 from dfllm.outputs.schema import normalise_schema
-from dfllm.testing import Behaviour, FakeProvider, MockEngine, RecordedRequest, answer, ok, per_prompt
+from dfllm.runtime.executor import Executor, RequestSpec, Work
+from dfllm.runtime.progress import RunStats
+from dfllm.testing import Behaviour, FakeClock, FakeProvider, MockEngine, RecordedRequest, answer, ok, per_prompt
 from dfllm.testing._behaviour import Script
 
 from .conftest import KEY
@@ -321,6 +324,56 @@ def test_an_answer_that_never_fits_is_a_row_error_with_the_raw_text(engine: str,
     assert info.value.partial["t_other"].isna().tolist() == [False, True, False]
     failure = info.value.errors[1]
     assert isinstance(failure, dfllm.SchemaError) and failure.raw == "nope"
+
+
+def test_re_asks_spend_the_rows_max_retry_time_s_on_the_injected_clock() -> None:
+    clock = FakeClock()
+
+    def slow_wrong_answer(request: Request) -> str:
+        clock.advance(1.0)  # each answer takes a second
+        return '{"n": "never an int"}'
+
+    engine = MockEngine(slow_wrong_answer)
+    options = Options(max_repairs=10, max_retry_time_s=3.5, cache=False)
+    executor = Executor(engine, options, RunStats(), RequestSpec("m"), validate=validator(normalise_schema({"n": int})),
+                        clock=clock, sleep=clock.sleep)
+    [outcome] = asyncio.run(executor.run([Work((0, 0), "x")]))
+    # Answers at 1, 2, 3 and 4 s: after the fourth the row's 3.5 s are spent, though 7 re-asks are left.
+    assert len(engine.requests) == 4
+    assert isinstance(outcome, dfllm.SchemaError) and not outcome.repairable
+    assert "n: Input should be a valid integer" in str(outcome)
+    assert "after 3 re-ask(s) the row has spent its max_retry_time_s=3.5" in str(outcome)
+
+
+def test_max_repairs_is_bounded_before_any_request() -> None:
+    engine = json_engine({})
+    for value in (11, 10**6, -1, True):
+        with pytest.raises(dfllm.ConfigurationError, match=f"max_repairs must be an integer from 0 to 10, got {value}"):
+            dfllm.predict(pd.DataFrame({"text": ["x"]}), engine, "m", "{{text}}", "t", schema={"n": int},
+                          max_repairs=value)
+    assert engine.requests == []
+
+
+def test_nan_and_infinity_are_not_float_values() -> None:
+    answers = {
+        "finite": '{"x": 1.5, "xs": [0.5], "j": {"k": [1]}}',
+        "nan": '{"x": NaN, "xs": [], "j": null}',
+        "inf": '{"x": Infinity, "xs": [], "j": null}',
+        "minus inf": '{"x": -Infinity, "xs": [], "j": null}',
+        "overflow": '{"x": 1e999, "xs": [], "j": null}',
+        "in a list": '{"x": 1.0, "xs": [1.0, NaN], "j": null}',
+        "in free-form JSON": '{"x": 1.0, "xs": [], "j": {"k": [Infinity]}}',
+    }
+    engine = json_engine(answers)
+    out = dfllm.predict(pd.DataFrame({"text": list(answers)}), engine, "m", "{{text}}", "t", cache=False,
+                        schema={"x": float, "xs": list[float], "j": Any}, errors="null", max_repairs=0)
+    assert out["t_x"].tolist()[0] == 1.5 and out["t_xs"][0] == [0.5] and pd.isna(out["t_error"][0])
+    errors = out["t_error"].tolist()[1:]
+    assert all(e.startswith("SchemaError") for e in errors)
+    for error, field, value in zip(errors, ["x", "x", "x", "x", "xs", "j"], ["nan", "inf", "-inf", "inf", "nan", ""],
+                                   strict=True):
+        assert f"{field}: {value}" in error and "finite numbers only" in error
+    assert out["t_x"].isna().tolist() == [False] + [True] * 6  # never a NaN passing for a number
 
 
 def test_cut_off_or_refused_answers_are_row_errors_never_half_parsed(engine: str, fake: FakeProvider) -> None:

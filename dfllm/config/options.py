@@ -194,6 +194,18 @@ def _progress(name: str, value: Any) -> str | None:
         f"{name} must be True, False or None (on when interactive), got {value!r}.")
 
 
+# Each re-ask sends the whole conversation so far (every answer and its problem) again: a model
+# that has not fit after this many will not, and the row's cost grows with the square of the count.
+MAX_REPAIRS = 10
+
+
+def _max_repairs(name: str, value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REPAIRS:
+        return (f"{name} must be an integer from 0 to {MAX_REPAIRS}, got {value!r}: each re-ask sends the "
+                f"whole conversation so far again. Use max_repairs={MAX_REPAIRS} at most.")
+    return None
+
+
 @dataclass(frozen=True)
 class Option:
     """One option: how it is checked, documented, sent and named elsewhere."""
@@ -257,8 +269,9 @@ OPTIONS: tuple[Option, ...] = (
            "{'field': type}; see Structured outputs", _schema, default_text="none"),
     Option("schema_columns", "str", "fields", "'fields': one typed column {target}_{field} per schema field; "
            "'struct': one struct column {target} holding them all", one_of("fields", "struct")),
-    Option("max_repairs", "int", 2, "re-asks of a row whose answer does not fit the schema, showing the "
-           "model its answer and the validation error; then a row error", non_negative_int),
+    Option("max_repairs", "int", 2, f"re-asks of a row whose answer does not fit the schema, 0 to {MAX_REPAIRS}, "
+           "showing the model its answer and the validation error, within max_retry_time_s; then a row error",
+           _max_repairs),
     Option("concurrency", "int", 64, f"requests in flight at most, 1 to {MAX_CONCURRENCY:,}", _concurrency),
     Option("rpm", "float", None, "client-side requests per minute; without it dfllm reads x-ratelimit-* "
            "headers or learns from 429s", positive_number, default_text="learned"),
