@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import json
 import tempfile
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
@@ -112,6 +113,20 @@ def test_a_megabytes_answer_is_read_off_the_loop_and_no_other_row_is_sent_twice(
     errors = row_errors(out)
     assert [i for i, e in enumerate(errors) if e is not None] == [3]
     assert "over 1 MiB is not searched" in str(errors[3])
+
+
+def test_a_long_answer_is_checked_on_a_worker_thread_a_short_one_on_the_loop() -> None:
+    checked_on: dict[int, bool] = {}
+
+    def validate(completion: Completion) -> Completion:
+        checked_on[len(completion.text)] = threading.current_thread() is threading.main_thread()
+        return completion._replace(values=(len(completion.text),))
+
+    engine = MockEngine(lambda request: "x" * (100_000 if request.messages[-1]["content"] == "long" else 10))
+    executor = Executor(engine, Options(cache=False), RunStats(), RequestSpec("m"), validate=validate)
+    outcomes = asyncio.run(executor.run([Work((0, 0), "long"), Work((1, 1), "short")]))
+    assert [o.values for o in outcomes] == [(100_000,), (10,)]
+    assert checked_on == {100_000: False, 10: True}
 
 
 # -- the property ----------------------------------------------------------------------------
