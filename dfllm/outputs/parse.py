@@ -12,7 +12,8 @@ error too, never a wrap-around or a silent NaN.
 
 An answer is untrusted input: whatever it holds (nesting thousands deep, megabytes of near-JSON,
 lone surrogates), reading it ends in its values or a ``SchemaError``, never another exception,
-and the tolerant search does a bounded number of linear passes over it.
+and the tolerant search does a bounded number of linear passes over it (and over none longer
+than ``MAX_SEARCHED_CHARS``: such an answer must be exactly one JSON object).
 """
 
 from __future__ import annotations
