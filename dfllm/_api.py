@@ -33,7 +33,7 @@ from dfllm.frames import Column, ColumnType
 from dfllm.outputs.choices import normalise_label
 from dfllm.outputs.columns import schema_column_names, schema_columns
 from dfllm.prompt.keys import RequestKeys
-from dfllm.prompt.template import Template, UnsendableRow
+from dfllm.prompt.template import Template, UnsendableRow, surrogate_problem
 from dfllm.runtime.bulk import gc_paused
 from dfllm.runtime.executor import Executor, Outcome, RequestSpec, Validate, Work
 from dfllm.runtime.progress import RunStats
@@ -173,6 +173,8 @@ def make_plan(df: Any, engine: Any, model: str | None, template: str | Template 
     if not model or not isinstance(model, str):
         problems.append(ParameterError(
             f"model must be the provider's model id as a string, e.g. 'gpt-4o-mini', got {model!r}."))
+    elif (unsendable := surrogate_problem("model", model)) is not None:
+        problems.append(ParameterError(unsendable))
     elif config is not None:
         problems += [ParameterError(p) for p in config.kind.model_problems(model)]
     columns = adapter.column_names(df)

@@ -123,11 +123,20 @@ def test_concurrency_is_bounded(concurrency: int, engine: str, fake: FakeProvide
     assert fake.requests == []
 
 
-@pytest.mark.parametrize("options", [{"system": "\ud800 be brief"}, {"choices": ["yes", "n\udfffo"]}])
+@pytest.mark.parametrize("options", [
+    {"system": "\ud800 be brief"}, {"choices": ["yes", "n\udfffo"]}, {"stop": ["\udc80"]}, {"user": "u\ud800"},
+    {"extra_body": {"tag": ["\udfff"]}}, {"extra_body": {"k\ud800": 1}},
+])
 def test_a_lone_surrogate_in_an_option_is_refused_before_any_request(
         options: dict[str, object], engine: str, fake: FakeProvider) -> None:
     with pytest.raises(dfllm.ParameterError, match=r"lone surrogate .* cannot be sent"):
         DF.llm.predict(engine, "m", "{{text}}", "y", **options)
+    assert fake.requests == []
+
+
+def test_a_lone_surrogate_in_the_model_is_refused_before_any_request(engine: str, fake: FakeProvider) -> None:
+    with pytest.raises(dfllm.ParameterError, match=r"model holds a lone surrogate"):
+        DF.llm.predict(engine, "gpt-\udc80", "{{text}}", "y")
     assert fake.requests == []
 
 

@@ -395,10 +395,23 @@ def option_problems(values: Mapping[str, Any]) -> list[str]:
         option = OPTION_BY_NAME.get(name)
         if option is None or value is None:
             continue
-        problem = option.check(name, value)
+        problem = option.check(name, value) or _unsendable_text(name, value)
         if problem:
             problems.append(problem)
     return problems
+
+
+def _unsendable_text(name: str, value: Any) -> str | None:
+    """A lone surrogate anywhere in an option's strings (``stop``, ``user``, ``extra_body``...): no request can
+    carry it, and the cache key could not be written either."""
+    if isinstance(value, str):
+        return surrogate_problem(name, value)
+    if isinstance(value, Mapping):
+        items: list[Any] = [*value.keys(), *value.values()]
+        return next((p for v in items if (p := _unsendable_text(name, v))), None)
+    if isinstance(value, (list, tuple)):
+        return next((p for v in value if (p := _unsendable_text(name, v))), None)
+    return None
 
 
 def build_options(layers: list[Mapping[str, Any]]) -> tuple[Options, list[str]]:
