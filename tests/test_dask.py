@@ -210,6 +210,14 @@ def test_engine_spec_survives_pickling_and_the_key_is_nowhere_in_the_graph(clien
     assert KEY not in repr(spec)
 
 
+def test_a_key_in_base_urls_path_is_masked_in_the_engine_spec() -> None:
+    pasted = "sk-proj-AbC123dEf456GhI789jKl"
+    config = dfllm.create_engine("t", "openai", api_key=KEY, base_url=f"http://127.0.0.1:9/{pasted}/v1")
+    spec = EngineSpec.of(config)
+    assert pasted not in repr(spec) and "127.0.0.1:9" in repr(spec)
+    assert pasted in spec.base_url  # still sent: only what is shown is masked
+
+
 def _gate_leases() -> dict[str, int]:
     from dfllm.runtime import worker
 

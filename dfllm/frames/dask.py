@@ -28,7 +28,7 @@ from typing_extensions import Unpack
 from dfllm._exceptions import BatchError, MissingAPIKeyError, ParameterError
 from dfllm.config.engines import EngineConfig
 from dfllm.config.options import PredictOptions
-from dfllm.config.secrets import Secret
+from dfllm.config.secrets import Secret, shown_url
 from dfllm.engines.providers import Provider
 from dfllm.frames import LazyKind, register_lazy
 from dfllm.frames.accessor import Verbs, taken_by_other
@@ -59,6 +59,11 @@ class EngineSpec:
     key_id: str | None = None
     structured_outputs: str | None = None
     cache_namespace: str | None = None
+
+    def __repr__(self) -> str:
+        # The spec travels in the task graph, where Dask shows reprs (dashboard, logs): a key pasted
+        # into base_url's path is masked as it is in EngineConfig's repr.
+        return f"EngineSpec(name={self.name!r}, provider={self.provider.name!r}, base_url={shown_url(self.base_url)!r})"
 
     @classmethod
     def of(cls, config: EngineConfig) -> EngineSpec:
