@@ -135,7 +135,7 @@ def test_a_malformed_base_url_is_refused_when_the_engine_is_created(url: str) ->
     ({"choices": ["a", "a"]}, "at least two labels, each once"),
     ({"timeout_s": float("nan")}, "timeout_s must be a finite positive number"),
     ({"timeout_s": float("inf")}, "timeout_s must be a finite positive number"),
-    ({"rpm": 0}, "rpm must be a finite positive number"),
+    ({"rpm": 0}, "rpm must be a finite number of requests per minute, at least 1"),
     ({"concurrency": True}, "concurrency must be a positive integer"),
     ({"stop": 3}, "stop must be a string or a list of strings"),
     ({"cache": 3}, "cache must be True, False or a file path"),

@@ -160,3 +160,11 @@ def test_other_polars_llm_namespace_is_not_replaced_silently() -> None:
         assert any("already registered" in str(w.message) for w in caught)
     finally:
         pl.DataFrame.llm = original  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("rpm", [0.5, 1e-300, 0])
+def test_an_rpm_below_one_a_minute_is_refused_before_any_request(rpm: float, engine: str, fake: FakeProvider) -> None:
+    # It was accepted, then every row failed with a ValueError from the pacer, misattributed to the engine.
+    with pytest.raises(dfllm.ParameterError, match=f"rpm must be .* at least 1, got {rpm!r}"):
+        pd.DataFrame({"text": ["a"]}).llm.predict(engine, "m", "{{text}}", "y", rpm=rpm)
+    assert fake.requests == []

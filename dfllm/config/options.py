@@ -52,6 +52,13 @@ def positive_number(name: str, value: Any) -> str | None:
     return None
 
 
+def _rpm(name: str, value: Any) -> str | None:
+    # The pacer's bucket holds a minute of requests: below one a minute, no request ever fits.
+    if not _is_number(value) or value < 1:
+        return f"{name} must be a finite number of requests per minute, at least 1, got {value!r}."
+    return None
+
+
 def number_in(low: float, high: float) -> Check:
     def check(name: str, value: Any) -> str | None:
         if not _is_number(value) or not low <= value <= high:
@@ -274,7 +281,7 @@ OPTIONS: tuple[Option, ...] = (
            _max_repairs),
     Option("concurrency", "int", 64, f"requests in flight at most, 1 to {MAX_CONCURRENCY:,}", _concurrency),
     Option("rpm", "float", None, "client-side requests per minute; without it dfllm reads x-ratelimit-* "
-           "headers or learns from 429s", positive_number, default_text="learned"),
+           "headers or learns from 429s; at least 1", _rpm, default_text="learned"),
     Option("tpm", "float", None, "client-side tokens per minute", positive_number, default_text="learned"),
     Option("timeout_s", "float", 120.0, "seconds per request", positive_number),
     Option("max_retries", "int", 6, "retries on connection errors, timeouts, 408, 409, 429, 5xx; never on "
