@@ -224,6 +224,21 @@ SCHEMA = {"city": str}
     ({"virtual_key": "vk-0123456789"}, False),  # where it routes is not visible from here
     ({"config": {"strategy": {"mode": "fallback"}, "targets": [{"provider": "openai"}, {"provider": "anthropic"}]}},
      False),
+    # A config that decides the route overrides the provider header, as the gateway does: when it
+    # reaches several providers, or one behind a virtual key, the routed provider is unknown.
+    ({"provider": "openai", "config": {"strategy": {"mode": "fallback"},
+                                       "targets": [{"provider": "openai"}, {"provider": "anthropic"}]}}, False),
+    ({"provider": "openai", "config": {"strategy": {"mode": "loadbalance"},
+                                       "targets": [{"virtual_key": "vk-anthropic"}, {"provider": "openai"}]}}, False),
+    ({"provider": "openai", "config": {"provider": "anthropic"}}, False),
+    ({"provider": "openai", "config": "pc-saved-0123"}, False),  # a saved config's id: routes anywhere
+    ({"provider": "openai", "virtual_key": "vk-0123456789"}, False),
+    ({"config": {"provider": "openai", "targets": [{"provider": "anthropic"}, {"api_key": "sk-up-000000"}]}}, False),
+    # Targets inherit their parent's provider; a config that does not route leaves it to the header.
+    ({"config": {"provider": "openai", "targets": [{"api_key": "sk-up-000000"}, {"api_key": "sk-up-111111"}]}}, True),
+    ({"provider": "openai", "config": {"cache": {"mode": "simple"}}}, True),
+    ({"provider": "anthropic", "config": {"strategy": {"mode": "fallback"}, "targets": [{"provider": "openai"}]},
+      "structured_outputs": "json_schema"}, True),
 ])
 def test_portkey_asks_for_a_schema_as_the_routed_provider_takes_it(routing: dict[str, object],
                                                                    json_schema: bool) -> None:

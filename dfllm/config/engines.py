@@ -74,14 +74,20 @@ class EngineConfig:
 
     @property
     def upstream(self) -> str | None:
-        """The provider a gateway forwards to, where this engine names it: the ``"provider"`` of its
-        config (one for every target), else its provider parameter. None for a virtual key."""
+        """The provider a gateway forwards to, where this engine shows it; None where it is unknown.
+
+        A config that decides the route (a saved config's id, or JSON naming a provider, targets or a
+        virtual key) overrides the provider parameter, as the gateway does: it shows a provider only
+        when every target reaches the same one by name. A virtual key hides its provider.
+        """
         provider = self.provider
         if provider.upstream_config_param is not None:
             config = self.routing.get(provider.header_params[provider.upstream_config_param])
-            named = _config_upstream(config.reveal() if isinstance(config, Secret) else config)
-            if named is not None:
+            decides, named = _config_route(config.reveal() if isinstance(config, Secret) else config)
+            if decides:
                 return named
+        if any(provider.header_params[p] in self.routing for p in provider.upstream_hiding_params):
+            return None
         if provider.upstream_param is not None:
             named_header = self.routing.get(provider.header_params[provider.upstream_param])
             return named_header if isinstance(named_header, str) else None
@@ -137,26 +143,43 @@ def drop_engine(name: str) -> None:
         raise UnknownEngineError(f"No engine named {name!r}. Engines: {sorted(_ENGINES)}.")
 
 
-def _config_upstream(config_text: str | None) -> str | None:
-    """The one provider a gateway config routes to (its own, or every target's), if it names one."""
+# The config fields by which a Portkey config chooses where a request goes.
+_ROUTING_FIELDS = ("provider", "virtual_key", "targets")
+
+
+def _config_route(config_text: str | None) -> tuple[bool, str | None]:
+    """Whether a gateway config decides where requests go, and the one provider it then reaches.
+
+    A saved config's id (not JSON) decides, to a provider not visible from here. A JSON config
+    decides when it has a routing field at its top; each target inherits its parent's provider
+    and virtual key, as the gateway's configs do. The provider is known only when every leaf
+    target names the same one and none holds a virtual key (it stands for a provider we cannot see).
+    """
+    if not config_text:
+        return False, None
     try:
-        config = json.loads(config_text) if config_text else None
+        config = json.loads(config_text)
     except (ValueError, RecursionError):
-        return None  # a saved config's id: where it routes is not visible from here
+        return True, None
+    if not isinstance(config, dict) or not any(k in config for k in _ROUTING_FIELDS):
+        return False, None
     named: set[str] = set()
-    stack: list[tuple[Any, int]] = [(config, 0)]
+    stack: list[tuple[Any, int, Any]] = [(config, 0, None)]
     while stack:
-        node, depth = stack.pop()
-        if not isinstance(node, dict) or depth > 8:
-            return None
+        node, depth, inherited = stack.pop()
+        if not isinstance(node, dict) or depth > 8 or node.get("virtual_key") is not None:
+            return True, None
+        provider = node.get("provider", inherited)
         targets = node.get("targets")
-        if isinstance(node.get("provider"), str):
-            named.add(node["provider"])
+        if targets is None:
+            if not isinstance(provider, str):
+                return True, None
+            named.add(provider)
         elif isinstance(targets, list) and targets:
-            stack.extend((target, depth + 1) for target in targets)
+            stack.extend((target, depth + 1, provider) for target in targets)
         else:
-            return None
-    return named.pop() if len(named) == 1 else None
+            return True, None
+    return True, (named.pop() if len(named) == 1 else None)
 
 
 def _keyed_hash(value: str) -> str:

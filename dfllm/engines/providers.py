@@ -30,8 +30,9 @@ class Provider:
 
     A gateway names the provider it forwards to with ``upstream_param`` (a USING parameter, also
     read as ``"provider"`` from the JSON of ``upstream_config_param``); ``upstream_capabilities``
-    says how each upstream takes a schema through it. An upstream not listed there (or one
-    hidden behind a virtual key) gets ``capabilities``; ``structured_outputs=`` overrides both.
+    says how each upstream takes a schema through it. An upstream not listed there, or one hidden
+    (behind a parameter of ``upstream_hiding_params``, such as a virtual key, or a config routing
+    to several) gets ``capabilities``; ``structured_outputs=`` overrides both.
     ``models_hint`` is added when listing models through it fails.
     """
 
@@ -55,6 +56,7 @@ class Provider:
     upstream_param: str | None = None
     upstream_config_param: str | None = None
     upstream_capabilities: Mapping[str, Capabilities] = field(default_factory=dict)
+    upstream_hiding_params: tuple[str, ...] = ()
     models_hint: str | None = None
 
 
@@ -136,6 +138,8 @@ PROVIDERS: dict[str, Provider] = {
             upstream_config_param="config",
             # The gateway passes OpenAI's response_format through to OpenAI unchanged.
             upstream_capabilities={"openai": _JSON_SCHEMA},
+            # A virtual key stands for a provider and its key: where it routes is not visible here.
+            upstream_hiding_params=("virtual_key",),
             models_hint=(
                 "The open-source Portkey gateway lists models only through Portkey's hosted service, and "
                 "its /v1/models fails when a provider, virtual key or config is given. List the models at "
