@@ -1,6 +1,7 @@
 """Against a server-side RPM cap: achieved rate / cap, the 429 share and client CPU per row.
 
     python benchmarks/ratelimit.py [--rpm 3000] [--rows 1500] [--latency-ms 50] [--concurrency 256]
+        [--window-s 20] [--windows 2.5] [--only adaptive,shapes,issue,random]
 
 Scenarios, each on a fresh fake provider process enforcing the cap (token bucket, 1 s burst):
   dfllm, cap advertised in x-ratelimit-* headers (as OpenAI does), no limits given
@@ -9,6 +10,15 @@ Scenarios, each on a fresh fake provider process enforcing the cap (token bucket
   dfllm, rpm= set to the cap
   dfllm, cold start: a short run (--cold-rows) with headers, the 429s of its first round trips
   openai SDK gather (max_retries=10, honours Retry-After) as the baseline
+Then the cap's shapes, no rpm= given: a fixed window (aligned to the clock, as LiteLLM's proxy
+counts), a sliding window and a token bucket, each with OpenAI's headers (limit, remaining, reset)
+and with LiteLLM's (limit and remaining, no reset; a 429 names the window in
+llm_provider-retry-after, no Retry-After). A window holds --rpm * --window-s / 60 requests and a
+run is --windows windows long at the cap (a minute's window as LiteLLM's, --window-s 60, takes
+minutes per row). Then the issue's measured cases: a short window (300 per 5 s) without headers
+and with headers that say 300 (per minute, to an OpenAI client); 2,400 rows against a 1,200/min
+sliding minute with headers; 4,000 rows against 3,000/min sliding over a minute with headers.
+The target for every row of these two tables: >= 0.95 of the cap with <= 1% 429s.
 Then, without a cap, --random-rows rows at --random-concurrency (64, predict's default) with and
 without 5% random 429s (Retry-After: 1 s): the
 time against the fault-free run, and CPU per row unpaced against paced by headers.
@@ -77,9 +87,48 @@ def capped(name: str, args: argparse.Namespace, rows: int | None = None, *, head
            scale: float = 1.0, random_429: float = 0.0, **options: Any) -> None:
     server = {"rpm": args.rpm, "no_ratelimit_headers": not headers, "advertised_rpm_scale": scale,
               "random_429": random_429, "random_seed": 1}
-    m = measure(name, args, rows or args.rows, server, **options)
-    print(f"{name:<46}{m['rate']:>9.0f}{m['rate'] / args.rpm:>7.2f}{m['sent']:>7}{m['r429']:>6}"
-          f"{100 * m['r429'] / m['sent']:>7.1f}%{m['failed']:>7}{m['cpu_us']:>9.0f}")
+    row(name, args.rpm, measure(name, args, rows or args.rows, server, **options))
+
+
+def shaped(name: str, args: argparse.Namespace, rows: int, *, rpm: float, shape: str, window_s: float,
+           headers: str) -> None:
+    """A run without rpm= against a cap of ``shape`` whose headers are in the ``headers`` style."""
+    server = {"rpm": rpm, "rpm_shape": shape, "rpm_window_s": window_s, "ratelimit_headers": headers}
+    row(name, rpm, measure(name, args, rows, server))
+
+
+def header() -> None:
+    print(f"{'client':<50}{'rows/min':>9}{'x cap':>7}{'sent':>7}{'429s':>6}{'429 %':>8}{'failed':>7}"
+          f"{'CPU us/row':>11}")
+
+
+def row(name: str, rpm: float, m: dict[str, float]) -> None:
+    print(f"{name:<50}{m['rate']:>9.0f}{m['rate'] / rpm:>7.2f}{m['sent']:>7}{m['r429']:>6}"
+          f"{100 * m['r429'] / m['sent']:>7.1f}%{m['failed']:>7}{m['cpu_us']:>9.0f}", flush=True)
+
+
+def shapes(args: argparse.Namespace) -> None:
+    rows = round(args.rpm * args.window_s / 60 * args.windows)
+    print(f"\nshapes: cap {args.rpm:g}/min, windows of {args.window_s:g} s ({args.rpm * args.window_s / 60:.0f} "
+          f"requests), {rows} rows ({args.windows:g} windows at the cap), no rpm=")
+    header()
+    for shape, label in (("fixed", "fixed window"), ("sliding", "sliding window"), ("bucket", "token bucket")):
+        for style, said in (("openai", "reset header (OpenAI)"), ("litellm", "no reset (LiteLLM)")):
+            shaped(f"dfllm, {label}, {said}", args, rows, rpm=args.rpm, shape=shape,
+                   window_s=args.window_s, headers=style)
+
+
+def issue_cases(args: argparse.Namespace) -> None:
+    print("\nthe issue's measured cases, no rpm=")
+    header()
+    shaped("dfllm, 300 per 5 s fixed, no headers", args, 1500, rpm=3600, shape="fixed", window_s=5,
+           headers="none")
+    shaped("dfllm, 300 per 5 s fixed, headers say 300", args, 1500, rpm=3600, shape="fixed", window_s=5,
+           headers="openai")
+    shaped("dfllm, 2,400 rows, 1,200/min sliding 60 s, headers", args, 2400, rpm=1200, shape="sliding",
+           window_s=60, headers="openai")
+    shaped("dfllm, 4,000 rows, 3,000/min sliding 60 s, headers", args, 4000, rpm=3000, shape="sliding",
+           window_s=60, headers="openai")
 
 
 def main() -> None:
@@ -92,11 +141,26 @@ def main() -> None:
     parser.add_argument("--random-concurrency", type=int, default=64)
     parser.add_argument("--latency-ms", type=float, default=50)
     parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--window-s", type=float, default=20.0, help="the shapes' window length")
+    parser.add_argument("--windows", type=float, default=2.5, help="the shapes' run length, in windows at the cap")
+    parser.add_argument("--only", default="adaptive,shapes,issue,random",
+                        help="the sections to run, comma-separated: adaptive, shapes, issue, random")
     args = parser.parse_args()
-    print(f"server cap {args.rpm:g}/min (token bucket, 1 s burst), {args.rows} rows, latency {args.latency_ms:g} ms, "
-          f"concurrency {args.concurrency}")
-    print(f"{'client':<46}{'rows/min':>9}{'x cap':>7}{'sent':>7}{'429s':>6}{'429 %':>8}{'failed':>7}"
-          f"{'CPU us/row':>11}")
+    sections = set(args.only.split(","))
+    print(f"latency {args.latency_ms:g} ms, concurrency {args.concurrency}")
+    if "adaptive" in sections:
+        adaptive(args)
+    if "shapes" in sections:
+        shapes(args)
+    if "issue" in sections:
+        issue_cases(args)
+    if "random" in sections:
+        random_faults(args)
+
+
+def adaptive(args: argparse.Namespace) -> None:
+    print(f"\nserver cap {args.rpm:g}/min (token bucket, 1 s burst), {args.rows} rows")
+    header()
     capped("dfllm, cap in x-ratelimit headers", args)
     capped("dfllm, header understates the cap 10x", args, scale=0.1)
     capped("dfllm, header overstates the cap 10x", args, scale=10.0)
@@ -108,6 +172,8 @@ def main() -> None:
     capped(f"dfllm, cold start, {args.cold_rows} rows, no headers", args, args.cold_rows, headers=False)
     capped("openai SDK gather, max_retries=10", args, headers=False)
 
+
+def random_faults(args: argparse.Namespace) -> None:
     rows, c = args.random_rows, args.random_concurrency
     print(f"\nno cap, {rows} rows, latency {args.latency_ms:g} ms, concurrency {c} (predict's default)")
     clean = measure("dfllm, no faults", args, rows, {}, c)

@@ -304,5 +304,6 @@ def test_without_rpm_a_run_longer_than_a_window_holds_the_cap_whatever_its_shape
     # Three and a half minutes' worth at 1000/min. Before, a fixed window without a reset header
     # sent most of its budget early, then almost nothing for the rest of the window (0.66-0.95x).
     share, ok, limited = run_against_cap(shape, style, 3500)
-    assert 0.95 <= share <= 1.1, (share, ok, limited)
+    # A fixed window's first, partial one is a bonus (the run starts 17 s into it): up to 1.4x.
+    assert 0.95 <= share <= (1.4 if shape == "fixed" else 1.1), (share, ok, limited)
     assert limited <= 0.01 * ok

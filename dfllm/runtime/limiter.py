@@ -201,10 +201,13 @@ class AdaptiveRate:
     starts it at a rate a header named, which is only a hint (headers come per minute, per day,
     from another provider behind a gateway). Then:
 
-    - ``x-ratelimit-remaining`` readings steer it when the server sends them: while the budget
-      stays near the most seen, the rate doubles every second (the header understated the cap);
-      when it falls under a quarter, the rate is cut to ``CUT`` of what the server refilled over
-      the last second (successes plus the change in remaining), before any 429.
+    - ``x-ratelimit-remaining`` readings steer it when the server sends them, through the
+      ``Budget`` they show: the rate never passes what is left over the time to the reset, plus
+      what refills (whatever the limiter's shape: a fixed or sliding window, a token bucket),
+      and never falls under the budget's depth over its window while some of it is left. While
+      the budget stays near the most seen, the rate doubles every second (the header understated
+      the cap); when it falls under a quarter, the rate is cut to ``CUT`` of what the budget
+      allows, before any 429.
     - 429s cut it to ``CUT`` of the rate, or of what succeeded over the last second if that is
       less: pacing at exactly what succeeded keeps the server's budget empty, where any jitter
       in arrivals is a 429. After a cut, further 429s within ``COOLDOWN_S`` do not cut again:
@@ -275,8 +278,9 @@ class AdaptiveRate:
             probed = float(self._base_per_minute * 2.0 ** min(elapsed, 60.0))
         else:
             probed = self._base_per_minute * (1.0 + self.GROWTH_PER_S * elapsed)
-        # At least one a minute: a pace the budget stopped still re-reads it when it comes back.
-        return max(min(probed, self.budget.per_minute(now)), 1.0)
+        # The budget's depth over its window is trusted while some of it is left, however low
+        # the probe is; at least one a minute: a pace the budget stopped still re-reads it.
+        return max(min(probed, self.budget.per_minute(now)), self.budget.floor_per_minute(), 1.0)
 
     def _set(self, per_minute: float, *, fast: bool) -> None:
         self._base_per_minute = max(per_minute, 1.0)
@@ -439,21 +443,21 @@ class Budget:
 
     The time to the reset is the ``reset`` header when sent. Without one (LiteLLM's proxy sends
     limit and remaining only), a fixed window shows its reset as ``remaining`` jumping back
-    up: the next is expected a window later (a minute, the unit of the limit header, unless two
-    jumps showed a shorter window); before any jump, a whole window is assumed, which never
-    spends faster than the budget allows.
+    up: the next is expected a window later (see ``window_s``); before any jump, a whole window
+    is assumed, which never spends faster than the budget allows.
 
-    When the budget holds about a minute of the ``limit`` header (a per-minute window, or a
-    bucket as deep as its limit), the limit is a floor for the rate while a little of the budget
-    is left: a sliding window refills only once its first minute has passed, and spending what
-    is left over the time to its full reset would use under two thirds of the first minute.
+    A full budget comes back within a window: so the budget's depth over the window is a floor
+    for the rate while a little of it is left. A sliding window refills only once its first
+    window has passed, and spending what is left over the time to its full reset would use under
+    two thirds of the first window; its depth over the window is the rate it sustains.
     """
 
     FULL = 0.9  # at least this share of the most remaining seen left: the budget binds nothing yet
     JUMP = 0.5  # a rise of this share of the most remaining seen, at once: a fixed window's reset
-    NEAR_EMPTY = 0.05  # below this share of the most seen, the limit header is no floor
+    NEAR_EMPTY = 0.05  # at or below this share of the most seen, the depth over the window is no floor
     REFILL_S = 2.0  # the span the refill is measured over
     MIN_HORIZON_S = 0.5
+    MIN_WINDOW_S = 1.0
     WINDOW_S = 60.0  # the unit of x-ratelimit-limit-requests
 
     def __init__(self) -> None:
@@ -463,8 +467,9 @@ class Budget:
         self._read_at: float | None = None
         self._unaccounted = 0  # in flight when read, and sent since: not yet counted by the server
         self._reset_at: float | None = None  # from a reset header
+        self._longest_reset_s = 0.0  # the longest reset header read: a whole window, once seen
         self._boundary: float | None = None  # a fixed window's last reset, seen as a jump
-        self.window_s = self.WINDOW_S
+        self._jumps_apart_s: float | None = None  # a fixed window's length, seen as two jumps
         self._refills: collections.deque[tuple[float, int]] = collections.deque()  # (time, refilled)
 
     def read(self, now: float, remaining: int, *, succeeded: int, limit: float | None = None,
@@ -473,7 +478,10 @@ class Budget:
         if self._read_at is not None:
             refilled = remaining - self._remaining + succeeded
             if refilled > self.JUMP * self.most:
-                self._jumped(now)
+                # Only a budget without a reset header needs its resets found (with one, a
+                # sliding window's refill after a pause would be taken for a reset).
+                if reset_s is None:
+                    self._jumped(now)
             else:
                 self._refills.append((now, refilled))
         while self._refills and self._refills[0][0] < now - self.REFILL_S:
@@ -482,11 +490,26 @@ class Budget:
         self.limit = limit
         self._remaining, self._read_at, self._unaccounted = remaining, now, max(0, in_flight)
         self._reset_at = None if reset_s is None else now + reset_s
+        if reset_s is not None:
+            self._longest_reset_s = max(self._longest_reset_s, reset_s)
 
     def _jumped(self, now: float) -> None:
-        if self._boundary is not None and 1.0 <= now - self._boundary < self.window_s * 0.9:
-            self.window_s = now - self._boundary
+        if self._boundary is not None and self.MIN_WINDOW_S <= now - self._boundary < self.window_s() * 0.9:
+            self._jumps_apart_s = now - self._boundary
         self._boundary = now
+
+    def window_s(self) -> float:
+        """Seconds a spent budget takes to come back whole: two resets apart (a fixed window
+        without a reset header); else the longest reset header read (a window's length, a
+        bucket's depth over its rate); else, when the budget holds less than the limit header
+        (a per-minute limit, as LiteLLM's), the minute's share it holds; else a minute."""
+        if self._jumps_apart_s is not None:
+            return self._jumps_apart_s
+        if self._longest_reset_s > 0:
+            return max(self._longest_reset_s, self.MIN_HORIZON_S)
+        if self.limit is not None and 0 < self.most < 0.5 * self.limit:
+            return max(self.WINDOW_S * self.most / self.limit, self.MIN_WINDOW_S)
+        return self.WINDOW_S
 
     def sent(self) -> None:
         self._unaccounted += 1
@@ -506,12 +529,13 @@ class Budget:
     def _horizon_s(self, now: float) -> float | None:
         """Seconds to the next reset; None when it has passed (the budget is full again)."""
         assert self._read_at is not None
+        window = self.window_s()
         if self._reset_at is not None:
             reset_at = self._reset_at
         elif self._boundary is not None:  # a fixed window's: the next boundary after the reading
-            reset_at = self._read_at + self.window_s - (self._read_at - self._boundary) % self.window_s
+            reset_at = self._read_at + window - (self._read_at - self._boundary) % window
         else:
-            reset_at = self._read_at + self.window_s
+            reset_at = self._read_at + window
         return reset_at - now if reset_at > now else None
 
     def per_minute(self, now: float) -> float:
@@ -530,9 +554,7 @@ class Budget:
         return max(0, left) / max(horizon, self.MIN_HORIZON_S) * 60.0 + self.refill_per_minute(now)
 
     def floor_per_minute(self) -> float:
-        """The limit header's rate per minute, when the budget holds about a minute of it and is
-        not nearly spent; else 0."""
-        left = self.spendable()
-        if self.limit is None or self.most < 0.5 * self.limit or left <= self.NEAR_EMPTY * self.most:
+        """The budget's depth over its window, per minute, while it is not nearly spent; else 0."""
+        if self._read_at is None or self.spendable() <= self.NEAR_EMPTY * self.most:
             return 0.0
-        return self.limit * 60.0 / self.WINDOW_S
+        return self.most * 60.0 / self.window_s()

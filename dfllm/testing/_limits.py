@@ -11,8 +11,9 @@ And the headers each style of server sends about the cap:
 - ``openai``: ``x-ratelimit-limit/remaining/reset-requests`` on every answer (reset: the time
   until the budget is full again); a 429 carries ``retry-after`` and ``retry-after-ms`` (the time
   until one request fits).
-- ``litellm``: ``x-ratelimit-limit-requests`` and ``x-ratelimit-remaining-requests``, no reset; a
-  429 carries ``llm_provider-retry-after`` (the window's length) and no ``Retry-After``.
+- ``litellm``: ``x-ratelimit-limit-requests`` (per minute, as LiteLLM's ``rpm`` setting: a
+  window shorter than a minute holds a share of it) and ``x-ratelimit-remaining-requests``, no
+  reset; a 429 carries ``llm_provider-retry-after`` (the window's length) and no ``Retry-After``.
 - ``none``: no ``x-ratelimit-*`` headers; a 429 carries ``retry-after`` only.
 """
 
@@ -34,7 +35,8 @@ HEADER_STYLES: tuple[HeaderStyle, ...] = ("openai", "litellm", "none")
 
 class Cap(Protocol):
     limit: float  # what the budget holds when full
-    stated: float  # what x-ratelimit-limit-requests says: a bucket's rate per minute, a window's limit
+    stated: float  # what OpenAI's x-ratelimit-limit-requests says: a bucket's rate per minute, a window's limit
+    per_minute: float  # the rate it sustains, per minute: what LiteLLM's says
 
     def take(self) -> float:
         """Take one request: 0.0 if granted, else seconds until one fits."""
@@ -52,7 +54,7 @@ class Bucket:
         self._clock = clock
         self.rate = rpm / 60.0
         self.limit = burst if burst is not None else max(1.0, self.rate)
-        self.stated = rpm
+        self.stated = self.per_minute = rpm
         self.tokens = self.limit
         self.stamp = clock()
 
@@ -82,6 +84,7 @@ class SlidingWindow:
         self._clock = clock
         self.limit = self.stated = limit
         self.window_s = window_s
+        self.per_minute = limit * 60.0 / window_s
         self._granted: collections.deque[float] = collections.deque()
 
     def _expire(self, now: float) -> None:
@@ -111,6 +114,7 @@ class FixedWindow:
         self._clock = clock
         self.limit = self.stated = limit
         self.window_s = window_s
+        self.per_minute = limit * 60.0 / window_s
         self._window = -1
         self._used = 0
 
@@ -150,8 +154,9 @@ def answer_headers(style: HeaderStyle, cap: Cap, scale: float) -> dict[str, str]
     """The headers of an answer (a 200 or a 429) about the budget, as ``style`` sends them."""
     if style == "none":
         return {}
+    stated = cap.stated if style == "openai" else cap.per_minute
     headers = {
-        "x-ratelimit-limit-requests": f"{cap.stated * scale:.0f}",
+        "x-ratelimit-limit-requests": f"{stated * scale:.0f}",
         "x-ratelimit-remaining-requests": str(cap.remaining()),
     }
     if style == "openai":
