@@ -28,8 +28,8 @@ from typing import Any
 
 from dfllm._api import Plan, make_plan, write_back
 from dfllm._exceptions import BatchError, ConfigurationError, DfllmError
-from dfllm.config.engines import EngineConfig, configure
-from dfllm.config.options import OPTIONS, Option
+from dfllm.config.engines import EngineConfig, configure, connection_params, hidden_name_problem, is_plain_name
+from dfllm.config.options import OPTION_NAMES, OPTIONS, Option
 from dfllm.engines.providers import PROVIDERS, Provider, needs_key
 from dfllm.runtime.progress import RunStats
 
@@ -171,6 +171,12 @@ def engine_config(args: argparse.Namespace, problems: list[str]) -> EngineConfig
         name, sep, value = item.partition("=")
         if not sep or not name:
             problems.append(_param_problem(position, len(args.param), item))
+            continue
+        known = connection_params(provider) if provider is not None else frozenset()
+        if not is_plain_name(name) and name not in known and name not in OPTION_NAMES:
+            # Configure would quote it back ("Unknown option ...") and it may be a key: name it by place.
+            hint = " Put '=' between the name and the value, not ':'." if ":" in name else ""
+            problems.append(hidden_name_problem(f"--param number {position}", name) + hint)
             continue
         using[name] = value
         if provider is not None and _is_key_param(provider.key_params, name):

@@ -15,6 +15,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
+from dfllm import ConfigurationError, create_engine
 from dfllm.cli import PARSERS, build_parser
 from dfllm.config.options import OPTIONS
 from dfllm.testing import DEFAULT_MODELS, FakeProvider, ok
@@ -311,6 +312,33 @@ def test_a_malformed_param_is_named_without_echoing_what_may_be_a_key(tmp_path: 
     assert "--param number 2 of 2 has no NAME=" in done.stderr and "--param NAME=VALUE" in done.stderr
     assert "concurrency must be a positive integer" in done.stderr  # listed with the rest
     assert sent == 0
+
+
+def test_a_param_whose_name_may_be_a_key_is_named_by_place_an_ordinary_one_by_name(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"t": ["a"]}), tmp_path / "in.parquet")
+    colon = "QUJDREVGR0hJSktMTU5PUA"
+    pasted = "sk-proj-ABCdef1234567890"
+    with FakeProvider() as fake:
+        done = run(predict_args(fake, str(tmp_path / "in.parquet"), str(tmp_path / "o.parquet"),
+                                "--param", f"api_key:{colon}==", "--param", f"{pasted}=", "--param", "max_tokn=5",
+                                "--param", f"{colon}=1"),
+                   tmp_path)
+        sent = len(fake.requests)
+    assert done.returncode == 2 and sent == 0, done.stderr
+    assert colon not in done.stderr + done.stdout and pasted not in done.stderr and pasted[8:] not in done.stderr
+    assert "--param number 1 has an unknown name (30 characters, not shown: it may hold a key)" in done.stderr
+    assert "Put '=' between the name and the value, not ':'" in done.stderr
+    assert "--param number 2 has an unknown name (24 characters, not shown" in done.stderr
+    assert "--param number 4 has an unknown name (22 characters, not shown" in done.stderr
+    assert "Unknown option 'max_tokn'. Did you mean 'max_tokens'?" in done.stderr  # a plain name is quoted
+
+
+def test_create_engine_never_quotes_a_parameter_name_that_may_be_a_key() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        create_engine("e", "openai", api_key="k", **{"api_key:sk-proj-ABCdef1234567890": "x", "max_tokn": 5})
+    assert "sk-proj" not in str(info.value) and "ABCdef1234567890" not in str(info.value)
+    assert "A parameter has an unknown name (32 characters, not shown" in str(info.value)
+    assert "Unknown option 'max_tokn'" in str(info.value)
 
 
 def test_csv_cells_are_read_as_written_only_an_empty_field_is_null(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from dfllm._exceptions import (
     did_you_mean,
 )
 from dfllm.config.options import OPTION_NAMES, option_problems, unknown_option_problems
-from dfllm.config.secrets import Secret, shown_url
+from dfllm.config.secrets import Secret, looks_like_key, shown_url
 from dfllm.engines.base import Capabilities, Engine, is_engine
 from dfllm.engines.kinds import KINDS, ProviderKind
 from dfllm.engines.providers import PROVIDERS, Provider, needs_key
@@ -218,6 +218,30 @@ def base_url_problems(base_url: Any) -> list[str]:
     return []
 
 
+def connection_params(provider: Provider) -> frozenset[str]:
+    """The USING names that configure the connection to ``provider`` (options aside)."""
+    names = (set(provider.key_params) | set(provider.header_params) | KINDS[provider.kind].extra_params
+             | {"cache_namespace", "structured_outputs"})
+    if provider.header_params:
+        names.add("provider_api_key")
+    return frozenset(names)
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether a parameter's name may be quoted back: an identifier of modest length that does not
+    look like a key. Anything else (``api_key:sk-...``, a pasted key) may be a credential."""
+    return bool(_PLAIN_NAME.fullmatch(name)) and not looks_like_key(name)
+
+
+def hidden_name_problem(which: str, name: str) -> str:
+    return (f"{which} has an unknown name ({len(name)} characters, not shown: it may hold a key). Name a "
+            "known parameter, e.g. virtual_key=... or max_tokens=...; for the API key, use the provider's "
+            "environment variable.")
+
+
 def configure(name: str, provider_name: str, using: Mapping[str, Any]) -> EngineConfig:
     provider = PROVIDERS.get(provider_name)
     if provider is None:
@@ -227,11 +251,11 @@ def configure(name: str, provider_name: str, using: Mapping[str, Any]) -> Engine
         )
     problems: list[ConfigurationError] = []
     kind = KINDS[provider.kind]
-    connection = (set(provider.key_params) | set(provider.header_params) | kind.extra_params
-                  | {"cache_namespace", "structured_outputs"})
-    if provider.header_params:
-        connection.add("provider_api_key")
-    text_problems = unknown_option_problems([str(k) for k in using], frozenset(connection))
+    connection = connection_params(provider)
+    names = [str(k) for k in using]
+    text_problems = unknown_option_problems([n for n in names if is_plain_name(n)], connection)
+    text_problems += [hidden_name_problem("A parameter", n) for n in names
+                      if not is_plain_name(n) and n not in connection and n not in OPTION_NAMES]
     text_problems += option_problems({k: v for k, v in using.items() if k in OPTION_NAMES})
     problems += [ParameterError(p) for p in text_problems]
 
