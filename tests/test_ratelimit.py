@@ -59,7 +59,9 @@ def test_a_cold_start_against_an_unknown_cap_without_headers_costs_a_handful_of_
         out = predict(fake, 150, concurrency=256)
         statuses = [code for _, code in fake.app.responses]
     assert out["y"].notna().all()
-    assert statuses.count(429) <= 15, statuses  # 8-9 seen; fired as whole windows, about 50
+    # 8-9 seen on an idle machine; more with both cores busy (answers come back late, so more of
+    # a round is sent before the first 429 is read). Fired as whole windows, about 50 landed.
+    assert statuses.count(429) <= 25, statuses
 
 
 def test_a_429_storm_does_not_multiply_requests() -> None:
