@@ -11,9 +11,11 @@ A value the frame cannot hold (an integer outside int64, a float that is NaN or 
 error too, never a wrap-around or a silent NaN.
 
 An answer is untrusted input: whatever it holds (nesting thousands deep, megabytes of near-JSON,
-lone surrogates), reading it ends in its values or a ``SchemaError``, never another exception,
-and the tolerant search does a bounded number of linear passes over it (and over none longer
-than ``MAX_SEARCHED_CHARS``: such an answer must be exactly one JSON object).
+lone surrogates), reading it ends in its values or a ``SchemaError``, never another exception.
+The work is bounded, since pydantic-core holds the GIL while it validates (a worker thread would
+not free the event loop): an answer over ``MAX_SCHEMA_ANSWER_CHARS`` is refused unread, the
+tolerant search does a bounded number of linear passes, and a failure with millions of errors is
+described from its count and a few examples, never from the list of them all.
 """
 
 from __future__ import annotations
@@ -40,10 +42,15 @@ from dfllm.outputs.schema import OutputSchema
 
 _FENCE = "```"
 _MAX_STARTS = 8  # "{" positions tried in leading prose before giving up
-# The tolerant search is for chatty answers, a few KiB; an answer longer than this (no model's
-# output budget writes one) must be exactly one JSON object, which is read in one fast pass.
-MAX_SEARCHED_CHARS = 2**20
-_SEARCHED = "1 MiB"
+# The longest schema answer that is validated; a longer one is its row's error, unread and not
+# re-asked. Validation time grows with the answer (about 0.6 us a character against a union of 200
+# models, 1.2 us for an array of an 8-shape anyOf that never fits), all of it on the event loop:
+# at this size the worst takes about 0.15-0.3 s. JSON answers from models are rarely over 100k.
+MAX_SCHEMA_ANSWER_CHARS = 256 * 1024
+# A failure with more errors than this is described from a shrunken copy of the answer: pydantic
+# builds its error list (about 3 us an error) all at once or not at all.
+_ERRORS_LISTED = 10
+_ITEMS_KEPT = 10  # per array, in the shrunken copy
 # A string (to its closing quote, or to the end when unclosed), or a comma right before "}" or
 # "]". Possessive, so each character is looked at once: a hostile answer cannot make it backtrack.
 _STRING_OR_TRAILING_COMMA = re.compile(r'("(?:[^"\\]|\\.)*+"?)|,(?=\s*+[}\]])', re.DOTALL)
@@ -74,6 +81,10 @@ class AnswerParser:
     def __call__(self, text: str) -> tuple[Any, ...]:
         """The values of ``text``'s answer; ``SchemaError`` if it does not fit the schema, and for
         any other failure to read it: an answer is never allowed to end the run."""
+        if len(text) > MAX_SCHEMA_ANSWER_CHARS:
+            # Not re-asked either: the re-ask would send the whole answer back to the model.
+            raise _schema_error(text, self.schema, f"answer of {len(text):,} characters is over the "
+                                f"{MAX_SCHEMA_ANSWER_CHARS:,} limit for a schema answer", repairable=False)
         try:
             return self._values(text)
         except SchemaError:
@@ -88,7 +99,7 @@ class AnswerParser:
             instance = self._validate_json(text, strict=True)
         except pydantic.ValidationError as exc:
             if not _is_syntax_error(exc):
-                raise _schema_error(text, self.schema, _describe(exc)) from None
+                raise _schema_error(text, self.schema, _describe(exc, text, self._validate_json)) from None
             instance = _validate_extracted(text, self.schema)
         values = self._take(instance.__dict__)
         if not self._conversions:
@@ -130,25 +141,23 @@ def validator(schema: OutputSchema) -> Callable[[Completion], Completion | Schem
 
 
 def _validate_extracted(text: str, schema: OutputSchema) -> pydantic.BaseModel:
-    if len(text) > MAX_SEARCHED_CHARS:
-        # Nor is it re-asked: the re-ask would send the megabytes back to the model.
-        raise _schema_error(text, schema, f"it is not one JSON object, and an answer over {_SEARCHED} "
-                                          "is not searched for one", repairable=False)
     try:
         candidate = extract_json(text)
     except RecursionError:
         raise _schema_error(text, schema, _TOO_DEEP) from None
     if candidate is None:
         raise _schema_error(text, schema, "no JSON object found in the answer")
+    validate_json = schema.model.__pydantic_validator__.validate_json
     try:
-        return schema.model.model_validate_json(candidate, strict=True)
+        return validate_json(candidate, strict=True)  # type: ignore[no-any-return]
     except pydantic.ValidationError as exc:
-        raise _schema_error(text, schema, _describe(exc)) from None
+        raise _schema_error(text, schema, _describe(exc, candidate, validate_json)) from None
 
 
 def _is_syntax_error(exc: pydantic.ValidationError) -> bool:
-    errors = exc.errors(include_url=False)
-    return len(errors) == 1 and errors[0]["type"] in ("json_invalid", "model_type", "model_attributes_type")
+    if exc.error_count() != 1:  # counted without building the errors: there may be millions
+        return False
+    return exc.errors(include_url=False)[0]["type"] in ("json_invalid", "model_type", "model_attributes_type")
 
 
 def extract_json(text: str) -> str | None:
@@ -263,13 +272,43 @@ def _finite(value: float | None) -> float | None:
     return value
 
 
-def _describe(exc: pydantic.ValidationError) -> str:
-    parts = []
-    for error in exc.errors(include_url=False)[:10]:
-        where = ".".join(str(p) for p in error["loc"]) or "answer"
-        shown = "" if error["type"] == "missing" else f" (got {_short(error.get('input'))!r})"
-        parts.append(f"{where}: {error['msg']}{shown}")
-    return "; ".join(parts)
+def _describe(exc: pydantic.ValidationError, text: str, validate_json: Callable[..., Any]) -> str:
+    """What is wrong with ``text``: every error when there are few, else their count and a few."""
+    count = exc.error_count()
+    if count <= _ERRORS_LISTED:
+        return "; ".join(map(_error_text, exc.errors(include_url=False)))
+    examples = "; ".join(map(_error_text, _some_errors(text, validate_json)))
+    return f"{count:,} values do not fit" + (f", among them: {examples}" if examples else "")
+
+
+def _error_text(error: Any) -> str:
+    where = ".".join(str(p) for p in error["loc"]) or "answer"
+    shown = "" if error["type"] == "missing" else f" (got {_short(error.get('input'))})"
+    return f"{where}: {error['msg']}{shown}"
+
+
+def _some_errors(text: str, validate_json: Callable[..., Any]) -> list[Any]:
+    """A few of the errors of ``text`` (valid JSON: pydantic read it), found cheaply by validating
+    a copy whose arrays keep their first few items. Which errors is a guess; a bounded one."""
+    try:
+        shrunk = json.dumps(_shrink(json.loads(text)))
+        validate_json(shrunk, strict=True)
+    except pydantic.ValidationError as exc:
+        if exc.error_count() > 100 * _ERRORS_LISTED:  # wide and deep enough to stay large: no examples
+            return []
+        # A shortened array may fall under minItems: that error is the copy's, not the answer's.
+        return [e for e in exc.errors(include_url=False) if e["type"] != "too_short"][:_ERRORS_LISTED]
+    except (ValueError, RecursionError):
+        return []
+    return []
+
+
+def _shrink(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_shrink(v) for v in value[:_ITEMS_KEPT]]
+    if isinstance(value, dict):
+        return {k: _shrink(v) for k, v in value.items()}
+    return value
 
 
 # What an error shows of a value: bounded however large or deep the value is.
@@ -278,7 +317,7 @@ _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxoth
 
 
 def _short(value: Any) -> str:
-    return (value if isinstance(value, str) else _SHORT.repr(value))[:60]
+    return _SHORT.repr(value)[:60]  # a string quoted, a number not: "got '1'" and "got 1" differ
 
 
 def _schema_error(text: str, schema: OutputSchema, why: str, *, repairable: bool = True) -> SchemaError:

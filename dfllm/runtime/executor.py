@@ -56,7 +56,9 @@ Validate = Callable[[Completion], "Completion | SchemaError"]
 # trip) rather than the whole pool at once into a possible cap.
 _INITIAL_WINDOW = 32
 _DEFAULT_COMPLETION_ESTIMATE = 256
-# An answer longer than this is checked against the schema on a worker thread, not on the loop.
+# An answer longer than this is checked on a worker thread: a ``validate`` written in Python lets
+# the loop run between its bytecodes. pydantic-core holds the GIL while it validates, so for the
+# schema validator the bound is its own (parse.MAX_SCHEMA_ANSWER_CHARS), not the thread.
 _CHECKED_IN_THREAD_CHARS = 64 * 1024
 
 
@@ -290,8 +292,8 @@ class Executor:
         return outcome
 
     async def _check(self, completion: Completion) -> Completion | SchemaError:
-        """The ``validate`` verdict on an answer; a long one is read on a worker thread, so that
-        reading megabytes never stalls the other rows' requests (and their timeouts)."""
+        """The ``validate`` verdict on an answer; a long one is read on a worker thread, so that a
+        validator in Python does not stall the other rows' requests (and their timeouts) for long."""
         if len(completion.text) > _CHECKED_IN_THREAD_CHARS:
             return await asyncio.to_thread(self._check_now, completion)
         return self._check_now(completion)
