@@ -357,6 +357,35 @@ def test_csv_cells_are_read_as_written_only_an_empty_field_is_null(tmp_path: Pat
     assert [r["y"] for r in out] == [f"say {cell}" for cell in [*written, ""]] + [None]
 
 
+def test_json_lines_numbers_are_sent_and_written_back_as_written(tmp_path: Path) -> None:
+    lines = ['{"id": 1, "t": 1, "mixed": 1}', '{"id": 2, "t": 12345678901234567890, "mixed": "a"}',
+             '{"id": 3, "t": 1.0, "mixed": true}', '{"id": 4, "t": 1.10, "mixed": null}']
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    with FakeProvider(responder="echo") as fake:
+        done = run(predict_args(fake, str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl")), tmp_path)
+        prompts = sorted(r.prompt for r in fake.chat_requests)
+    assert done.returncode == 0, done.stderr
+    assert prompts == ["say 1", "say 1.0", "say 1.10", "say 12345678901234567890"]
+    written = (tmp_path / "out.jsonl").read_text().splitlines()
+    # The input's fields come back as they were written: the same numbers, in the same form.
+    assert [line.split(', "mixed"')[0] for line in written] == [line.split(', "mixed"')[0] for line in lines]
+    assert [json.loads(line)["mixed"] for line in written] == ["1", "a", "true", None]  # a mixed field: text
+
+
+def test_a_csv_header_with_a_quoted_line_break_is_one_record(tmp_path: Path) -> None:
+    (tmp_path / "in.csv").write_text('"te\nxt",t\n1,yes\n')
+    (tmp_path / "empty.csv").write_text('"te\nxt",t\n')
+    with FakeProvider(responder="echo") as fake:
+        done = run(predict_args(fake, str(tmp_path / "in.csv"), str(tmp_path / "out.jsonl")), tmp_path)
+        empty = run(predict_args(fake, str(tmp_path / "empty.csv"), str(tmp_path / "empty.jsonl")), tmp_path)
+        prompts = [r.prompt for r in fake.chat_requests]
+    assert done.returncode == 0 and empty.returncode == 0, done.stderr + empty.stderr
+    assert prompts == ["say yes"]
+    assert json.loads((tmp_path / "out.jsonl").read_text()) == {"te\nxt": "1", "t": "yes", "y": "say yes",
+                                                                 "y_error": None}
+    assert (tmp_path / "empty.jsonl").read_text() == ""
+
+
 @pytest.mark.parametrize("dst", ["out.parquet", "out.csv", "out.jsonl"])
 def test_a_header_only_csv_writes_an_empty_output_with_the_answer_columns(tmp_path: Path, dst: str) -> None:
     (tmp_path / "empty.csv").write_text("id,t\n")

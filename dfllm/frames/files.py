@@ -10,7 +10,21 @@ the first block fails on a later block that disagrees ("007" stays "007"). ``NA`
 ``None``, ``N/A``, ``nan``, ``#N/A`` are text like any other (pyarrow would read them as null,
 and such a row would not be sent). Only an empty field (``a,,b``) is null; a quoted empty
 field (``a,"",b``) is the empty string, which is how the CSV writer tells the two apart, so an
-output read back gives the same cells.
+output read back gives the same cells. The header is one CSV record (a quoted name may hold a
+line break); a header and no rows is an input of no rows.
+
+JSON Lines values are read as written too. pyarrow's reader guesses a type per column and turns
+``1`` then ``12345678901234567890`` into the floats ``1.0`` and ``1.2345678901234567e+19`` (the
+prompt and the output changed), and stops at a field holding a number and a string. So each line
+is parsed by ``json`` with numbers kept as their text, and each field's type is chosen from the
+first block (8 MiB) of the file: int64 when every value is an integer that fits, float64 when
+every value is a float whose text Python writes back unchanged (``0.5``, not ``1.10`` or ``1e5``),
+bool, string, or a nested type; any other field of numbers is text as written (a JSON Lines output
+writes them back as the same numbers), and a field mixing kinds (``1`` and ``"a"``) is text, its
+non-strings as their JSON. A later line that its field's type cannot hold exactly stops the run
+with the line's number. The cost: about 25 microseconds a line (100,000 lines of four fields in
+2.4 s on a busy 2-core machine, against 0.06 s for pyarrow's guessing reader), small beside a
+request per row.
 """
 
 from __future__ import annotations
@@ -28,7 +42,6 @@ from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -86,8 +99,7 @@ def open_source(path: str, fmt: str, batch_rows: int) -> Source:
     try:
         if fmt == "csv":
             return _csv_source(handle, batch_rows)
-        reader = pa_json.open_json(handle, read_options=pa_json.ReadOptions(block_size=_CSV_BLOCK_BYTES))
-        return Source(reader.schema, None, _rebatched(reader, batch_rows), handle)
+        return _jsonl_source(handle, batch_rows)
     except BaseException:
         if handle is not sys.stdin.buffer:
             handle.close()
@@ -95,10 +107,8 @@ def open_source(path: str, fmt: str, batch_rows: int) -> Source:
 
 
 def _csv_source(handle: IO[bytes], batch_rows: int) -> Source:
-    header = handle.readline()
-    if header.startswith(codecs.BOM_UTF8):
-        header = header[len(codecs.BOM_UTF8):]
-    names = next(csv.reader([header.decode("utf-8")]), [])
+    # The header is one CSV record, which a quoted name may spread over several lines.
+    names = next(csv.reader(_header_lines(handle)), [])
     if not names:
         raise ValueError("The CSV input has no header line; its first line must name the columns.")
     peek = getattr(handle, "peek", None)  # files and stdin are buffered readers
@@ -113,6 +123,151 @@ def _csv_source(handle: IO[bytes], batch_rows: int) -> Source:
                                               quoted_strings_can_be_null=False),
     )
     return Source(reader.schema, None, _rebatched(reader, batch_rows), handle)
+
+
+def _header_lines(handle: IO[bytes]) -> Iterator[str]:
+    """Lines of the CSV header, read only as far as the csv module asks (a BOM dropped): the rows
+    after the header stay unread for pyarrow."""
+    first = True
+    while line := handle.readline():
+        if first and line.startswith(codecs.BOM_UTF8):
+            line = line[len(codecs.BOM_UTF8):]
+        first = False
+        yield line.decode("utf-8")
+
+
+class _Written(str):
+    """A JSON number as written: its text, parsed into a typed column only where that type holds it exactly."""
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _jsonl_source(handle: IO[bytes], batch_rows: int) -> Source:
+    """JSON Lines, each line parsed by ``json`` with numbers kept as written; the columns' types are
+    chosen from the first block (see the module docstring) and hold for the whole file."""
+    blocks = _jsonl_blocks(handle)
+    first = next(blocks, [])
+    schema = pa.schema([_jsonl_field(name, [row.get(name) for _, row in first])
+                        for name in _field_names(first)])
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for block in _chain(first, blocks):
+            for start in range(0, len(block), batch_rows):
+                yield _jsonl_batch(schema, block[start:start + batch_rows])
+
+    return Source(schema, None, batches(), handle)
+
+
+def _chain(first: list[tuple[int, dict[str, Any]]],
+           rest: Iterator[list[tuple[int, dict[str, Any]]]]) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+    if first:
+        yield first
+    yield from rest
+
+
+def _jsonl_blocks(handle: IO[bytes]) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+    """(line number, object) for each non-blank line, in blocks of about ``_CSV_BLOCK_BYTES``."""
+    block: list[tuple[int, dict[str, Any]]] = []
+    size = 0
+    for number, raw in enumerate(handle, 1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw, parse_int=_Written, parse_float=_Written, parse_constant=_Written)
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"JSON Lines line {number} is not valid JSON: {type(exc).__name__}") from exc
+        if not isinstance(row, dict):
+            raise ValueError(f"JSON Lines line {number} is a JSON {type(row).__name__}, not an object.")
+        block.append((number, row))
+        size += len(raw)
+        if size >= _CSV_BLOCK_BYTES:
+            yield block
+            block, size = [], 0
+    if block:
+        yield block
+
+
+def _field_names(block: list[tuple[int, dict[str, Any]]]) -> list[str]:
+    return list(dict.fromkeys(name for _, row in block for name in row))
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, _Written):
+        if not any(c in value for c in ".eE") and value.lstrip("-").isdigit():
+            return "int" if _INT64[0] <= int(value) <= _INT64[1] else "text"
+        return "float" if value == repr(float(value)) else "text"  # 1.10, 1e5, 1e400, NaN: as written
+    if isinstance(value, bool):
+        return "bool"
+    return "string" if isinstance(value, str) else "nested"
+
+
+_TYPES = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "string": pa.string()}
+_NUMERIC = frozenset({"int", "float", "text"})
+# Field metadata, saying which cells a field takes and how a JSON Lines output writes them back.
+_NUMBERS = {b"dfllm.json": b"numbers as written"}  # numbers only: written back as the same JSON numbers
+_MIXED = {b"dfllm.json": b"mixed, as text"}  # anything: numbers, booleans, lists as their JSON text
+
+
+def _jsonl_field(name: str, values: list[Any]) -> pa.Field:
+    kinds = {_kind(v) for v in values if v is not None}
+    if len(kinds) == 1 and (kind := next(iter(kinds))) in _TYPES:
+        return pa.field(name, _TYPES[kind])
+    if kinds == {"nested"}:
+        return pa.field(name, pa.array([_plain(v) for v in values]).type)
+    return pa.field(name, pa.string(), metadata=_NUMBERS if kinds <= _NUMERIC else _MIXED)
+
+
+def _plain(value: Any) -> Any:
+    """A parsed value with its written numbers as Python numbers (for nested columns)."""
+    if isinstance(value, _Written):
+        return int(value) if _kind(value) == "int" or value.lstrip("-").isdigit() else float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _as_written(value: Any) -> str | None:
+    """A cell as its JSON text (a string as itself): ``1.0`` stays ``1.0``, ``true`` stays ``true``."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(_plain(value), ensure_ascii=False)
+
+
+def _jsonl_batch(schema: pa.Schema, block: list[tuple[int, dict[str, Any]]]) -> pa.RecordBatch:
+    unknown = next(((n, name) for n, row in block for name in row if name not in schema.names), None)
+    if unknown is not None:
+        raise ValueError(f"JSON Lines line {unknown[0]} has field {unknown[1]!r}, which the first "
+                         f"{_CSV_BLOCK_BYTES >> 20} MiB of the file do not have; convert the file to Parquet.")
+    columns = []
+    for field in schema:
+        values = [row.get(field.name) for _, row in block]
+        misfit = _misfit(field, values)
+        if misfit is not None:
+            raise ValueError(
+                f"JSON Lines line {block[misfit][0]}: field {field.name!r} holds a {_kind(values[misfit])} value "
+                f"where the first {_CSV_BLOCK_BYTES >> 20} MiB of the file had {field.type} only; write that "
+                "field in one type throughout, or convert the file to Parquet.")
+        if field.metadata in (_NUMBERS, _MIXED):
+            columns.append(pa.array([_as_written(v) for v in values], pa.string()))
+        else:
+            columns.append(pa.array([_plain(v) for v in values], field.type))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _misfit(field: pa.Field, values: list[Any]) -> int | None:
+    """The index of the first value its field cannot hold exactly, if any."""
+    if field.metadata == _MIXED:
+        return None
+    if field.metadata == _NUMBERS:
+        allowed: frozenset[str] = _NUMERIC
+    else:
+        allowed = frozenset(k for k, t in _TYPES.items() if t == field.type) or frozenset({"nested"})
+    return next((i for i, v in enumerate(values) if v is not None and _kind(v) not in allowed), None)
 
 
 def _rebatched(reader: Any, batch_rows: int) -> Iterator[pa.RecordBatch]:
@@ -149,7 +304,8 @@ class Sink:
 
     def write(self, batch: pa.RecordBatch) -> None:
         if self._handle is not None:
-            lines = [json.dumps(row, ensure_ascii=False, default=str) for row in batch.to_pylist()]
+            numbers = [f.name for f in batch.schema if f.metadata == _NUMBERS]
+            lines = [_json_line(row, numbers) for row in batch.to_pylist()]
             if lines:
                 self._handle.write(("\n".join(lines) + "\n").encode("utf-8"))
         else:
@@ -184,6 +340,16 @@ class Sink:
             self._handle = None
         elif self._temp is None:
             sys.stdout.buffer.flush()
+
+
+def _json_line(row: dict[str, Any], numbers: list[str]) -> str:
+    """One output line; the cells of a field of numbers read as written go back as those numbers."""
+    if not numbers:
+        return json.dumps(row, ensure_ascii=False, default=str)
+    return "{" + ", ".join(
+        json.dumps(k, ensure_ascii=False) + ": "
+        + (("null" if v is None else v) if k in numbers else json.dumps(v, ensure_ascii=False, default=str))
+        for k, v in row.items()) + "}"
 
 
 def _fsync_dir(directory: Path) -> None:
