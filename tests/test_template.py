@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import collections
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -200,3 +202,42 @@ def test_a_row_is_a_prompt_exactly_when_its_cells_are_valid_unicode(values: list
             assert isinstance(row, UnsendableRow)
         else:
             assert row == f"[{value}]"
+
+
+Pair = collections.namedtuple("Pair", "x y")
+
+
+@pytest.mark.parametrize("cell", [
+    [b"abc"], {"k": b"abc"}, {b"k": 1}, (1, {b"x"}), [[bytearray(b"x")]], [memoryview(b"y")], {"a": [None, b""]},
+    Pair(1, b"z"), np.array([b"a"], dtype=object), np.array([b"a", b"b"]),
+])
+def test_bytes_inside_a_list_or_dict_cell_are_refused_like_bytes(cell: object) -> None:
+    t = Template("{{a}} {{b}}")
+    with pytest.raises(TemplateError) as info:
+        list(t.render_columns({"a": ["x", b"top"], "b": [["fine"], cell]}, 2))
+    assert info.value.problems[0].startswith("Column 'a' holds bytes (first at row 1)")  # listed together
+    assert info.value.problems[1].startswith(
+        "Column 'b' holds bytes inside its lists or dicts (first at row 1), which would be sent as their Python "
+        "repr b'...'. Decode them to text first, e.g. df['b'] = df['b'].map(")
+    assert len(info.value.problems) == 2
+
+
+def test_containers_without_bytes_render_as_before_even_when_their_text_looks_like_bytes() -> None:
+    itself: list[object] = [1]
+    itself.append(itself)  # a list that holds itself: looked into once, not forever
+    cells = [["b'x'", "Bob's"], {"k": 'b"'}, (" b'",), itself, {"a": 1.5, "b": None}]
+    rendered = list(Template("<{{c}}>").render_columns({"c": cells}, len(cells)))
+    assert rendered == [f"<{c}>" for c in cells]
+
+
+def test_a_list_cell_holding_bytes_stops_predict_before_any_request() -> None:
+    import pandas as pd
+
+    import dfllm
+
+    df = pd.DataFrame({"t": [["a"], [b"abc"]]})
+    with FakeProvider() as fake:
+        dfllm.create_engine("nested-bytes", "openai", api_key="sk-test-bytes-000000", base_url=fake.base_url)
+        with pytest.raises(TemplateError, match="Column 't' holds bytes inside its lists or dicts"):
+            df.llm.predict("nested-bytes", "m", "{{t}}", "y")
+        assert fake.requests == []

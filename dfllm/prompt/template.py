@@ -4,8 +4,9 @@ The template is parsed once. Rendering is a single pass over the parsed pieces, 
 value is inserted literally: text such as ``{{x}}`` inside a value is never expanded again.
 
 Cells are read as written, so what cannot be written as text is refused rather than guessed: a
-``bytes`` cell (its repr ``b'...'`` is not its content) stops the call before any request, and a
-cell holding a lone surrogate (not Unicode, so not sendable) becomes that row's error.
+``bytes`` cell, or a list or dict cell holding bytes (their repr ``b'...'`` is not their content),
+stops the call before any request, and a cell holding a lone surrogate (not Unicode, so not
+sendable) becomes that row's error.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ _SINGLE_BRACED = re.compile(r"(?<!\{)\{\s*([^{}\s\"':,][^{}\"':,]*?)\s*\}(?!\})"
 _EXAMPLE = "e.g. 'Summarise {{text}}'"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _BINARY = (bytes, bytearray, memoryview)
+# Cells that render as a repr of what they hold: bytes inside them would show as b'...'.
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+# How bytes, bytearray and memoryview start in a container's repr: after "[", "(", "{", "=" or a space.
+_BYTES_REPR = re.compile(r"[\[({ =]b['\"]")
+_MEMORYVIEW_REPR = "<memory at 0x"
 
 
 def lone_surrogate(text: str) -> str | None:
@@ -192,12 +198,19 @@ class Template:
             yield from [self.text] * n_rows
             return
         # One C-level pass per column: the set of cell types, not a check per cell.
-        binary = [f for f in self.fields if any(issubclass(kind, _BINARY) for kind in set(map(type, columns[f])))]
-        if binary:
-            raise TemplateError([_binary_problem(f, columns[f]) for f in binary])
+        kinds = {f: set(map(type, columns[f])) for f in self.fields}
         nulls = {f: [is_null(v) for v in columns[f]] for f in self.fields}
         texts = {f: ["" if null else str(v) for v, null in zip(columns[f], nulls[f], strict=True)]
                  for f in self.fields}
+        problems = [_binary_problem(f, columns[f]) for f in self.fields
+                    if any(issubclass(kind, _BINARY) for kind in kinds[f])]
+        # Bytes inside a list or dict show in its text as b'..': cells are looked into one by one
+        # only in a column of containers whose text has that mark (searched at C speed).
+        problems += [problem for f in self.fields if any(map(_is_container, kinds[f]))
+                     and _may_hold_bytes("\0".join(texts[f]))
+                     and (problem := _nested_binary_problem(f, columns[f]))]
+        if problems:
+            raise TemplateError(problems)
         skip = [all(row) for row in zip(*nulls.values(), strict=True)]
         # One C-level %-format per row; the literals' own '%' signs are escaped first.
         layout = "%s".join(literal.replace("%", "%%") for literal in self._pieces[0::2])
@@ -223,3 +236,40 @@ def _binary_problem(name: str, values: Sequence[Any]) -> str:
     return (f"Column {name!r} holds bytes (first at row {row}), which would be sent as their Python repr b'...'. "
             f"Decode it to text first, e.g. df[{name!r}] = df[{name!r}].str.decode('utf-8'); bytes are not "
             "read as images or files.")
+
+
+def _may_hold_bytes(text: str) -> bool:
+    return _BYTES_REPR.search(text) is not None or _MEMORYVIEW_REPR in text
+
+
+def _is_container(kind: type) -> bool:
+    return issubclass(kind, _CONTAINERS) or (kind.__name__ == "ndarray" and kind.__module__.startswith("numpy"))
+
+
+def _nested_binary_problem(name: str, values: Sequence[Any]) -> str | None:
+    row = next((i for i, v in enumerate(values) if _is_container(type(v)) and _holds_bytes(v)), None)
+    if row is None:
+        return None
+    return (f"Column {name!r} holds bytes inside its lists or dicts (first at row {row}), which would be sent as "
+            f"their Python repr b'...'. Decode them to text first, e.g. df[{name!r}] = df[{name!r}].map(lambda cell: "
+            "[b.decode('utf-8') for b in cell]), or write each cell as the text you want sent.")
+
+
+def _holds_bytes(cell: Any) -> bool:
+    """Whether ``cell`` has bytes anywhere inside it; iterative, and each container looked at once
+    (a list may hold itself)."""
+    stack: list[Any] = [cell]
+    seen: dict[int, Any] = {}  # holding each container keeps its id from being reused by another
+    while stack:
+        value = stack.pop()
+        if isinstance(value, _BINARY):
+            return True
+        if id(value) in seen or not _is_container(type(value)):
+            continue
+        seen[id(value)] = value
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        else:
+            stack.extend(value.tolist() if hasattr(value, "tolist") else value)
+    return False
