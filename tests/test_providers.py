@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import random
 import string
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -16,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import dfllm
-from dfllm.config.secrets import Secret, shown_url, url_secrets
+from dfllm.config.secrets import Scrubber, shown_url, url_secrets
 from dfllm.engines import PROVIDERS
 from dfllm.testing import FakeProvider
 
@@ -323,14 +325,50 @@ def test_a_key_in_base_urls_query_is_refused_without_quoting_it() -> None:
     assert all(PASTED not in m and PASTED[3:] not in m for m in messages)
 
 
-@given(st.text(string.ascii_letters + string.digits, min_size=16, max_size=64).filter(
-    lambda s: any(c.isdigit() for c in s) and any(c.isalpha() for c in s)),
-    st.sampled_from(["", "sk-", "sk-proj-", "gsk_", "hf_"]))
-def test_a_random_token_in_any_path_segment_is_masked(token: str, prefix: str) -> None:
+@given(st.text(string.ascii_letters + string.digits + "-_", min_size=6, max_size=64),
+       st.sampled_from(["sk-", "sk-proj-", "sk-ant-", "sk_live_", "gsk_", "hf_", "ghp_", "github_pat_", "glpat-",
+                        "nvapi-", "xai-", "pplx-", "r8_", "fw_", "csk-", "SK-"]))
+def test_a_token_after_a_vendors_key_prefix_is_masked_in_any_path_segment(token: str, prefix: str) -> None:
     key = prefix + token
-    for url in (f"https://gw.example.com/{key}/v1", f"https://gw.example.com/v1/{key}", f"http://h:1/a/{key}/b"):
-        assert key not in shown_url(url) and token not in shown_url(url)
-        assert Secret(key) in url_secrets(url)
+    for url in (f"https://gw.example.com/{key}/v1", f"https://gw.example.com/v1/{key}", f"http://h:1/a/{key}/b",
+                f"https://h/v1/Bearer%20{key}", f"https://h/v1/key:{key}"):
+        assert key not in shown_url(url) and "***" in shown_url(url)
+        assert any(key in secret.reveal() for secret in url_secrets(url))
+
+
+def test_random_tokens_are_masked_and_the_share_missed_is_measured() -> None:
+    rng = random.Random(16)
+    base62 = string.ascii_letters + string.digits
+    tokens = ["".join(rng.choice(base62) for _ in range(rng.randint(24, 48))) for _ in range(2000)]
+    tokens += [base64.urlsafe_b64encode(rng.randbytes(rng.randint(18, 36))).decode().rstrip("=") for _ in range(2000)]
+    missed = [t for t in tokens if shown_url(f"https://h/{t}/v1") != "https://h/***/v1"]
+    assert len(missed) / len(tokens) < 0.02, len(missed)
+    for key in ("qzmvbtkwhxjfplrngdycsaeo", "nvapi-Xy3_kP9-mQ2_wR7-tZ5_bN8-cV4", "Xk9fQ2mZ7pL4wR8tY3vB6nC1",
+                "AKIAIOSFODNN7EXAMPLE", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.dozjgNryP4J3jVmNHl0w5N_X"):
+        assert shown_url(f"https://h/{key}/v1") == "https://h/***/v1", key
+
+
+NAMES_IN_URLS = [
+    "https://x.openai.azure.com/openai/deployments/gpt4o20240806deployment",
+    "https://x.openai.azure.com/openai/deployments/prod-gpt4o-eastus2-deployment01",
+    "https://x.openai.azure.com/openai/deployments/text-embedding-3-large",
+    "https://h/v1/deepseekr1distillqwen32b", "https://h/v1/DeepSeek-R1-Distill-Qwen-32B",
+    "https://h/v1/Qwen2.5-72B-Instruct-GPTQ-Int4", "https://h/v1/Llama-4-Maverick-17B-128E-Instruct-FP8",
+    "https://h/v1/Nous-Hermes-2-Mixtral-8x7B-DPO", "https://h/v1/llama3.1:70b-instruct-q4_K_M",
+    "https://h/v1/customersupportassistantv2", "https://h/v1/accountsdeveloperplayground",
+    "https://gateway.ai.cloudflare.com/v1/3b9f2c1d8e7a6b5c4d3e2f1a0b9c8d7e/my-gateway/openai",
+    "https://us-central1-aiplatform.googleapis.com/v1/projects/my-gcp-project-4f2a9/locations/us-central1/endpoints/o",
+    "https://bedrock-runtime.ap-southeast-2.amazonaws.com/model/anthropic.claude-3-5-sonnet-20241022-v2:0",
+    "https://h/v1/e5f7a9c2-1b3d-4e6f-8a9b-0c1d2e3f4a5b",
+]
+
+
+@pytest.mark.parametrize("url", NAMES_IN_URLS)
+def test_names_and_identifiers_in_urls_stay_visible_and_in_answers(url: str) -> None:
+    assert shown_url(url) == url and url_secrets(url) == []
+    words = [part for part in url.split("/")[3:] if part]
+    # Nothing of the URL is a secret, so an answer naming the deployment keeps it.
+    assert Scrubber(url_secrets(url))(" ".join(words)) == " ".join(words)
 
 
 @pytest.mark.parametrize("url", ["https://api.openai.com/v1", "http://127.0.0.1:8000/v1",
