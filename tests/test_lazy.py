@@ -77,3 +77,14 @@ def test_a_query_that_reads_no_answer_column_sends_nothing(tmp_path: Path, fake:
     assert len(fake.chat_requests) == 3
     assert lf.filter(pl.col("y_error").is_null()).select("id").collect().height == 300
     assert len(fake.chat_requests) == len({f"r{i % 250}" for i in range(300) if i % 9 != 4})
+
+
+def test_a_conjunction_of_input_and_answer_terms_asks_only_the_rows_its_input_terms_keep(
+        tmp_path: Path, fake: FakeProvider, engine: str) -> None:
+    lf = source(tmp_path, 300).llm.predict(engine, "m", "{{t}}", "y", batch_rows=64)  # type: ignore[attr-defined]
+    kept = lf.filter((pl.col("id") < 3) & pl.col("y").is_not_null() & (pl.col("id") != 1)).select("id").collect()
+    assert kept["id"].to_list() == [0, 2]
+    assert sorted(r.prompt for r in fake.chat_requests) == ["r0", "r2"]
+    # A disjunction cannot be split: every row is asked, and the answer decides.
+    either = lf.filter((pl.col("id") < 3) | pl.col("y").str.ends_with(": r249")).select("id").collect()
+    assert either["id"].to_list() == [0, 1, 2, 249]

@@ -11,8 +11,9 @@ with no end to hang the session's closing on.
 Everything a caller can get wrong is checked when ``predict`` is called, before any request.
 At collect, the input streams through in batches of ``batch_rows``; each batch's unique prompts
 fan out concurrently. Filters on input columns are applied before predicting (no request for a
-row that is filtered out); filters on answer columns after. A query that reads no answer
-column (``.select("id")``, ``.filter(pl.col("id") < 5).select(pl.len())``) sends nothing.
+row that is filtered out, nor for one a conjunction's input terms drop); filters on answer columns
+after. A query that reads no answer column (``.select("id")``,
+``.filter(pl.col("id") < 5).select(pl.len())``) sends nothing.
 """
 
 from __future__ import annotations
@@ -100,9 +101,9 @@ def _batches(lf: pl.LazyFrame, plan: Plan, stats: RunStats | None, batch_rows: i
 
     inputs = lf.collect_schema().names()
     assert plan.template is not None
-    after = predicate
-    if predicate is not None and set(predicate.meta.root_names()) <= set(inputs):
-        lf, after = lf.filter(predicate), None  # a row-wise prediction commutes with this filter
+    before, after = _split_on_inputs(predicate, set(inputs))
+    if before is not None:
+        lf = lf.filter(before)  # a row-wise prediction commutes with a filter on its inputs
     if n_rows is not None and after is None:
         lf = lf.head(n_rows)
     needed = set(with_columns or inputs) | set(plan.template.fields)
@@ -125,6 +126,25 @@ def _batches(lf: pl.LazyFrame, plan: Plan, stats: RunStats | None, batch_rows: i
                 return
     finally:
         runner.close()
+
+
+def _split_on_inputs(predicate: pl.Expr | None, inputs: set[str]) -> tuple[pl.Expr | None, pl.Expr | None]:
+    """``predicate`` as (the part on input columns alone, the rest): the terms of a conjunction that read
+    only inputs filter rows before they are predicted, so ``(id < 3) & answer.is_not_null()`` asks 3 rows."""
+    terms = _conjunction_terms(predicate) if predicate is not None else []
+    on_inputs = [t for t in terms if set(t.meta.root_names()) <= inputs]
+    rest = [t for t in terms if not set(t.meta.root_names()) <= inputs]
+    return (pl.all_horizontal(on_inputs) if on_inputs else None), (pl.all_horizontal(rest) if rest else None)
+
+
+def _conjunction_terms(predicate: pl.Expr) -> list[pl.Expr]:
+    """The terms of ``a & b & ...`` (one term for any other expression)."""
+    parts = predicate.meta.pop()
+    if len(parts) == 2:
+        right, left = parts
+        if (left & right).meta.eq(predicate):
+            return _conjunction_terms(left) + _conjunction_terms(right)
+    return [predicate]
 
 
 def _keep_yes(answered: pl.LazyFrame, target: str) -> pl.LazyFrame:
