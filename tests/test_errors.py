@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import enum
+import json
+import math
+from typing import Any, Literal
+
 import pandas as pd
+import pydantic
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import dfllm
+from dfllm.outputs.schema import normalise_schema
 from dfllm.testing import FakeProvider
 
 from .conftest import KEY
@@ -151,3 +160,89 @@ def test_a_lone_surrogate_in_a_cell_is_that_rows_error_and_the_row_is_not_sent(
     with pytest.raises(dfllm.BatchError) as info:
         df.llm.predict(engine, "m", "{{text}} {{n}}", "y")
     assert list(info.value.errors) == [1] and info.value.partial["y"].notna().tolist() == [True, False, True]
+
+
+# -- every malformed part of a schema is a ConfigurationError before any request ----------------------
+def _props(node: object) -> dict[str, object]:
+    return {"type": "object", "properties": {"a": node}}
+
+
+class _Described(pydantic.BaseModel):
+    a: int = pydantic.Field(description="age \ud800")
+
+
+class _Chosen(enum.Enum):
+    ODD = "odd \udc00"
+
+
+@pytest.mark.parametrize(("schema", "fragment"), [
+    (_props({"enum": ["\ud800", "b"]}), "schema.properties.a.enum[0] holds a lone surrogate '\\ud800'"),
+    ({"type": "object", "properties": {"\ud800": {"type": "integer"}}},
+     "schema.properties.\\ud800: the name holds a lone surrogate '\\ud800'"),
+    ({"\ud800": int}, "schema.\\ud800: the name holds a lone surrogate"),
+    ({"a": Literal["\ud800", "x"]}, "schema.a[0] holds a lone surrogate '\\ud800'"),
+    ({"a": list[Literal["x", "y\udfff"]]}, "schema.a[0][1] holds a lone surrogate '\\udfff' at position 1"),
+    (_Described, "schema _Described's JSON Schema.properties.a.description holds a lone surrogate '\\ud800'"),
+    ({"a": _Chosen}, "schema.a.ODD holds a lone surrogate '\\udc00' at position 4"),
+    ({"type": "object", "$defs": [1], "properties": {"a": {"type": "integer"}}},
+     "schema.$defs must map names to schemas"),
+    ({"type": "object", "definitions": "x", "properties": {"a": {"type": "integer"}}},
+     "schema.definitions must map names to schemas"),
+    (_props({"enum": [math.nan, 1]}), "schema.properties.a.enum[0] is nan: NaN and Infinity are not JSON values"),
+    (_props({"const": math.inf}), "schema.properties.a.const is inf"),
+    (_props({"type": "number", "default": -math.inf}), "schema.properties.a.default is -inf"),
+    (_props({"type": "number", "maximum": math.nan}), "schema.properties.a.maximum is nan"),
+    ({"a": Literal[math.nan]}, "schema.a[0] is nan"),
+])
+def test_a_malformed_schema_part_is_a_configuration_error_before_any_request(
+        schema: object, fragment: str, engine: str, fake: FakeProvider) -> None:
+    with pytest.raises(dfllm.ConfigurationError) as info:
+        DF.llm.predict(engine, "m", "{{text}}", "y", schema=schema)
+    assert fragment in str(info.value)
+    str(info.value).encode("utf-8")  # the message itself can be printed
+    assert fake.requests == []
+
+
+_TEXT = st.text(st.characters(categories=["L", "N", "P", "Cs"]), max_size=4)
+_KEYWORDS = ["type", "properties", "required", "items", "enum", "const", "anyOf", "oneOf", "$ref", "$defs",
+             "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minLength", "maxLength",
+             "pattern", "format", "minItems", "maxItems", "uniqueItems", "additionalProperties", "description",
+             "title", "default", "allOf", "not", "nullable"]
+_TYPES = ["object", "string", "integer", "number", "boolean", "array", "null", "int"]
+_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(-3, 3), st.floats(), _TEXT,
+    st.sampled_from(["date", "date-time", "email", "#/$defs/A", "^a+$", "(?=a)", "[", "a", *_TYPES]))
+_JSON_ISH = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+    st.sampled_from(_KEYWORDS) | _TEXT, inner, max_size=3), max_leaves=8)
+_LEAF = st.fixed_dictionaries(
+    {"type": st.sampled_from(_TYPES) | st.lists(st.sampled_from(_TYPES), max_size=3)},
+    optional={k: _SCALARS for k in ("minimum", "maximum", "exclusiveMinimum", "multipleOf", "minLength",
+                                    "maxLength", "pattern", "format", "minItems", "uniqueItems", "description")},
+) | st.fixed_dictionaries({"enum": st.lists(_SCALARS, max_size=3)}) | st.fixed_dictionaries({"$ref": _SCALARS})
+_NODES = st.recursive(_LEAF, lambda inner: st.one_of(
+    st.fixed_dictionaries({"type": st.just("object"), "properties": st.dictionaries(_TEXT, inner, max_size=3)},
+                          optional={"required": st.lists(_TEXT, max_size=2), "additionalProperties": _JSON_ISH,
+                                    "description": _SCALARS}),
+    st.fixed_dictionaries({"type": st.just("array"), "items": inner}, optional={"maxItems": _SCALARS}),
+    st.fixed_dictionaries({"anyOf": st.lists(inner, max_size=3)}),
+    st.dictionaries(st.sampled_from(_KEYWORDS), _JSON_ISH | inner, max_size=4),
+), max_leaves=8)
+_SCHEMAS = st.one_of(
+    st.fixed_dictionaries({"type": st.just("object"), "properties": st.dictionaries(_TEXT, _NODES, max_size=4)},
+                          optional={"$defs": _JSON_ISH | st.dictionaries(st.just("A"), _NODES, max_size=1),
+                                    "required": _JSON_ISH, "description": _SCALARS, "title": _SCALARS}),
+    st.dictionaries(st.sampled_from(_KEYWORDS) | _TEXT, _JSON_ISH | _NODES, max_size=4),
+    st.dictionaries(_TEXT, st.sampled_from([int, str, float, list[str], Literal["a", "b"], Literal["\ud800"]])
+                    | _SCALARS, max_size=3),
+)
+
+
+@given(_SCHEMAS)
+@settings(max_examples=400, deadline=None)
+def test_any_schema_normalises_to_sendable_json_or_is_a_configuration_error(schema: dict[Any, Any]) -> None:
+    try:
+        normalised = normalise_schema(schema)
+    except dfllm.ConfigurationError as exc:
+        str(exc).encode("utf-8")  # the message itself can be printed
+        return
+    json.dumps(normalised.wire, allow_nan=False).encode("utf-8")

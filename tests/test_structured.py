@@ -564,3 +564,91 @@ def test_local_engine_grammar_yields_valid_typed_columns_for_every_row() -> None
     assert all(len(tags) <= 3 for tags in out["r_tags"].to_list())
     run = dfllm.last_run()
     assert run is not None and run.failed_rows == 0 and run.repairs == 0
+
+
+# -- a JSON Schema's constraints and descriptions: enforced, sent, never dropped ---------------------
+
+CONSTRAINED = {
+    "type": "object", "description": "A person on file.",
+    "$defs": {"Place": {"type": "object", "properties": {"city": {"type": "string", "minLength": 2}},
+                        "required": ["city"]}},
+    "properties": {
+        "age": {"type": "integer", "minimum": 0, "maximum": 130, "description": "Age in years."},
+        "score": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "multipleOf": 0.25},
+        "code": {"type": "string", "pattern": "^[A-Z]{3}$", "maxLength": 3},
+        "tags": {"type": "array", "items": {"type": "string", "description": "One tag."},
+                 "minItems": 1, "maxItems": 2, "uniqueItems": True},
+        "home": {"$ref": "#/$defs/Place", "description": "Where they live."},
+        "nick": {"type": ["string", "null"], "maxLength": 4},
+    },
+    "required": ["age", "score", "code", "tags", "home", "nick"],
+}
+BREAKS_EVERY_CONSTRAINT = {"age": -5, "score": 0.3, "code": "abcd", "tags": ["x", "x", "y"],
+                           "home": {"city": "A"}, "nick": "toolong"}
+FITS = {"age": 40, "score": 0.75, "code": "ABC", "tags": ["x"], "home": {"city": "Oslo"}, "nick": None}
+
+
+def test_json_schema_constraints_and_descriptions_are_sent_and_an_answer_breaking_them_is_repaired(
+        engine: str, fake: FakeProvider) -> None:
+    answers = iter([BREAKS_EVERY_CONSTRAINT, FITS])
+    fake.app.script = lambda request: answer(json.dumps(next(answers)))
+    out = pd.DataFrame({"text": ["row"]}).llm.predict(engine, "m", "{{text}}", "t", schema=CONSTRAINED)
+    wire = fake.chat_requests[0].body["response_format"]["json_schema"]["schema"]
+    properties = wire["properties"]
+    assert wire["description"] == "A person on file."
+    assert properties["age"] == {"type": "integer", "minimum": 0, "maximum": 130, "description": "Age in years."}
+    assert properties["score"] == {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "multipleOf": 0.25}
+    assert properties["code"] == {"type": "string", "pattern": "^[A-Z]{3}$", "maxLength": 3}
+    assert properties["tags"] == {"type": "array", "items": {"type": "string", "description": "One tag."},
+                                  "minItems": 1, "maxItems": 2, "uniqueItems": True}
+    assert properties["home"]["description"] == "Where they live."
+    assert properties["home"]["properties"]["city"] == {"type": "string", "minLength": 2}
+    assert {"type": "string", "maxLength": 4} in properties["nick"]["anyOf"]
+    assert_strict(wire)
+    # The answer that broke them was re-asked once, with every broken constraint named.
+    assert len(fake.chat_requests) == 2
+    problem = fake.chat_requests[1].body["messages"][2]["content"]
+    for fragment in ("age: Input should be greater than or equal to 0", "score: Input should be a multiple of 0.25",
+                     "code: String should have at most 3 characters", "tags: List should have at most 2 items",
+                     "home.city: String should have at least 2 characters", "nick: String should have at most 4"):
+        assert fragment in problem, fragment
+    assert out[["t_age", "t_code"]].values.tolist() == [[40, "ABC"]] and out["t_tags"].tolist() == [["x"]]
+
+
+@pytest.mark.parametrize(("answer_values", "fragment"), [
+    ({**FITS, "code": "abc"}, "code: String should match pattern '^[A-Z]{3}$'"),
+    ({**FITS, "score": 1}, "score: Input should be less than 1"),
+    ({**FITS, "tags": []}, "tags: List should have at least 1 item"),
+    ({**FITS, "tags": ["x", "x"]}, "tags: Value error, items must be unique (uniqueItems), but \"x\" repeats"),
+])
+def test_an_answer_breaking_one_constraint_is_a_schema_error_with_max_repairs_0(
+        answer_values: dict[str, Any], fragment: str, engine: str, fake: FakeProvider) -> None:
+    fake.app.script = lambda request: answer(json.dumps(answer_values))
+    out = pd.DataFrame({"text": ["row"]}).llm.predict(engine, "m", "{{text}}", "t", schema=CONSTRAINED,
+                                                        errors="null", max_repairs=0)
+    assert len(fake.chat_requests) == 1
+    assert out["t_error"][0].startswith("SchemaError") and fragment in out["t_error"][0]
+
+
+@pytest.mark.parametrize(("node", "fragment"), [
+    ({"type": "string", "format": "email"}, "format 'email' is not checked by dfllm"),
+    ({"type": "integer", "minimum": "0"}, "minimum must be a number, got '0'"),
+    ({"type": "integer", "minimum": 0.5}, "minimum of an integer must be a whole number, got 0.5"),
+    ({"type": "number", "multipleOf": 0}, "multipleOf must be greater than 0"),
+    ({"type": "string", "maxLength": -1}, "maxLength must be a whole number >= 0, got -1"),
+    ({"type": "string", "pattern": "(?=a)a"}, "pattern '(?=a)a' cannot be checked"),
+    ({"type": "string", "minimum": 1}, "['minimum'] is not supported in a schema with type 'string'"),
+    ({"allOf": [{"type": "string"}]}, "['allOf'] is not supported in a schema with no type"),
+    ({"type": "object", "properties": {"b": {"type": "integer"}}, "additionalProperties": True},
+     "additionalProperties True is not supported with properties"),
+    ({"type": "array", "items": {"type": "string"}, "prefixItems": [], "contains": {}},
+     "['prefixItems', 'contains'] are not supported"),
+])
+def test_a_keyword_dfllm_would_not_enforce_is_refused_before_any_request(
+        node: dict[str, Any], fragment: str, engine: str, fake: FakeProvider) -> None:
+    schema = {"type": "object", "properties": {"a": node, "b": {"type": "string", "not": {}}}}
+    with pytest.raises(dfllm.ParameterError) as info:
+        pd.DataFrame({"text": ["x"]}).llm.predict(engine, "m", "{{text}}", "t", schema=schema)
+    assert fragment in str(info.value)
+    assert "schema.b: ['not'] is not supported" in str(info.value)  # every problem at once
+    assert fake.requests == []
