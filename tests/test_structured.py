@@ -41,6 +41,12 @@ def json_engine(answers: dict[str, Any], capabilities: Capabilities = STRICT) ->
     return MockEngine(handler, capabilities=capabilities)
 
 
+def _holds_a_key(schema: Any, keys: set[str]) -> bool:
+    if isinstance(schema, dict):
+        return bool(keys & set(schema)) or any(_holds_a_key(v, keys) for v in schema.values())
+    return isinstance(schema, list) and any(_holds_a_key(v, keys) for v in schema)
+
+
 def assert_strict(schema: Any) -> None:
     """OpenAI strict mode: every object closed, every property required, no $ref left."""
     if isinstance(schema, dict):
@@ -598,13 +604,17 @@ def test_json_schema_constraints_and_descriptions_are_sent_and_an_answer_breakin
     assert wire["description"] == "A person on file."
     assert properties["age"] == {"type": "integer", "minimum": 0, "maximum": 130, "description": "Age in years."}
     assert properties["score"] == {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "multipleOf": 0.25}
-    assert properties["code"] == {"type": "string", "pattern": "^[A-Z]{3}$", "maxLength": 3}
+    # What OpenAI's strict mode refuses (minLength, maxLength, uniqueItems) is told in the description.
+    assert properties["code"] == {"type": "string", "pattern": "^[A-Z]{3}$", "description": "maxLength: 3"}
     assert properties["tags"] == {"type": "array", "items": {"type": "string", "description": "One tag."},
-                                  "minItems": 1, "maxItems": 2, "uniqueItems": True}
+                                  "minItems": 1, "maxItems": 2, "description": "uniqueItems: true"}
     assert properties["home"]["description"] == "Where they live."
-    assert properties["home"]["properties"]["city"] == {"type": "string", "minLength": 2}
-    assert {"type": "string", "maxLength": 4} in properties["nick"]["anyOf"]
+    assert properties["home"]["properties"]["city"] == {"type": "string", "description": "minLength: 2"}
+    assert {"type": "string", "description": "maxLength: 4"} in properties["nick"]["anyOf"]
     assert_strict(wire)
+    assert not _holds_a_key(wire, {"minLength", "maxLength", "uniqueItems"})
+    # The whole schema, those keywords included, is what the cache key and a local grammar see.
+    assert normalise_schema(CONSTRAINED).wire["properties"]["code"]["maxLength"] == 3
     # The answer that broke them was re-asked once, with every broken constraint named.
     assert len(fake.chat_requests) == 2
     problem = fake.chat_requests[1].body["messages"][2]["content"]
@@ -652,3 +662,13 @@ def test_a_keyword_dfllm_would_not_enforce_is_refused_before_any_request(
     assert fragment in str(info.value)
     assert "schema.b: ['not'] is not supported" in str(info.value)  # every problem at once
     assert fake.requests == []
+
+
+def test_fields_named_like_keywords_strict_mode_refuses_keep_their_names_on_the_wire() -> None:
+    from dfllm.outputs.wire import strict_mode_schema
+
+    wire = normalise_schema({"minLength": int, "uniqueItems": list[str]}).wire
+    strict = strict_mode_schema(wire)
+    names = ["minLength", "uniqueItems"]
+    assert list(strict["properties"]) == names and strict["required"] == names
+    assert_strict(strict)
