@@ -112,22 +112,49 @@ class OpenAICompatibleEngine:
 
     async def get_json(self, path: str, timeout_s: float = 60.0) -> Any:
         """GET ``{base_url}/{path}`` (model listing), with the same error mapping as ``complete``."""
-        raw, _ = await self._send("GET", f"{self._root}/{path.lstrip('/')}", timeout_s)
+        return await self.request_json("GET", path, timeout_s=timeout_s)
+
+    async def request_json(self, method: str, path: str, *, json_body: Any = None,
+                           form: Mapping[str, str | tuple[str, bytes]] | None = None,
+                           timeout_s: float = 60.0) -> Any:
+        """One request to ``{base_url}/{path}`` (files, fine-tuning jobs), answered with JSON.
+
+        The body is ``json_body`` as JSON, or ``form`` as multipart form data, where a
+        ``(filename, bytes)`` value is a file part. The same session, headers (the provider's
+        auth header), error mapping, body cap and scrubbing as ``complete``; never retried here.
+        """
+        body: Any = json_body
+        headers: dict[str, str] | None = None
+        if form is not None:
+            data = aiohttp.FormData()
+            for name, value in form.items():
+                if isinstance(value, tuple):
+                    data.add_field(name, value[1], filename=value[0], content_type="application/jsonl")
+                else:
+                    data.add_field(name, value)
+            body = data()
+            # The session's default Content-Type is JSON's; a form names its own, with the boundary.
+            headers = {"Content-Type": body.content_type}
+        raw, _ = await self._send(method, f"{self._root}/{path.lstrip('/')}", timeout_s, body, headers)
         try:
             return json.loads(raw)
         except (ValueError, RecursionError):
             pass
-        raise ResponseFormatError(f"GET {path} returned non-JSON: {_snippet(raw, self._scrub)!r}")
+        raise ResponseFormatError(f"{method} {path} returned non-JSON: {_snippet(raw, self._scrub)!r}")
 
-    async def _send(self, method: str, url: str, timeout_s: float,
-                    body: Any = None) -> tuple[bytes, Mapping[str, str]]:
-        """One HTTP exchange; every aiohttp exception and error status becomes a dfllm error here."""
+    async def _send(self, method: str, url: str, timeout_s: float, body: Any = None,
+                    extra_headers: Mapping[str, str] | None = None) -> tuple[bytes, Mapping[str, str]]:
+        """One HTTP exchange; every aiohttp exception and error status becomes a dfllm error here.
+
+        ``body``: bytes or a multipart payload as they are, anything else (not None) as JSON.
+        """
         timeout = aiohttp.ClientTimeout(total=timeout_s)
-        data = body if body is None or isinstance(body, bytes) else _json_body(body)
+        sent_as_is = body is None or isinstance(body, (bytes, aiohttp.payload.Payload))
+        data = body if sent_as_is else _json_body(body)
         failure: EngineError | None = None
         try:
             async with self._session_now().request(
-                method, url, data=data, timeout=timeout, allow_redirects=False
+                method, url, data=data, headers=extra_headers, timeout=timeout, allow_redirects=False
             ) as resp:
                 status, headers = resp.status, resp.headers
                 raw, whole = await _read_capped(resp, self._max_body_bytes)
