@@ -1,7 +1,12 @@
 """Fine-tuning (Anyscale Endpoints and OpenAI): validate chat rows, upload JSONL, run the job.
 
-Files and jobs go through the ``openai`` SDK, the maintained client for those endpoints; its
-exceptions become dfllm errors here, at this module's boundary.
+Files and jobs go through the HTTP engine's boundary (``OpenAICompatibleEngine.request_json``),
+so the provider's auth header, the error mapping and the scrubbing of secrets are those of
+predictions. Transient failures (connection errors, timeouts, 408/409, 429, 5xx) are retried
+with ``runtime.retry``'s backoff and the server's Retry-After, within the engine's
+``max_retries`` and ``max_retry_time_s``. The request that creates the job is retried only when
+the server said it did not take it (a 429, or a 503 naming a wait): after a reset, a timeout or
+another 5xx the job may exist, and a second one would be paid for twice.
 """
 
 from __future__ import annotations
@@ -10,13 +15,26 @@ import json
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from dfllm import frames
-from dfllm._exceptions import AuthenticationError, FineTuneError, ParameterError
+from dfllm._exceptions import (
+    AuthenticationError,
+    EngineError,
+    FineTuneError,
+    ParameterError,
+    RateLimitError,
+    ServerError,
+)
 from dfllm.config.engines import EngineConfig, resolve_engine
+from dfllm.config.options import OPTION_BY_NAME
+from dfllm.engines.http import OpenAICompatibleEngine
 from dfllm.prompt.template import is_null
+from dfllm.runtime.progress import interactive
+from dfllm.runtime.retry import backoff_s, retry_after_cause, server_wait_s, wait_refused
+from dfllm.runtime.sync import run_sync
 
 ROLES = ("system", "user", "assistant")
 _TERMINAL = ("succeeded", "failed", "cancelled")
@@ -137,45 +155,121 @@ def _run_job(config: EngineConfig, base_model: str, training: list[list[dict[str
              validation: list[list[dict[str, str]]], hyperparameters: dict[str, int], suffix: str | None,
              poll_s: float, max_poll_s: float, timeout_s: float, progress: bool | None,
              sleep: Callable[[float], None]) -> str:
-    import openai
-
-    from dfllm.runtime.progress import interactive
-
-    auth = config.headers.get("Authorization")
-    key = auth.reveal().removeprefix("Bearer ") if auth is not None and not isinstance(auth, str) else "none"
-    client = openai.OpenAI(api_key=key, base_url=config.base_url, max_retries=2)
+    client = _Client.for_engine(config, sleep)
     show = progress or (progress is None and interactive())
-    try:
-        train_file = client.files.create(file=("train.jsonl", _jsonl(training)), purpose="fine-tune")
-        val_file = (client.files.create(file=("validation.jsonl", _jsonl(validation)), purpose="fine-tune")
-                    if validation else None)
-        job = client.fine_tuning.jobs.create(
-            model=base_model, training_file=train_file.id,
-            validation_file=val_file.id if val_file else None,
-            suffix=suffix, extra_body={"hyperparameters": hyperparameters} if hyperparameters else None,
-        )
-        deadline = time.monotonic() + timeout_s
-        interval = poll_s
-        while job.status not in _TERMINAL:
-            if time.monotonic() > deadline:
-                raise FineTuneError(f"Fine-tuning job {job.id} still {job.status} after {timeout_s:g}s; "
-                                    "it keeps running at the provider: poll it later.")
-            if show:
-                print(f"dfllm: fine-tuning job {job.id}: {job.status}", flush=True)
-            sleep(interval)
-            interval = min(max_poll_s, interval * 1.5)
-            job = client.fine_tuning.jobs.retrieve(job.id)
-    except openai.AuthenticationError as exc:
-        raise AuthenticationError(f"{config.base_url} refused the API key for fine-tuning.",
-                                  status=exc.status_code) from exc
-    except openai.APIStatusError as exc:
-        raise FineTuneError(f"{config.base_url} refused the fine-tuning request (HTTP {exc.status_code}): "
-                            f"{exc.message}") from exc
-    except openai.APIConnectionError as exc:
-        raise FineTuneError(f"Could not reach {config.base_url} for fine-tuning: {exc}") from exc
-    finally:
-        client.close()
-    if job.status != "succeeded" or not job.fine_tuned_model:
-        reason = job.error.message if job.error is not None and job.error.message else job.status
-        raise FineTuneError(f"Fine-tuning job {job.id} ended {job.status}: {reason}")
-    return job.fine_tuned_model
+    train_id = client.upload("train.jsonl", _jsonl(training))
+    val_id = client.upload("validation.jsonl", _jsonl(validation)) if validation else None
+    body: dict[str, Any] = {"model": base_model, "training_file": train_id}
+    if val_id is not None:
+        body["validation_file"] = val_id
+    if suffix is not None:
+        body["suffix"] = suffix
+    if hyperparameters:
+        body["hyperparameters"] = hyperparameters
+    job = _job(client.call("Creating the fine-tuning job", "POST", "fine_tuning/jobs", json_body=body,
+                           creates=True))
+    deadline = time.monotonic() + timeout_s
+    interval = poll_s
+    while job["status"] not in _TERMINAL:
+        if time.monotonic() > deadline:
+            raise FineTuneError(f"Fine-tuning job {job['id']} still {job['status']} after {timeout_s:g}s; "
+                                "it keeps running at the provider: poll it later.")
+        if show:
+            print(f"dfllm: fine-tuning job {job['id']}: {job['status']}", flush=True)
+        sleep(interval)
+        interval = min(max_poll_s, interval * 1.5)
+        job = _job(client.call(f"Polling fine-tuning job {job['id']}", "GET", f"fine_tuning/jobs/{job['id']}",
+                               unfinished=f" The job keeps running at the provider: poll job {job['id']} later."))
+    model = job.get("fine_tuned_model")
+    if job["status"] != "succeeded" or not isinstance(model, str) or not model:
+        error = job.get("error")
+        reason = error.get("message") if isinstance(error, dict) else None
+        raise FineTuneError(f"Fine-tuning job {job['id']} ended {job['status']}: {reason or job['status']}")
+    return model
+
+
+def _job(payload: Any) -> dict[str, Any]:
+    """A job object as the provider sent it, once it has the fields the loop reads."""
+    if not (isinstance(payload, dict) and isinstance(payload.get("id"), str)
+            and isinstance(payload.get("status"), str)):
+        raise FineTuneError(f"The provider's fine-tuning job has no id and status: {str(payload)[:300]!r}")
+    return payload
+
+
+@dataclass
+class _Client:
+    """Files and jobs requests on the HTTP engine, each retried by ``runtime.retry``'s policy."""
+
+    engine: OpenAICompatibleEngine
+    max_retries: int
+    max_retry_time_s: float
+    sleep: Callable[[float], None]
+    clock: Callable[[], float] = time.monotonic
+    rng: random.Random = field(default_factory=random.Random)
+
+    @classmethod
+    def for_engine(cls, config: EngineConfig, sleep: Callable[[float], None]) -> _Client:
+        # The engine chat requests use: the provider's headers (auth included) and auth hint.
+        engine = OpenAICompatibleEngine(config.base_url, config.headers, auth_hint=config.provider.auth_hint)
+        options = {name: config.options.get(name, OPTION_BY_NAME[name].default)
+                   for name in ("max_retries", "max_retry_time_s")}
+        return cls(engine, int(options["max_retries"]), float(options["max_retry_time_s"]), sleep)
+
+    def upload(self, filename: str, content: bytes) -> str:
+        # A repeated upload costs nothing (an unused file), so every transient failure is retried.
+        payload = self.call(f"Uploading {filename}", "POST", "files",
+                            form={"purpose": "fine-tune", "file": (filename, content)})
+        file_id = payload.get("id") if isinstance(payload, dict) else None
+        if not isinstance(file_id, str) or not file_id:
+            raise FineTuneError(f"The provider answered the upload of {filename} without a file id: "
+                                f"{str(payload)[:300]!r}")
+        return file_id
+
+    def call(self, what: str, method: str, path: str, *, json_body: Any = None,
+             form: Mapping[str, str | tuple[str, bytes]] | None = None, creates: bool = False,
+             unfinished: str = "") -> Any:
+        """The JSON answer to one request, retried while the policy allows; else a dfllm error."""
+        started = self.clock()
+        attempt = 0
+        while True:
+            try:
+                return run_sync(self._once(method, path, json_body, form))
+            except AuthenticationError as error:
+                raise AuthenticationError(f"{what}: {error}", status=error.status) from None
+            except EngineError as error:
+                failure = error
+            delay, refused = self._delay(failure, attempt, started, creates)
+            if delay is None:
+                raise _fine_tune_error(what, refused or failure, creates, unfinished) from None
+            attempt += 1
+            self.sleep(delay)
+
+    def _delay(self, error: EngineError, attempt: int, started: float,
+               creates: bool) -> tuple[float | None, EngineError | None]:
+        """The wait before the next attempt (None: stop), and the error of a wait the budget refuses."""
+        wait = server_wait_s(error)
+        taken = not isinstance(error, RateLimitError) and not (
+            isinstance(error, ServerError) and error.status == 503 and wait is not None)
+        if not error.retryable or (creates and taken) or attempt >= self.max_retries:
+            return None, None
+        left = self.max_retry_time_s - (self.clock() - started)
+        if wait is not None and wait > left:
+            return None, wait_refused(retry_after_cause(error, wait), wait, left, self.max_retry_time_s, error)
+        delay = wait if wait is not None else backoff_s(attempt, self.rng)
+        return (delay, None) if delay <= left else (None, None)
+
+    async def _once(self, method: str, path: str, json_body: Any,
+                    form: Mapping[str, str | tuple[str, bytes]] | None) -> Any:
+        # One loop per request (run_sync), so the session is opened and closed inside it.
+        try:
+            return await self.engine.request_json(method, path, json_body=json_body, form=form)
+        finally:
+            await self.engine.aclose()
+
+
+def _fine_tune_error(what: str, error: EngineError, creates: bool, unfinished: str) -> FineTuneError:
+    # A create that failed without the server saying it refused it may still have made the job.
+    maybe_made = (" The job may have been created anyway: check the provider's fine-tuning jobs before "
+                  "running again." if creates and not isinstance(error, RateLimitError) and error.retryable
+                  else "")
+    return FineTuneError(f"{what} failed: {error}{maybe_made}{unfinished}")

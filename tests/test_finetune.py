@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 
 import pandas as pd
 import pytest
 
 import dfllm
 from dfllm._finetune import chats_from_frame
-from dfllm.testing import FakeProvider
+from dfllm.engines.providers import PROVIDERS
+from dfllm.testing import Behaviour, FakeProvider, RecordedRequest, respond, status
 
 BASE = "mistralai/Mistral-7B-Instruct-v0.1"
 
@@ -24,6 +26,16 @@ def chat_rows(n: int) -> pd.DataFrame:
 
 def no_sleep(_: float) -> None:
     pass
+
+
+def fail_first(method: str, path: str, behaviours: list[Behaviour]) -> Callable[[RecordedRequest], Behaviour | None]:
+    """A fine-tuning script: the first requests to ``method path`` get these behaviours, in order."""
+    upcoming = iter(behaviours)
+
+    def script(request: RecordedRequest) -> Behaviour | None:
+        return next(upcoming, None) if (request.method, request.path) == (method, path) else None
+
+    return script
 
 
 def test_finetune_uploads_jsonl_runs_the_job_and_returns_a_usable_model() -> None:
@@ -113,3 +125,95 @@ def test_accessor_form_and_providers_that_cannot_finetune() -> None:
         dfllm.create_engine("pk", "portkey", api_key="k", base_url=fake.base_url)
         with pytest.raises(dfllm.ParameterError, match="needs an 'anyscale_endpoints' or 'openai' engine"):
             dfllm.finetune("pk", "x", chat_rows(10))
+
+
+def test_files_and_jobs_go_through_the_chat_engines_http_with_the_providers_auth_header() -> None:
+    for provider, base in (("anyscale_endpoints", BASE), ("openai", "gpt-4o-mini-2024-07-18")):
+        with FakeProvider(models=(base,), api_key="sk-ft-key") as fake:
+            dfllm.create_engine("e", provider, api_key="sk-ft-key", base_url=fake.base_url)
+            model_id = dfllm.finetune("e", base, chat_rows(12), sleep=no_sleep)
+            dfllm.predict(pd.DataFrame({"text": ["x"]}), "e", model_id, "{{text}}", "y")
+            chat, tuning = fake.chat_requests[-1], [r for r in fake.requests if "/chat/" not in r.path]
+            assert [(r.method, r.path) for r in tuning] == [
+                ("POST", "/v1/files"), ("POST", "/v1/files"), ("POST", "/v1/fine_tuning/jobs"),
+                *[("GET", "/v1/fine_tuning/jobs/ftjob-fake-1")] * 3,
+            ]
+            definition = PROVIDERS[provider]
+            for request in tuning:
+                assert request.headers[definition.auth_header] == definition.auth_prefix + "sk-ft-key"
+                # One HTTP stack: fine-tuning requests look like chat requests, not like another client's.
+                assert request.headers["User-Agent"] == chat.headers["User-Agent"]
+            assert tuning[0].headers["Content-Type"].startswith("multipart/form-data; boundary=")
+            files = fake.app.finetune.files
+            assert [(f["filename"], f["purpose"]) for f in files.values()] == [
+                ("train.jsonl", "fine-tune"), ("validation.jsonl", "fine-tune")]
+
+
+def test_a_transient_503_while_polling_is_retried_after_the_servers_wait_and_the_job_completes() -> None:
+    waits: list[float] = []
+    with FakeProvider(models=(BASE,)) as fake:
+        fake.app.finetune.script = fail_first("GET", "/v1/fine_tuning/jobs/ftjob-fake-1",
+                                              [status(503, retry_after_ms=10), status(502)])
+        dfllm.create_engine("any", "anyscale_endpoints", api_key="k", base_url=fake.base_url)
+        assert dfllm.finetune("any", BASE, chat_rows(12), sleep=waits.append) == f"ft:{BASE}:ftjob-fake-1"
+        polls = [r for r in fake.requests if r.path == "/v1/fine_tuning/jobs/ftjob-fake-1"]
+        assert len(polls) == 5  # two refused, then queued -> running -> succeeded
+    # The poll interval, the server's Retry-After, then runtime.retry's backoff (attempt 1: [0.5, 1)).
+    assert waits[:2] == [2.0, 0.01] and 0.5 <= waits[2] < 1.0 and waits[3:] == [3.0, 4.5]
+
+
+def test_polling_that_keeps_failing_stops_within_the_engines_max_retries_and_says_the_job_runs_on() -> None:
+    waits: list[float] = []
+    with FakeProvider(models=(BASE,)) as fake:
+        fake.app.finetune.script = fail_first("GET", "/v1/fine_tuning/jobs/ftjob-fake-1", [status(500)] * 10)
+        dfllm.create_engine("any", "anyscale_endpoints", api_key="k", base_url=fake.base_url, max_retries=2)
+        with pytest.raises(dfllm.FineTuneError, match=r"HTTP 500.*poll job ftjob-fake-1 later"):
+            dfllm.finetune("any", BASE, chat_rows(12), sleep=waits.append)
+        assert len([r for r in fake.requests if r.path == "/v1/fine_tuning/jobs/ftjob-fake-1"]) == 3
+    assert len(waits) == 3  # one poll interval, two backoffs
+
+
+def test_creating_the_job_is_retried_only_when_the_server_says_it_did_not_take_it() -> None:
+    jobs = "/v1/fine_tuning/jobs"
+    with FakeProvider(models=(BASE,)) as fake:
+        fake.app.finetune.script = fail_first("POST", jobs, [status(429, retry_after=1), status(503, retry_after=2)])
+        dfllm.create_engine("any", "anyscale_endpoints", api_key="k", base_url=fake.base_url)
+        waits: list[float] = []
+        dfllm.finetune("any", BASE, chat_rows(12), sleep=waits.append)
+        assert len([r for r in fake.requests if r.path == jobs]) == 3
+        assert list(fake.app.finetune.jobs) == ["ftjob-fake-1"]
+        assert waits[:2] == [1.0, 2.0]
+    for refusal in (status(500), status(503), status(502, retry_after=1)):
+        with FakeProvider(models=(BASE,)) as fake:
+            fake.app.finetune.script = fail_first("POST", jobs, [refusal])
+            dfllm.create_engine("any", "anyscale_endpoints", api_key="k", base_url=fake.base_url)
+            with pytest.raises(dfllm.FineTuneError, match="may have been created anyway"):
+                dfllm.finetune("any", BASE, chat_rows(12), sleep=no_sleep)
+            assert len([r for r in fake.requests if r.path == jobs]) == 1
+
+
+def test_a_refused_key_stops_at_once_and_no_form_of_the_key_is_shown() -> None:
+    key = "sk-wrong-5f3a9c1e7b2d4f6a8c0e"
+    echoed = {"error": {"message": f"Incorrect API key provided: {key} (Bearer {key})", "type": "invalid"}}
+    for code, where in ((401, "/v1/files"), (403, "/v1/fine_tuning/jobs/ftjob-fake-1")):
+        with FakeProvider(models=(BASE,)) as fake:
+            fake.app.finetune.script = fail_first("POST" if where == "/v1/files" else "GET", where,
+                                                  [respond(code, echoed)] * 5)
+            dfllm.create_engine("any", "anyscale_endpoints", api_key=key, base_url=fake.base_url)
+            with pytest.raises(dfllm.AuthenticationError) as info:
+                dfllm.finetune("any", BASE, chat_rows(12), sleep=no_sleep)
+            assert len([r for r in fake.requests if r.path == where]) == 1
+        message = f"{info.value} {info.value!r}"
+        assert f"HTTP {code}: Incorrect API key provided" in message and info.value.status == code
+        assert "5f3a9c1e7b2d4f6a8c0e" not in message
+
+
+def test_a_refusal_that_echoes_the_key_is_quoted_scrubbed() -> None:
+    key = "sk-echoed-1b2c3d4e5f60718293a4"
+    echoed = {"error": {"message": f"Model not allowed for key {key}", "type": "invalid_request_error"}}
+    with FakeProvider(models=(BASE,)) as fake:
+        fake.app.finetune.script = fail_first("POST", "/v1/fine_tuning/jobs", [respond(400, echoed)])
+        dfllm.create_engine("any", "anyscale_endpoints", api_key=key, base_url=fake.base_url)
+        with pytest.raises(dfllm.FineTuneError, match="HTTP 400: Model not allowed for key") as info:
+            dfllm.finetune("any", BASE, chat_rows(12), sleep=no_sleep)
+    assert "1b2c3d4e5f60718293a4" not in f"{info.value} {info.value!r} {info.value.__cause__!r}"

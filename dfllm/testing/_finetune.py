@@ -2,28 +2,45 @@
 
 A job moves queued -> running -> succeeded (or failed) one step per poll, so tests are
 deterministic and never wait on a clock. A base model listed in ``fail_models`` fails.
+``script`` (a ``Script``, as for chat) may answer any of these requests with a scripted
+status or body instead (``status``, ``respond``), after it is recorded and its key checked.
+
+The routes know the server they are mounted on only as a ``Host``, so this module does not
+import ``_server`` (which mounts them).
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from dfllm.testing._server import FakeProviderApp
+from dfllm.testing._behaviour import RecordedRequest, Script
 
 _STEPS = ("validating_files", "queued", "running", "succeeded")
 
 
+class Host(Protocol):
+    """What the routes use of the fake provider that serves them (``FakeProviderApp``)."""
+
+    models: tuple[str, ...]
+
+    async def _record(self, request: web.Request) -> RecordedRequest: ...
+
+    def authorized(self, request: web.Request) -> bool: ...
+
+    def unauthorized(self) -> web.Response: ...
+
+
 class FineTuneRoutes:
-    def __init__(self, app: FakeProviderApp) -> None:
+    def __init__(self, app: Host) -> None:
         self.app = app
         self.files: dict[str, dict[str, Any]] = {}
         self.file_contents: dict[str, bytes] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
         self.fail_models: set[str] = set()
+        self.script: Script | None = None
 
     def add_to(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v1/files", self._upload)
@@ -31,10 +48,26 @@ class FineTuneRoutes:
         router.add_get("/v1/fine_tuning/jobs/{job_id}", self._get_job)
         router.add_get("/v1/fine_tuning/jobs/{job_id}/events", self._events)
 
-    async def _upload(self, request: web.Request) -> web.Response:
-        await self.app._record(request)
+    async def _refusal(self, request: web.Request) -> tuple[RecordedRequest, web.Response | None]:
+        """The request as recorded, and the answer that refuses it: a wrong key, or the script's status."""
+        recorded = await self.app._record(request)
         if not self.app.authorized(request):
-            return self.app.unauthorized()
+            return recorded, self.app.unauthorized()
+        behaviour = self.script(recorded) if self.script else None
+        if behaviour is None or behaviour.kind not in ("status", "body"):
+            return recorded, None
+        if behaviour.kind == "body":
+            raw = behaviour.body if isinstance(behaviour.body, bytes) else json.dumps(behaviour.body).encode()
+            refused = web.Response(status=behaviour.status, body=raw, content_type="application/json")
+        else:
+            refused = _bad(f"Scripted failure {behaviour.status}.", status=behaviour.status)
+        refused.headers.update(behaviour.headers)
+        return recorded, refused
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        _, refused = await self._refusal(request)
+        if refused is not None:
+            return refused
         form = await request.post()
         upload = form.get("file")
         purpose = str(form.get("purpose", ""))
@@ -62,9 +95,9 @@ class FineTuneRoutes:
         return web.json_response(entry)
 
     async def _create_job(self, request: web.Request) -> web.Response:
-        recorded = await self.app._record(request)
-        if not self.app.authorized(request):
-            return self.app.unauthorized()
+        recorded, refused = await self._refusal(request)
+        if refused is not None:
+            return refused
         body = recorded.body or {}
         model = body.get("model")
         if model not in self.app.models:
@@ -94,7 +127,9 @@ class FineTuneRoutes:
         return web.json_response(self.jobs[job_id])
 
     async def _get_job(self, request: web.Request) -> web.Response:
-        await self.app._record(request)
+        _, refused = await self._refusal(request)
+        if refused is not None:
+            return refused
         job = self.jobs.get(request.match_info["job_id"])
         if job is None:
             return _bad("No such job.", status=404)
@@ -102,6 +137,9 @@ class FineTuneRoutes:
         return web.json_response(job)
 
     async def _events(self, request: web.Request) -> web.Response:
+        _, refused = await self._refusal(request)
+        if refused is not None:
+            return refused
         job = self.jobs.get(request.match_info["job_id"])
         if job is None:
             return _bad("No such job.", status=404)
