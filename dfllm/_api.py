@@ -17,25 +17,17 @@ from typing import Any, TypeVar, cast
 from typing_extensions import Unpack
 
 from dfllm import frames
-from dfllm._exceptions import (
-    BatchError,
-    ConfigurationError,
-    DfllmError,
-    LabelError,
-    ParameterError,
-    SchemaError,
-    TemplateError,
-)
+from dfllm._exceptions import BatchError, ConfigurationError, DfllmError, ParameterError, TemplateError
+from dfllm.config import models
 from dfllm.config.engines import EngineConfig, resolve_engine
 from dfllm.config.options import Options, PredictOptions, build_options, completion_budget
 from dfllm.engines.base import Completion, Engine, EngineInfo
 from dfllm.frames import Column, ColumnType
-from dfllm.outputs.choices import normalise_label
-from dfllm.outputs.columns import schema_column_names, schema_columns
+from dfllm.outputs import Output, TextOutput, output_for
 from dfllm.prompt.keys import RequestKeys
 from dfllm.prompt.template import Template, UnsendableRow, surrogate_problem
 from dfllm.runtime.bulk import gc_paused
-from dfllm.runtime.executor import Executor, Outcome, RequestSpec, Validate, Work
+from dfllm.runtime.executor import Executor, Outcome, RequestSpec, Work
 from dfllm.runtime.progress import RunStats
 from dfllm.runtime.sync import run_sync
 
@@ -71,6 +63,7 @@ class Plan:
     unsendable: dict[int, str] = field(default_factory=dict)  # row -> why its cells cannot be sent
     template: Template | None = None
     keys: RequestKeys | None = None
+    output: Output = field(default_factory=TextOutput)  # the kind of answer: asked, keyed, checked, written
 
 
 def predict(df: Frame, engine: Any, model: str | None = None, template: str | Template | None = None,
@@ -111,6 +104,9 @@ async def apredict(df: Frame, engine: Any, model: str | None = None, template: s
     return result
 
 
+models.use_drivers(predict, apredict)
+
+
 async def run_plan(plan: Plan, stats: RunStats) -> list[Outcome]:
     """Send the plan's unique prompts through the executor; fills ``stats``."""
     global _last_run
@@ -133,25 +129,17 @@ async def run_plan(plan: Plan, stats: RunStats) -> list[Outcome]:
 
 def make_executor(plan: Plan, engine: Engine, stats: RunStats, *, options: Options | None = None,
                   gate: Any = None) -> Executor:
-    """The executor for ``plan``'s calls: its options, cap, cacheability and answer validation."""
+    """The executor for ``plan``'s calls: its options, cap, cacheability and output (the answers' check)."""
     options = options or plan.options
     return Executor(engine, options, stats, plan.spec, concurrency_cap=plan.info.max_concurrency,
-                    cacheable=plan.info.identity is not None, validate=schema_validator(options), gate=gate)
+                    cacheable=plan.info.identity is not None, output=plan.output, gate=gate)
 
 
 def make_plan(df: Any, engine: Any, model: str | None, template: str | Template | None, target: str | None,
               call_options: Mapping[str, Any]) -> Plan:
-    from dfllm.config.models import Model
-
     problems: list[ConfigurationError] = []
-    layers: list[Mapping[str, Any]] = []
-    if isinstance(engine, Model):
-        model = model or engine.model_name
-        template = template or engine.prompt_template
-        target = target or engine.target
-        layers.append(engine.options)
-        engine = engine.engine
-
+    engine, model, template, target, model_options = models.unpack(engine, model, template, target)
+    layers: list[Mapping[str, Any]] = [model_options] if model_options is not None else []
     adapter = frames.adapter_for(df)
     config: EngineConfig | None = None
     engine_obj: Engine | None = None
@@ -193,8 +181,9 @@ def make_plan(df: Any, engine: Any, model: str | None, template: str | Template 
             problems.append(exc)
     # A schema's columns are known only once it is valid; other clashes are reported with everything else.
     schema_unknown = bool(option_problems) and any(layer.get("schema") is not None for layer in layers)
+    output = output_for(options)
     if isinstance(target, str) and target and not schema_unknown:
-        problems += [ParameterError(p) for p in _column_problems(columns, _new_columns(target, options))]
+        problems += [ParameterError(p) for p in _column_problems(columns, _new_columns(target, options, output))]
     budget = completion_budget(options.params)
     if options.tpm is not None and budget is not None and budget > options.tpm:
         problems.append(ParameterError(
@@ -211,11 +200,12 @@ def make_plan(df: Any, engine: Any, model: str | None, template: str | Template 
                           config.capabilities, None)
     else:
         info = EngineInfo.of(engine_obj)
-    # Only an engine that constrains decoding is sent choices; others' answers are normalised after.
-    choices = options.choices if (options.choices and info.capabilities.choices) else ()
-    spec = _request_spec(model, options, info, choices)
-    keys = RequestKeys(info.identity or "", model, options.system, options.params, _constraints(options))
-    plan = Plan(df, adapter, target, options, config, engine_obj, info, spec, template=parsed, keys=keys)
+    asked = output.ask(info.capabilities, options.system, options.params)
+    spec = RequestSpec(model, asked.params, asked.system, asked.choices, options.timeout_s, asked.json_schema,
+                       asked.answer_format, asked.schema_name)
+    keys = RequestKeys(info.identity or "", model, options.system, options.params, output.key_constraints())
+    plan = Plan(df, adapter, target, options, config, engine_obj, info, spec, template=parsed, keys=keys,
+                output=output)
     _render(plan, parsed, keys)
     return plan
 
@@ -232,34 +222,8 @@ def plan_batch(plan: Plan, df: Any) -> Plan:
     return batch
 
 
-def _request_spec(model: str, options: Options, info: EngineInfo, choices: tuple[str, ...]) -> RequestSpec:
-    if options.schema is None:
-        return RequestSpec(model, options.params, options.system, choices, options.timeout_s)
-    from dfllm.outputs.wire import request_parts
-
-    system, params, json_schema = request_parts(options.schema, info.capabilities, options.system, options.params)
-    return RequestSpec(model, params, system, choices, options.timeout_s, json_schema)
-
-
-def _constraints(options: Options) -> dict[str, Any]:
-    constraints: dict[str, Any] = {"choices": list(options.choices or ())}
-    if options.schema is not None:  # only then: plain-text calls keep the keys they always had
-        constraints["schema"] = options.schema.wire
-    return constraints
-
-
-def schema_validator(options: Options) -> Validate | None:
-    """The executor's check of each answer against ``options.schema`` (None without a schema)."""
-    if options.schema is None:
-        return None
-    from dfllm.outputs.parse import validator
-
-    return validator(options.schema)
-
-
-def _new_columns(target: str, options: Options) -> list[str]:
-    names = ([target] if options.schema is None
-             else schema_column_names(target, options.schema, options.schema_columns))
+def _new_columns(target: str, options: Options, output: Output) -> list[str]:
+    names = output.columns(target)
     if options.usage_columns:
         names += [f"{target}_prompt_tokens", f"{target}_completion_tokens"]
     if options.errors == "null":
@@ -309,11 +273,11 @@ def _render(plan: Plan, template: Template, keys: RequestKeys) -> None:
 
 def write_back(plan: Plan, outcomes: list[Outcome], stats: RunStats) -> Any:
     """The result frame; raises ``BatchError`` (holding it) when rows failed and errors='raise'."""
-    options, target = plan.options, plan.target
+    options, target, output = plan.options, plan.target, plan.output
     answers_by_work: list[Any] = []
     errors_by_work: list[DfllmError | None] = []
     for outcome in outcomes:
-        answer, error = _answer(outcome, options)
+        answer, error = output.value(outcome) if isinstance(outcome, Completion) else (None, outcome)
         answers_by_work.append(answer)
         errors_by_work.append(error)
     answers: list[Any] = []
@@ -331,11 +295,7 @@ def write_back(plan: Plan, outcomes: list[Outcome], stats: RunStats) -> Any:
     stats.failed_rows = len(row_errors)
     for exc in row_errors.values():
         stats.errors[type(exc).__name__] = stats.errors.get(type(exc).__name__, 0) + 1
-    if options.schema is not None:
-        columns = schema_columns(target, options.schema, answers, options.schema_columns)
-    else:
-        answer_type = ColumnType("category", categories=options.choices) if options.choices else ColumnType("string")
-        columns = {target: Column(answers, answer_type)}
+    columns = output.write(target, answers)
     if options.usage_columns:
         for name in ("prompt_tokens", "completion_tokens"):
             columns[f"{target}_{name}"] = Column([
@@ -352,22 +312,3 @@ def write_back(plan: Plan, outcomes: list[Outcome], stats: RunStats) -> Any:
         raise BatchError(frame, row_errors, len(plan.row_work), stats=stats)
     return frame
 
-
-def _answer(outcome: Outcome, options: Options) -> tuple[Any, DfllmError | None]:
-    if not isinstance(outcome, Completion):
-        return None, outcome
-    if options.schema is not None:
-        if outcome.values is not None:  # parsed by the executor's check
-            return outcome.values, None
-        from dfllm.outputs.parse import parse_answer
-
-        try:  # an answer from an executor run without the check
-            return parse_answer(outcome.text, options.schema), None
-        except SchemaError as exc:
-            return None, exc
-    if not options.choices:
-        return outcome.text, None
-    try:
-        return normalise_label(outcome.text, options.choices), None
-    except LabelError as exc:
-        return None, exc

@@ -13,6 +13,7 @@ import json
 import tempfile
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 import dfllm
 from dfllm.config.options import Options
 from dfllm.engines.base import Completion, Request
+from dfllm.outputs import TextOutput
 from dfllm.outputs.parse import MAX_SCHEMA_ANSWER_CHARS, AnswerParser
 from dfllm.outputs.schema import normalise_schema
 from dfllm.runtime.executor import Executor, RequestSpec, Work
@@ -32,6 +34,18 @@ from dfllm.runtime.progress import RunStats
 from dfllm.testing import Behaviour, FakeProvider, MockEngine, RecordedRequest, ok
 
 from .conftest import KEY
+
+
+class CheckedBy(TextOutput):
+    """Text answers, each checked by ``verdict`` (the executor's check, as a schema's would be)."""
+
+    checked = True
+
+    def __init__(self, verdict: Callable[[Completion], Completion | dfllm.SchemaError]) -> None:
+        self.verdict = verdict
+
+    def check(self, completion: Completion) -> Completion | dfllm.SchemaError:
+        return self.verdict(completion)
 
 SCHEMA = {"n": int, "x": float, "label": Literal["a", "b"], "tags": list[str]}
 LABELS = ["yes", "no"]
@@ -85,7 +99,7 @@ def test_whatever_the_check_raises_is_that_rows_error_and_the_others_are_cached(
     def run() -> tuple[list[Any], MockEngine]:
         engine = MockEngine()
         executor = Executor(engine, Options(cache=str(tmp_path / "cache.sqlite")), RunStats(), RequestSpec("m"),
-                            validate=validate)
+                            output=CheckedBy(validate))
         work = [Work((i, i), prompt) for i, prompt in enumerate(["a", "bad", "c"])]
         return asyncio.run(executor.run(work)), engine
 
@@ -181,7 +195,7 @@ def test_a_long_answer_is_checked_on_a_worker_thread_a_short_one_on_the_loop() -
         return completion._replace(values=(len(completion.text),))
 
     engine = MockEngine(lambda request: "x" * (100_000 if request.messages[-1]["content"] == "long" else 10))
-    executor = Executor(engine, Options(cache=False), RunStats(), RequestSpec("m"), validate=validate)
+    executor = Executor(engine, Options(cache=False), RunStats(), RequestSpec("m"), output=CheckedBy(validate))
     outcomes = asyncio.run(executor.run([Work((0, 0), "long"), Work((1, 1), "short")]))
     assert [o.values if isinstance(o, Completion) else o for o in outcomes] == [(100_000,), (10,)]
     assert checked_on == {100_000: False, 10: True}

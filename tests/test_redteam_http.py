@@ -24,6 +24,7 @@ import pandas as pd
 import pytest
 
 import dfllm
+from dfllm.engines.tasks import Message
 from dfllm.testing import Behaviour, FakeProvider, answer, per_prompt, redirect, respond
 
 from .conftest import KEY
@@ -349,7 +350,7 @@ def test_a_body_that_is_not_json_is_refused_and_never_sent(extra_body: dict[str,
         async def direct() -> None:  # the engine's own guard, for requests built elsewhere
             engine = OpenAICompatibleEngine(fake.base_url, {})
             try:
-                await engine.complete(dfllm.Request("m", [{"role": "user", "content": "x"}], dict(extra_body)))
+                await engine.complete(dfllm.Request("m", (Message.of_text("user", "x"),), dict(extra_body)))
             finally:
                 await engine.aclose()
 

@@ -16,9 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dfllm
+import dfllm.outputs
 from dfllm.config.options import Options
 from dfllm.engines.base import Capabilities, Completion, Request
-from dfllm.outputs.parse import drop_trailing_commas, extract_json, parse_answer, validator
+from dfllm.outputs import SchemaOutput
+from dfllm.outputs.parse import drop_trailing_commas, extract_json, parse_answer
 from dfllm.outputs.schema import normalise_schema
 from dfllm.runtime.executor import Executor, RequestSpec, Work
 from dfllm.runtime.progress import RunStats
@@ -341,8 +343,8 @@ def test_re_asks_spend_the_rows_max_retry_time_s_on_the_injected_clock() -> None
 
     engine = MockEngine(slow_wrong_answer)
     options = Options(max_repairs=10, max_retry_time_s=3.5, cache=False)
-    executor = Executor(engine, options, RunStats(), RequestSpec("m"), validate=validator(normalise_schema({"n": int})),
-                        clock=clock, sleep=clock.sleep)
+    executor = Executor(engine, options, RunStats(), RequestSpec("m"),
+                        output=SchemaOutput(normalise_schema({"n": int})), clock=clock, sleep=clock.sleep)
     [outcome] = asyncio.run(executor.run([Work((0, 0), "x")]))
     # Answers at 1, 2, 3 and 4 s: after the fourth the row's 3.5 s are spent, though 7 re-asks are left.
     assert len(engine.requests) == 4
@@ -509,13 +511,13 @@ def test_schema_columns_struct_without_a_schema_is_a_configuration_error() -> No
 
 
 def test_write_back_parses_an_answer_no_check_has_seen() -> None:
-    from dfllm._api import _answer
     from dfllm.config.options import build_options
 
     options, problems = build_options([{"schema": {"n": int}}])
     assert not problems
-    assert _answer(Completion('{"n": 4}'), options) == ((4,), None)
-    values, error = _answer(Completion('{"n": "four"}'), options)
+    output = dfllm.outputs.output_for(options)
+    assert output.value(Completion('{"n": 4}')) == ((4,), None)
+    values, error = output.value(Completion('{"n": "four"}'))
     assert values is None and isinstance(error, dfllm.SchemaError)
 
 
@@ -665,7 +667,7 @@ def test_a_keyword_dfllm_would_not_enforce_is_refused_before_any_request(
 
 
 def test_fields_named_like_keywords_strict_mode_refuses_keep_their_names_on_the_wire() -> None:
-    from dfllm.outputs.wire import strict_mode_schema
+    from dfllm.engines.openai_chat import strict_mode_schema
 
     wire = normalise_schema({"minLength": int, "uniqueItems": list[str]}).wire
     strict = strict_mode_schema(wire)

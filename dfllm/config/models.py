@@ -2,15 +2,44 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from dfllm._exceptions import ParameterError, did_you_mean
 from dfllm.config.engines import EngineConfig, resolve_engine
 from dfllm.config.options import OPTION_NAMES, option_problems
+from dfllm.prompt.template import is_null
+from dfllm.runtime.sync import run_sync
 
 _MODEL_PARAMS = ("model_name", "model", "prompt_template", "column")
+
+
+@dataclass
+class _Drivers:
+    """``predict`` / ``apredict``, given by the API module that defines them (``use_drivers``): a
+    model is configuration, and configuration does not import the stages that run it."""
+
+    predict: Callable[..., Any] | None = None
+    apredict: Callable[..., Awaitable[Any]] | None = None
+
+
+_drivers = _Drivers()
+
+
+def use_drivers(predict: Callable[..., Any], apredict: Callable[..., Awaitable[Any]]) -> None:
+    """Let ``Model.predict`` / ``Model.apredict`` run through these functions."""
+    _drivers.predict, _drivers.apredict = predict, apredict
+
+
+def unpack(engine: Any, model: str | None, template: Any, target: str | None,
+           ) -> tuple[Any, str | None, Any, str | None, Mapping[str, Any] | None]:
+    """``(engine, model, template, target, model options)``: a ``Model`` given as the engine fills
+    what the call left out (its options are then a layer below the call's); anything else is as given."""
+    if not isinstance(engine, Model):
+        return engine, model, template, target, None
+    return (engine.engine, model or engine.model_name, template or engine.prompt_template,
+            target or engine.target, engine.options)
 
 
 @dataclass(frozen=True)
@@ -30,21 +59,15 @@ class Model:
         ``SELECT text, target FROM model WHERE text = '...'``: the answer, or with a ``schema``
         a dict of its fields. A lazy frame (Dask, Polars LazyFrame) gives back a lazy frame.
         """
-        from dfllm.frames import lazy_predict_for
-
-        if df is not None and lazy_predict_for(df) is not None:
-            from dfllm._api import predict
-
-            return predict(df, self, **kwargs)
-        from dfllm.runtime.sync import run_sync
-
+        if df is not None:  # eager or lazy: predict answers both, as it does for any frame
+            assert _drivers.predict is not None, "dfllm._api gives the drivers when dfllm is imported"
+            return _drivers.predict(df, self, **kwargs)
         return run_sync(self.apredict(df, **kwargs))
 
     async def apredict(self, df: Any = None, /, **kwargs: Any) -> Any:
         """The async form of ``predict``: the same frame and single-row forms."""
-        from dfllm._api import apredict
-        from dfllm.prompt.template import is_null
-
+        apredict = _drivers.apredict
+        assert apredict is not None, "dfllm._api gives the drivers when dfllm is imported"
         if df is not None:
             return await apredict(df, self, **kwargs)
         if not kwargs:

@@ -1,4 +1,4 @@
-"""The engine contract: who an engine is, what it can do, and how it completes one request.
+"""The engine contract: who an engine is, what it can do, and how it completes one task.
 
 Engines move one request and own no policy: they never retry, sleep, rate-limit or cache.
 They raise only dfllm's ``EngineError`` family; the executor decides what to do about it.
@@ -12,30 +12,19 @@ An engine declares:
   another object's answers).
 - ``capabilities``: what the executor may ask of it (constrained ``choices``, JSON schema...).
 - ``max_concurrency``: a hard cap on requests in flight (the local engine: one per instance).
+- ``task_kinds``: the kinds of task it takes (``ChatTask.kind``, ``"chat"``).
 """
 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+from dfllm.engines.tasks import ChatTask, Request
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One chat completion to perform.
-
-    ``params`` are sent as top-level body fields (``max_tokens``, ``temperature``, ``seed``...).
-    ``choices``, when given, lets an engine that can constrain decoding do so.
-    """
-
-    model: str
-    messages: list[dict[str, str]]
-    params: dict[str, Any] = field(default_factory=dict)
-    choices: tuple[str, ...] = ()
-    timeout_s: float = 60.0
-    # A JSON Schema the answer must match, for engines whose capabilities say they can enforce it.
-    json_schema: dict[str, Any] | None = None
+__all__ = ["CHAT_ONLY", "NO_CAPABILITIES", "Capabilities", "ChatTask", "Completion", "Engine", "EngineInfo",
+           "RateLimitState", "Request", "is_engine"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,19 +91,27 @@ NO_CAPABILITIES = Capabilities()
 
 
 class Engine(Protocol):
-    """Anything that can complete one request. Create it inside the running event loop.
+    """Anything that can complete one task. Create it inside the running event loop.
 
-    Only ``complete`` and ``aclose`` are required of a custom engine object; ``identity``,
-    ``capabilities`` and ``max_concurrency`` default as ``EngineInfo.of`` says.
+    The built-in engines declare every attribute below. A custom engine object needs only
+    ``complete`` and ``aclose``: what it leaves out defaults as ``EngineInfo.of`` says.
     """
 
-    async def complete(self, request: Request) -> Completion:
-        """Perform one request; raise an ``EngineError`` subclass on failure."""
+    identity: str | None
+    capabilities: Capabilities
+    max_concurrency: int | None
+    task_kinds: frozenset[str]
+
+    async def complete(self, request: ChatTask) -> Completion:
+        """Perform one task; raise an ``EngineError`` subclass on failure."""
         ...
 
     async def aclose(self) -> None:
         """Release connections and other resources."""
         ...
+
+
+CHAT_ONLY = frozenset({ChatTask.kind})
 
 
 @dataclass(frozen=True)
@@ -124,16 +121,22 @@ class EngineInfo:
     identity: str | None
     capabilities: Capabilities
     max_concurrency: int | None
+    task_kinds: frozenset[str] = CHAT_ONLY
 
     @classmethod
     def of(cls, engine: object) -> EngineInfo:
+        """The one place a custom object's declarations are read and defaulted: no identity is
+        never cached, no capabilities asks for free text only, no cap is no cap, and no task
+        kinds is chat only (what every engine took before task kinds)."""
         identity = getattr(engine, "identity", None)
         capabilities = getattr(engine, "capabilities", None)
         cap = getattr(engine, "max_concurrency", None)
+        kinds = getattr(engine, "task_kinds", None)
         return cls(
             identity=identity if isinstance(identity, str) and identity else None,
             capabilities=capabilities if isinstance(capabilities, Capabilities) else NO_CAPABILITIES,
             max_concurrency=cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None,
+            task_kinds=frozenset(kinds) if isinstance(kinds, (set, frozenset)) and kinds else CHAT_ONLY,
         )
 
 

@@ -39,7 +39,9 @@ from dfllm._exceptions import (
     TransportError,
 )
 from dfllm.config.secrets import Scrubber, Secret, shown_url, url_secrets
-from dfllm.engines.base import NO_CAPABILITIES, Capabilities, Completion, RateLimitState, Request
+from dfllm.engines.base import CHAT_ONLY, NO_CAPABILITIES, Capabilities, Completion, RateLimitState
+from dfllm.engines.openai_chat import body_params
+from dfllm.engines.tasks import ChatTask
 
 _SHOWN_BODY = 300  # characters of an unexpected body quoted in a message
 _SHOWN_HEADER = 100  # characters of a header value kept for messages
@@ -70,7 +72,9 @@ class OpenAICompatibleEngine:
         self.identity = identity
         self.capabilities = capabilities
         self.max_concurrency: int | None = None
-        self._params: dict[str, Any] | None = None
+        self.task_kinds = CHAT_ONLY
+        # What every task of a call shares (params, schema, format, name), and its encoded body tail.
+        self._shared: tuple[object, ...] = (None, None, None, None)
         self._params_json = b"}"
         self._root = base_url.rstrip("/")
         # What messages and the repr show: a key pasted into the URL's path is masked there,
@@ -97,18 +101,21 @@ class OpenAICompatibleEngine:
             )
         return self._session
 
-    async def complete(self, request: Request) -> Completion:
+    async def complete(self, request: ChatTask) -> Completion:
         raw, headers = await self._send("POST", self._url, request.timeout_s, self._body(request))
         return parse_completion(raw, headers, self.base_url, self._scrub)
 
-    def _body(self, request: Request) -> bytes:
-        """``{"model", "messages", **params}`` as JSON. Every request of a call shares one params
-        dict (with a schema, a large response_format): it is encoded once, not once per row."""
-        if request.params is not self._params:
-            self._params = request.params
-            self._params_json = _json_body(request.params)[1:] if request.params else b"}"
-        head = _json_body({"model": request.model, "messages": request.messages})
-        return head[:-1] + (b"," + self._params_json if request.params else b"}")
+    def _body(self, task: ChatTask) -> bytes:
+        """``{"model", "messages", **params}`` as JSON, in OpenAI's dialect (``openai_chat``). Every
+        task of a call shares one params dict and schema (with a schema, a large response_format):
+        they are encoded once, not once per row."""
+        shared = (task.params, task.json_schema, task.answer_format, task.schema_name)
+        if any(a is not b for a, b in zip(shared, self._shared, strict=True)):
+            self._shared = shared
+            params = body_params(task)
+            self._params_json = b"," + _json_body(params)[1:] if params else b"}"
+        head = _json_body({"model": task.model, "messages": task.openai_messages()})
+        return head[:-1] + self._params_json
 
     async def get_json(self, path: str, timeout_s: float = 60.0) -> Any:
         """GET ``{base_url}/{path}`` (model listing), with the same error mapping as ``complete``."""

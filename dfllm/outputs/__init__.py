@@ -1,1 +1,7 @@
-"""Outputs: what is asked on the wire, how an answer is parsed, and which column type it gets."""
+"""Outputs: one object per kind of answer (what is asked, what is keyed, how an answer is checked,
+repaired and written), and the schema, label and parsing machinery behind them."""
+
+from dfllm.outputs.base import Asked, Output
+from dfllm.outputs.kinds import ChoicesOutput, SchemaOutput, TextOutput, output_for
+
+__all__ = ["Asked", "ChoicesOutput", "Output", "SchemaOutput", "TextOutput", "output_for"]

@@ -8,12 +8,12 @@ retries (``retry``: bounded in attempts and total time, server-requested waits i
 progress. Warnings of the run (a header pace it would not obey, answers the cache could not
 keep) are in ``RunStats.warnings`` and emitted as ``RuntimeWarning`` when the run ends.
 
-Answers that must fit a schema are checked here too, because a re-ask is policy: given a
-``validate`` callback (an answer -> the answer with its typed ``values`` when it fits, else the
-``SchemaError``; each answer is parsed once, here), a row whose
-answer does not fit is asked again, at most ``max_repairs`` times and within the row's
-``max_retry_time_s``, with its previous answer and the validation problem in the conversation;
-then the ``SchemaError`` is that row's outcome (as is anything ``validate`` raises). Only
+Answers are checked here too, because a re-ask is policy: the call's ``output``
+(``dfllm.outputs``) checks each answer (the answer, with a schema's typed ``values``, when it
+fits, else the ``SchemaError``; each answer is parsed once, here), and a row whose answer does
+not fit is asked again with the turns ``output.repair`` gives, at most ``max_repairs`` times and
+within the row's ``max_retry_time_s``; then the ``SchemaError`` is that row's outcome (as is
+anything ``output.check`` raises). Tasks are otherwise opaque here: a key, a size estimate, a send. Only
 answers that fit are cached, and a cached answer is checked again on read (a changed schema,
 or an entry written by an older dfllm, is asked afresh rather than served in a stale shape).
 """
@@ -25,13 +25,16 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from dfllm._exceptions import AuthenticationError, EngineError, RateLimitError, SchemaError
 from dfllm.config.options import Options
-from dfllm.engines.base import Completion, Engine, RateLimitState, Request
+from dfllm.engines.base import Completion, Engine, RateLimitState
+from dfllm.engines.tasks import AnswerFormat, ChatTask, Message
+from dfllm.outputs.base import Output
+from dfllm.outputs.kinds import TextOutput
 from dfllm.prompt.keys import Key
 from dfllm.runtime.bulk import gc_paused, gc_relaxed
 from dfllm.runtime.limiter import (
@@ -49,14 +52,13 @@ from dfllm.runtime.retry import backoff_s, retry_after_cause, seconds_text, serv
 from dfllm.runtime.stores import Store, open_store
 
 Outcome = Completion | EngineError | SchemaError
-Validate = Callable[[Completion], "Completion | SchemaError"]
 
 # Before the first answer we know nothing of the account's limits: one request goes alone, so
 # its headers are read before more are sent; then this many go in flight (doubling per round
 # trip) rather than the whole pool at once into a possible cap.
 _INITIAL_WINDOW = 32
 _DEFAULT_COMPLETION_ESTIMATE = 256
-# An answer longer than this is checked on a worker thread: a ``validate`` written in Python lets
+# An answer longer than this is checked on a worker thread: a check written in Python lets
 # the loop run between its bytecodes. pydantic-core holds the GIL while it validates, so for the
 # schema validator the bound is its own (parse.MAX_SCHEMA_ANSWER_CHARS), not the thread.
 _CHECKED_IN_THREAD_CHARS = 64 * 1024
@@ -68,12 +70,12 @@ class Work(NamedTuple):
     key: Key
     prompt: str
     # A re-ask: the previous answers and what was wrong with them, after the prompt.
-    history: tuple[dict[str, str], ...] = ()
+    history: tuple[Message, ...] = ()
 
 
 @dataclass(frozen=True)
 class RequestSpec:
-    """What every request of one call shares; the prompt is the only per-row part."""
+    """What every task of one call shares; the prompt is the only per-row part."""
 
     model: str
     params: dict[str, Any] = field(default_factory=dict)
@@ -81,18 +83,21 @@ class RequestSpec:
     choices: tuple[str, ...] = ()
     timeout_s: float = 120.0
     json_schema: dict[str, Any] | None = None
+    answer_format: AnswerFormat = "text"
+    schema_name: str = "answer"
 
-    def build(self, prompt: str, history: Sequence[dict[str, str]] = ()) -> Request:
-        user = {"role": "user", "content": prompt}
-        messages = [{"role": "system", "content": self.system}, user] if self.system else [user]
+    def build(self, prompt: str, history: Sequence[Message] = ()) -> ChatTask:
+        user = Message.of_text("user", prompt)
+        messages: tuple[Message, ...] = (Message.of_text("system", self.system), user) if self.system else (user,)
         if history:
-            messages += history
-        return Request(self.model, messages, self.params, self.choices, self.timeout_s, self.json_schema)
+            messages += tuple(history)
+        return ChatTask(self.model, messages, self.params, self.choices, self.timeout_s, self.json_schema,
+                        self.answer_format, self.schema_name)
 
 
-def estimate_tokens(request: Request) -> int:
+def estimate_tokens(request: ChatTask) -> int:
     """Prompt estimate (4 characters a token) plus the completion budget (``max_tokens``)."""
-    prompt = sum(len(m["content"]) for m in request.messages) // 4 + 1
+    prompt = sum(len(m.text()) for m in request.messages) // 4 + 1
     budget = request.params.get("max_tokens") or request.params.get("max_completion_tokens")
     return prompt + int(budget or _DEFAULT_COMPLETION_ESTIMATE)
 
@@ -119,7 +124,7 @@ class Executor:
         *,
         concurrency_cap: int | None = None,
         cacheable: bool = True,
-        validate: Validate | None = None,
+        output: Output | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
@@ -128,7 +133,7 @@ class Executor:
         self._engine = engine
         self._gate = gate
         self._cacheable = cacheable
-        self._validate = validate
+        self._output: Output = output or TextOutput()
         self._spec = spec
         self._options = options
         self.stats = stats
@@ -211,7 +216,7 @@ class Executor:
             if cache is not None:
                 with gc_paused():
                     found = cache.get_many(w.key for w in work)
-                    if self._validate is not None:
+                    if self._output.checked:
                         checked = ((k, self._check_now(c)) for k, c in found.items())
                         found = {k: c for k, c in checked if isinstance(c, Completion)}
                     results = [found.get(w.key) for w in work]
@@ -265,7 +270,7 @@ class Executor:
             progress.advance()
 
     async def _answer(self, item: Work) -> Outcome:
-        """The row's outcome: the engine's answer, re-asked while it does not fit the schema.
+        """The row's outcome: the engine's answer, re-asked while it does not fit the output.
 
         Re-asks spend the row's ``max_retry_time_s`` as retries do: the budget runs from the
         row's first send, so a model that never fits cannot keep its row busy for long.
@@ -273,7 +278,7 @@ class Executor:
         started = self._clock()
         outcome = await self._attempt(item, started)
         repairs = 0
-        while self._validate is not None and isinstance(outcome, Completion):
+        while self._output.checked and isinstance(outcome, Completion):
             problem = await self._check(outcome)
             if isinstance(problem, Completion):
                 return problem  # it fits, with its typed values
@@ -281,28 +286,26 @@ class Executor:
                 return problem
             if self._clock() - started >= self._options.max_retry_time_s:
                 return _out_of_time(problem, repairs, self._options.max_retry_time_s)
+            turns = self._output.repair(outcome, problem)
+            if turns is None:
+                return problem
             repairs += 1
             self.stats.repairs += 1
-            item = item._replace(history=(*item.history, {"role": "assistant", "content": outcome.text}, {
-                "role": "user",
-                "content": f"That answer does not fit the required JSON schema: {problem.problem}. "
-                           "Reply with only the corrected JSON object.",
-            }))
+            item = item._replace(history=(*item.history, *turns))
             outcome = await self._attempt(item, started)
         return outcome
 
     async def _check(self, completion: Completion) -> Completion | SchemaError:
-        """The ``validate`` verdict on an answer; a long one is read on a worker thread, so that a
-        validator in Python does not stall the other rows' requests (and their timeouts) for long."""
+        """The output's verdict on an answer; a long one is read on a worker thread, so that a
+        check in Python does not stall the other rows' requests (and their timeouts) for long."""
         if len(completion.text) > _CHECKED_IN_THREAD_CHARS:
             return await asyncio.to_thread(self._check_now, completion)
         return self._check_now(completion)
 
     def _check_now(self, completion: Completion) -> Completion | SchemaError:
-        """``validate``'s verdict; whatever it raises is this answer's error, never the run's."""
-        assert self._validate is not None
+        """``output.check``'s verdict; whatever it raises is this answer's error, never the run's."""
         try:
-            return self._validate(completion)
+            return self._output.check(completion)
         except Exception as exc:
             error = SchemaError(
                 f"Checking the answer failed ({type(exc).__name__}: {exc}); the row is not asked again. "

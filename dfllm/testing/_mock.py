@@ -11,9 +11,10 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from dfllm.engines.base import NO_CAPABILITIES, Capabilities, Completion, Request
+from dfllm.engines.base import CHAT_ONLY, NO_CAPABILITIES, Capabilities, Completion
+from dfllm.engines.tasks import ChatTask
 
-Handler = Callable[[Request], "Completion | str | BaseException | Awaitable[Completion | str]"]
+Handler = Callable[[ChatTask], "Completion | str | BaseException | Awaitable[Completion | str]"]
 
 
 class FakeClock:
@@ -47,18 +48,19 @@ class MockEngine:
     ``requests``, the clock time of each send in ``sent_at`` (when a ``clock`` is given).
     """
 
-    handler: Handler = field(default=lambda request: f"answer to {request.messages[-1]['content']}")
+    handler: Handler = field(default=lambda request: f"answer to {request.messages[-1].text()}")
     identity: str | None = "mock"
     capabilities: Capabilities = NO_CAPABILITIES
     max_concurrency: int | None = None
+    task_kinds: frozenset[str] = CHAT_ONLY
     clock: Callable[[], float] | None = None
-    requests: list[Request] = field(default_factory=list)
+    requests: list[ChatTask] = field(default_factory=list)
     sent_at: list[float] = field(default_factory=list)
     in_flight: int = 0
     peak_in_flight: int = 0
     closed: bool = False
 
-    async def complete(self, request: Request) -> Completion:
+    async def complete(self, request: ChatTask) -> Completion:
         self.requests.append(request)
         if self.clock is not None:
             self.sent_at.append(self.clock())
@@ -79,4 +81,4 @@ class MockEngine:
 
     @property
     def prompts(self) -> list[str]:
-        return [r.messages[-1]["content"] for r in self.requests]
+        return [r.messages[-1].text() for r in self.requests]
