@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
-from dfllm._exceptions import did_you_mean
+from dfllm._exceptions import ParameterError, did_you_mean
 from dfllm.outputs.choices import label_problems
+from dfllm.outputs.schema import OutputSchema, normalise_schema
 from dfllm.prompt.template import surrogate_problem
-
-if TYPE_CHECKING:
-    from dfllm.outputs.schema import OutputSchema
-    from dfllm.runtime.stores import CacheLocation
+from dfllm.runtime.location import CacheLocation, cache_problem, sqlite_path
 
 Check = Callable[[str, Any], "str | None"]
 
@@ -146,41 +143,10 @@ def _system(name: str, value: Any) -> str | None:
 
 
 def _schema(name: str, value: Any) -> str | None:
-    from dfllm._exceptions import ParameterError
-    from dfllm.outputs.schema import normalise_schema
-
     try:
         normalise_schema(value)
     except ParameterError as exc:
         return " ".join(exc.problems)
-    return None
-
-
-def _cache(name: str, value: Any) -> str | None:
-    if isinstance(value, (bool, Path)):
-        return None
-    if isinstance(value, str) and value.strip():
-        return _url_problem(name, value)
-    if callable(getattr(value, "open", None)):  # a cache location such as dfllm.FsspecCache
-        return _url_problem(name, str(getattr(value, "url", "")))
-    return (f"{name} must be True, False or a file path (or a URL such as 's3://bucket/dir', or a "
-            f"dfllm.FsspecCache), got {value!r}.")
-
-
-def _url_problem(name: str, location: str) -> str | None:
-    """A cache URL whose protocol fsspec does not know, or whose package is not installed."""
-    if "://" not in location:
-        return None if location.strip() else f"{name} needs a file path or URL, got {location!r}."
-    protocol = location.split("://", 1)[0]
-    try:
-        import fsspec  # type: ignore[import-untyped]
-
-        fsspec.get_filesystem_class(protocol)
-    except ImportError as exc:
-        return f"{name}={location!r} needs a package that is not installed: {exc}"
-    except ValueError:
-        return (f"{name}={location!r}: {protocol!r} is not a protocol fsspec knows. Use a local path, or a "
-                "URL such as 's3://bucket/dir', 'gs://bucket/dir' or 'file:///shared/dir'.")
     return None
 
 
@@ -291,7 +257,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("errors", "str", "raise", "'raise': one BatchError after all rows, with the partial frame as "
            "err.partial; 'null': null answer plus a {target}_error column", one_of("raise", "null")),
     Option("cache", "bool | path | url", True, "persistent SQLite cache ($DFLLM_CACHE_DIR or the user cache dir); "
-           "False, a file path, or a URL / dfllm.FsspecCache (one object per answer on any fsspec path)", _cache),
+           "False, a file path, or a URL / dfllm.FsspecCache (one object per answer on any fsspec path)",
+           cache_problem),
     Option("progress", "bool", None, "a tqdm bar; on when interactive", _progress, default_text="auto"),
     Option("usage_columns", "bool", False, "add {target}_prompt_tokens and {target}_completion_tokens", flag),
 )
@@ -367,17 +334,7 @@ class Options:
 
     def cache_path(self) -> Path | None:
         """The SQLite file the ``cache`` option names (None: no cache, or another kind of store)."""
-        if self.cache is False or not isinstance(self.cache, (bool, str, Path)) or (
-                isinstance(self.cache, str) and "://" in self.cache):
-            return None
-        if self.cache is True:
-            root = os.environ.get("DFLLM_CACHE_DIR")
-            if not root:
-                import platformdirs
-
-                root = platformdirs.user_cache_dir("dfllm")
-            return Path(root).expanduser() / "responses.sqlite3"
-        return Path(self.cache).expanduser()
+        return sqlite_path(self.cache)
 
 
 def completion_budget(params: Mapping[str, Any]) -> int | None:
@@ -443,8 +400,6 @@ def build_options(layers: list[Mapping[str, Any]]) -> tuple[Options, list[str]]:
     if "choices" in policy:
         policy["choices"] = tuple(policy["choices"])
     if "schema" in policy:
-        from dfllm.outputs.schema import normalise_schema
-
         policy["schema"] = normalise_schema(policy["schema"])
     return Options(**policy, params=params), []
 

@@ -23,30 +23,18 @@ import uuid
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from dfllm.engines.base import Completion
 from dfllm.prompt.keys import Key
+from dfllm.runtime.cache import Cache
+from dfllm.runtime.location import CacheLocation, Store, sqlite_path
+
+__all__ = ["CacheLocation", "FsspecCache", "FsspecStore", "SharedStore", "Store", "cache_location", "object_name",
+           "open_store"]
 
 _OPEN_ATTEMPTS = 8
 _WRITERS = 4  # object stores answer puts in tens of ms: a few in parallel keep up with the run
-
-
-class Store(Protocol):
-    def get_many(self, keys: Iterable[Key]) -> dict[Key, Completion]: ...
-
-    def put(self, key: Key, completion: Completion) -> None: ...
-
-    def flush(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-@runtime_checkable
-class CacheLocation(Protocol):
-    """A picklable description of a store: what the ``cache`` option may hold besides a path."""
-
-    def open(self) -> Store: ...
 
 
 def object_name(key: Key) -> str:
@@ -86,7 +74,7 @@ class FsspecStore:
     """An open ``FsspecCache``: lookups read the objects in one batch; puts go to writer threads."""
 
     def __init__(self, url: str, storage_options: dict[str, Any]) -> None:
-        import fsspec  # type: ignore[import-untyped]
+        import fsspec  # type: ignore[import-untyped]  # optional (dfllm[dask]): only this store needs it
 
         self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
         self.root = root.rstrip("/")
@@ -180,16 +168,13 @@ def _decode(blob: bytes) -> Completion | None:
 def open_store(cache: object) -> Store | None:
     """The open store the ``cache`` option names: False (none), True (the default SQLite file),
     a file path (SQLite), a URL with ``://`` (``FsspecCache``), or a ``CacheLocation``."""
-    from dfllm.config.options import Options
-    from dfllm.runtime.cache import Cache
-
     if cache is False:
         return None
     if isinstance(cache, str) and "://" in cache:
         return FsspecCache(cache).open()
     if not isinstance(cache, (bool, str, Path)) and isinstance(cache, CacheLocation):
         return cache.open()
-    path = Options(cache=cache).cache_path()  # type: ignore[arg-type]
+    path = sqlite_path(cache)
     if path is None:
         return None
     for attempt in range(_OPEN_ATTEMPTS):
@@ -235,9 +220,7 @@ class _Borrowed:
 def cache_location(cache: object) -> object:
     """The ``cache`` option made explicit, for another process: True becomes this process's path."""
     if cache is True:
-        from dfllm.config.options import Options
-
-        return Options(cache=True).cache_path()
+        return sqlite_path(True)
     if isinstance(cache, Path):
         return cache.expanduser()
     return cache
