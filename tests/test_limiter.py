@@ -268,22 +268,25 @@ def test_random_429s_at_five_percent_are_no_steady_share_and_a_cap_a_fifth_under
 
 
 def run_against_cap(shape: Shape, style: HeaderStyle, rows: int, *, rpm: float = 1000, window_s: float = 60.0,
-                    start: float = 1_000_017.0) -> tuple[float, int, int]:
+                    start: float = 1_000_017.0, latency_s: float = 0.0) -> tuple[float, int, int]:
     """The executor, without rpm=, against a cap of ``shape`` whose headers are in ``style``, on an
-    injected clock (one request at a time, answered at once: the pace alone sets the timing).
+    injected clock (one request at a time, taken from the budget half way through ``latency_s``:
+    the pace and the latency alone set the timing).
     The server's records: (rate per minute as a share of the cap, 200s, 429s)."""
     clock = FakeClock(start)  # a fixed window's phase comes from the clock: this run starts 17 s into one
     cap = make_cap(shape, rpm, None, window_s, clock)
     records = {200: 0, 429: 0}
 
-    def handler(request: Request) -> Completion | BaseException:
+    async def handler(request: Request) -> Completion:
+        await clock.sleep(latency_s / 2)
         wait = cap.take()
+        await clock.sleep(latency_s / 2)
         headers = answer_headers(style, cap, 1.0)
         if wait > 0:
             records[429] += 1
             said = retry_after({**headers, **refusal_headers(style, wait, window_s)})
-            return RateLimitError("429", status=429, retry_after=said[0] if said else None,
-                                  retry_after_header=said[1] if said else None)
+            raise RateLimitError("429", status=429, retry_after=said[0] if said else None,
+                                 retry_after_header=said[1] if said else None)
         records[200] += 1
         return Completion("ok", rate_limit=rate_limit_state(headers))
 
@@ -306,4 +309,14 @@ def test_without_rpm_a_run_longer_than_a_window_holds_the_cap_whatever_its_shape
     share, ok, limited = run_against_cap(shape, style, 3500)
     # A fixed window's first, partial one is a bonus (the run starts 17 s into it): up to 1.4x.
     assert 0.95 <= share <= (1.4 if shape == "fixed" else 1.1), (share, ok, limited)
+    assert limited <= 0.01 * ok
+
+
+@pytest.mark.parametrize("style", ["openai", "litellm"])
+def test_a_sliding_window_is_spent_on_as_its_first_sends_age_out(style: HeaderStyle) -> None:
+    # 40 per 2 s, answers in 20 ms: the first window's budget is spent just before it ends, and
+    # what was sent first comes back from then on. Before, the pace fell to nothing until the
+    # reset (or a window after the last reading): a whole window with almost no sends, 0.69x.
+    share, ok, limited = run_against_cap("sliding", style, 120, rpm=1200, window_s=2.0, latency_s=0.02)
+    assert share >= 0.95, (share, ok, limited)
     assert limited <= 0.01 * ok

@@ -152,6 +152,7 @@ class Executor:
         # Steers the rate unless the caller gave rpm: headers only seed and steer it.
         self._adaptive = AdaptiveRate(clock, sleep)
         self._unanswered = 0
+        self._in_flight = 0  # sent, not answered: a budget reading may not count them yet
         self._warned = 0
         self._abort: AuthenticationError | None = None
         self._cache: Store | None = None
@@ -348,7 +349,11 @@ class Executor:
                 sent_at = self._clock()
                 ticket = self._storm.sent()
                 self.stats.requests += 1
-                completion = await self._engine.complete(request)
+                self._in_flight += 1
+                try:
+                    completion = await self._engine.complete(request)
+                finally:
+                    self._in_flight -= 1
             except AuthenticationError as exc:
                 self._abort = self._abort or exc
                 return exc
@@ -361,7 +366,7 @@ class Executor:
                 self._storm.record(False, ticket)
                 self._slow_start.on_round_trip(self._clock() - sent_at)
                 self._window.on_success()
-                self._adaptive.on_success()
+                self._adaptive.on_success(sent_at)
                 if completion.rate_limit is not None:
                     self._learn(completion.rate_limit)
                     if self._gate is not None:
@@ -436,12 +441,22 @@ class Executor:
                     self._seed_rpm(limit)
             remaining = state.remaining_requests
             if isinstance(remaining, int) and remaining >= 0:
-                self._adaptive.on_remaining(remaining)
+                self._adaptive.on_remaining(remaining, limit=limit, reset_s=_finite(state.reset_requests_s),
+                                            in_flight=self._in_flight)
         tokens = _positive(state.limit_tokens)
         if self._options.tpm is None and tokens is not None:
             self._adopt_tpm(tokens)
         reset = _positive(state.reset_requests_s)
-        if state.remaining_requests == 0 and reset is not None:
+        if state.remaining_requests != 0:
+            return
+        # Spent: nothing fits before the oldest send the budget counts comes back (a sliding
+        # window), or before the reset of one that gives nothing back until then (a fixed
+        # window); a bucket, seen refilling, is paced, as its reset is when it is full again.
+        back = None if self._options.rpm is not None else self._adaptive.budget.next_back_s(self._clock())
+        if back is not None:
+            self._pause.pause_for(back, (
+                f"the server (x-ratelimit-remaining-requests: 0, {back:.2g}s until one comes back)"))
+        elif reset is not None and not self._adaptive.budget.refilling(self._clock()):
             self._pause.pause_for(reset, (
                 f"the server (x-ratelimit-remaining-requests: 0, x-ratelimit-reset-requests: {reset:g}s)"))
 
@@ -476,6 +491,13 @@ class Executor:
                 )
             return
         self._tpm = Pacer(limit, self._clock, self._sleep)
+
+
+def _finite(value: object) -> float | None:
+    """A header's duration if it is a finite number of seconds >= 0, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
 
 
 def _out_of_time(problem: SchemaError, repairs: int, budget: float) -> SchemaError:

@@ -255,8 +255,10 @@ class AdaptiveRate:
         self._first_success: float | None = None
         self.pacer: Pacer | None = None
 
-    def on_success(self) -> None:
+    def on_success(self, sent_at: float | None = None) -> None:
+        """An answer to a request sent at ``sent_at`` (now when not given)."""
         now = self._clock()
+        self.budget.answered(now if sent_at is None else sent_at, now)
         self._answered += 1
         self._recent.append(now)
         self._recent_took.append(now)
@@ -450,12 +452,25 @@ class Budget:
     for the rate while a little of it is left. A sliding window refills only once its first
     window has passed, and spending what is left over the time to its full reset would use under
     two thirds of the first window; its depth over the window is the rate it sustains.
+
+    Unless the budget shows itself a fixed window, what it counted comes back one window after
+    each send (a sliding window's sends age out; a bucket refills at least as fast): so the rate
+    also counts what comes back over the next ``REFILL_S``, known before any reading shows it.
+    That is what lets a sliding window be spent on from its first window's end, where the refill
+    measured between readings is still nothing and a wait for the reset costs a whole window.
+    A fixed window shows itself as a jump back up (without a reset header), as a reset header
+    naming the same moment over readings a while apart (a window's boundary; a sliding window's
+    or a bucket's reset moves on with each send), or as more left than a window's sends allow
+    (a partial first window's boundary gives back too little to be seen as a jump); a bucket
+    shows itself that way too, and is paced by what refilled between readings.
     """
 
     FULL = 0.9  # at least this share of the most remaining seen left: the budget binds nothing yet
     JUMP = 0.5  # a rise of this share of the most remaining seen, at once: a fixed window's reset
     NEAR_EMPTY = 0.05  # at or below this share of the most seen, the depth over the window is no floor
-    REFILL_S = 2.0  # the span the refill is measured over
+    REFILL_S = 2.0  # the span the refill is measured over, and the coming back foreseen
+    JUDGE_S = 0.5  # reset headers this far apart tell a fixed window's boundary from a moving reset
+    SLACK = 0.1  # of the most seen: more left than a window's sends allow by this is no sliding window
     MIN_HORIZON_S = 0.5
     MIN_WINDOW_S = 1.0
     WINDOW_S = 60.0  # the unit of x-ratelimit-limit-requests
@@ -471,10 +486,18 @@ class Budget:
         self._boundary: float | None = None  # a fixed window's last reset, seen as a jump
         self._jumps_apart_s: float | None = None  # a fixed window's length, seen as two jumps
         self._refills: collections.deque[tuple[float, int]] = collections.deque()  # (time, refilled)
+        # (sent, answered) of each success, in answer order, kept about a window: when it comes back.
+        self._answers: collections.deque[tuple[float, float]] = collections.deque()
+        self._fixed = False  # shown to come back whole at a boundary, not as each send ages out
+        self._reset_anchor: tuple[float, float] | None = None  # (read at, reset at): see _judge_reset
+        self._judged_at = -math.inf  # when the last reading was held against the window's sends
 
     def read(self, now: float, remaining: int, *, succeeded: int, limit: float | None = None,
              reset_s: float | None = None, in_flight: int = 0) -> None:
         """A reading; ``succeeded``: answers since the last one (what the server counted meanwhile)."""
+        if not self._fixed and now - self._judged_at >= self.JUDGE_S and self.most > 0:
+            self._judged_at = now
+            self._fixed = remaining > self.most - self._counted(now) + self.SLACK * self.most + 1
         if self._read_at is not None:
             refilled = remaining - self._remaining + succeeded
             if refilled > self.JUMP * self.most:
@@ -492,6 +515,60 @@ class Budget:
         self._reset_at = None if reset_s is None else now + reset_s
         if reset_s is not None:
             self._longest_reset_s = max(self._longest_reset_s, reset_s)
+            self._judge_reset(now, now + reset_s)
+
+    def _judge_reset(self, now: float, reset_at: float) -> None:
+        """A fixed window's reset header names its boundary at every reading; a sliding window's
+        or a bucket's moves on as sends are counted. Judged over readings ``JUDGE_S`` apart (a
+        header's rounding and the answer's trip blur closer ones), within one window."""
+        anchor = self._reset_anchor
+        if anchor is None or anchor[1] <= now:  # none yet, or its boundary passed: start again
+            self._reset_anchor = (now, reset_at)
+        elif now - anchor[0] >= self.JUDGE_S:
+            self._fixed = reset_at - anchor[1] < 0.5 * (now - anchor[0])
+            self._reset_anchor = (now, reset_at)
+
+    def _counted(self, now: float) -> int:
+        """Successes a sliding window (or any window of ``window_s``) still counts: sent in it."""
+        since = now - self.window_s()
+        counted = 0
+        for sent, answered in reversed(self._answers):
+            if answered <= since:
+                break
+            counted += sent > since
+        return counted
+
+    def answered(self, sent_at: float, now: float) -> None:
+        """A success: the server counted it, and (unless a fixed window) gives it back a window
+        after it was granted, which was between ``sent_at`` and ``now``."""
+        self._answers.append((sent_at, now))
+        horizon = now - self.window_s()  # answered before: sent before, so aged out already
+        while self._answers[0][1] < horizon:
+            self._answers.popleft()
+
+    def next_back_s(self, now: float) -> float | None:
+        """Seconds until the oldest send still counted comes back, on a budget that gives each
+        back a window after it (None for a fixed window, or with no send counted)."""
+        if self._fixed or self._boundary is not None:
+            return None
+        since = now - self.window_s()
+        oldest = next((answered for sent, answered in self._answers if sent > since), None)
+        return None if oldest is None else max(0.0, oldest - since)
+
+    def coming_back_per_minute(self, now: float) -> float:
+        """What comes back over the next ``REFILL_S`` as counted sends age out, per minute: those
+        sent after a window ago (still counted now) and answered by a window before ``now +
+        REFILL_S`` (granted by then). Nothing for a fixed window: it comes back at its boundary."""
+        if self._fixed or self._boundary is not None:
+            return 0.0
+        aged_from = now - self.window_s()
+        aged_by = aged_from + self.REFILL_S
+        back = 0
+        for sent, answered in self._answers:
+            if answered > aged_by:
+                break
+            back += sent > aged_from
+        return back / self.REFILL_S * 60.0
 
     def _jumped(self, now: float) -> None:
         if self._boundary is not None and self.MIN_WINDOW_S <= now - self._boundary < self.window_s() * 0.9:
@@ -508,7 +585,8 @@ class Budget:
         if self._longest_reset_s > 0:
             return max(self._longest_reset_s, self.MIN_HORIZON_S)
         if self.limit is not None and 0 < self.most < 0.5 * self.limit:
-            return max(self.WINDOW_S * self.most / self.limit, self.MIN_WINDOW_S)
+            # The first reading answers a request sent alone: it was counted, so the depth is one more.
+            return max(self.WINDOW_S * (self.most + 1) / self.limit, self.MIN_WINDOW_S)
         return self.WINDOW_S
 
     def sent(self) -> None:
@@ -518,10 +596,14 @@ class Budget:
         return self._remaining - self._unaccounted
 
     def refill_per_minute(self, now: float) -> float:
-        if not self._refills or self._read_at is None:
+        """What refilled between the last readings, or what comes back next if more."""
+        if self._read_at is None:
             return 0.0
+        coming = self.coming_back_per_minute(now)
+        if not self._refills:
+            return coming
         span = max(min(self.REFILL_S, now - self._refills[0][0]), self.MIN_HORIZON_S)
-        return max(0.0, sum(r for _, r in self._refills) / span * 60.0)
+        return max(0.0, sum(r for _, r in self._refills) / span * 60.0, coming)
 
     def refilling(self, now: float) -> bool:
         return self.refill_per_minute(now) > 0
