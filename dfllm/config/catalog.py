@@ -17,7 +17,7 @@ def list_models(engine: Any, *, refresh: bool = False) -> list[str]:
     config = _config(engine)
     if refresh or config.identity not in _listings:
         try:
-            _listings[config.identity] = run_sync(config.kind.list_models(config))
+            _listings[config.identity] = run_sync(config.kind.list_models(config.endpoint))
         except EngineError as exc:
             raise _listing_failed(config, exc) from None
     return [entry["id"] for entry in _listings[config.identity]]
@@ -46,7 +46,7 @@ def describe_model(engine: Any, model_name: str | None) -> dict[str, Any]:
             "provider": config.provider.name,
             "model_card": config.provider.model_card_url.format(model=model_name),
         }
-    return run_sync(config.kind.describe(config, model_name))
+    return run_sync(config.kind.describe(config.endpoint, model_name))
 
 
 def _config(engine: Any) -> EngineConfig:

@@ -27,7 +27,7 @@ from dfllm._exceptions import (
 from dfllm.config.options import OPTION_NAMES, option_problems, unknown_option_problems
 from dfllm.config.secrets import Secret, looks_like_key, shown_url
 from dfllm.engines.base import Capabilities, Engine, is_engine
-from dfllm.engines.kinds import KINDS, ProviderKind
+from dfllm.engines.kinds import KINDS, Endpoint, ProviderKind
 from dfllm.engines.providers import PROVIDERS, Provider, needs_key
 
 _ENGINES: dict[str, EngineConfig] = {}
@@ -98,6 +98,12 @@ class EngineConfig:
         return KINDS[self.provider.kind]
 
     @property
+    def endpoint(self) -> Endpoint:
+        """What this engine's provider kind needs to reach it."""
+        return Endpoint(self.base_url, self.headers, identity=self.identity, capabilities=self.capabilities,
+                        auth_hint=self.provider.auth_hint)
+
+    @property
     def identity(self) -> str:
         """What, besides the request, decides an answer: part of every cache key.
 
@@ -116,7 +122,7 @@ class EngineConfig:
 
     def connect(self) -> Engine:
         """Open an engine for one run. Call inside the running event loop."""
-        return self.kind.connect(self)
+        return self.kind.connect(self.endpoint)
 
 
 def create_engine(name: str, provider: str, /, **using: Any) -> EngineConfig:

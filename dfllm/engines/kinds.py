@@ -2,16 +2,40 @@
 
 ``http``: the OpenAI-compatible engine on aiohttp, at the provider's (or the caller's) base URL.
 ``local``: llama.cpp in this process, on a GGUF file; no base URL, no key.
+
+A kind is handed an ``Endpoint``, what it needs of an engine's configuration; ``EngineConfig.endpoint``
+builds it, so kinds do not import ``config/engines`` (which imports them).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from dfllm._exceptions import ResponseFormatError
+from dfllm.config.secrets import Secret, shown_url
+from dfllm.engines.base import NO_CAPABILITIES, Capabilities, Engine
+
 if TYPE_CHECKING:
-    from dfllm.config.engines import EngineConfig
-    from dfllm.engines.base import Engine
+    from dfllm.engines.http import OpenAICompatibleEngine
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how an engine reaches its provider: all a kind reads from an engine's configuration."""
+
+    base_url: str
+    headers: Mapping[str, str | Secret] = field(default_factory=dict, repr=False)
+    identity: str | None = None
+    capabilities: Capabilities = NO_CAPABILITIES
+    auth_hint: str | None = None
+
+    @property
+    def shown_base_url(self) -> str:
+        """``base_url`` fit for a message: any part that looks like a key masked."""
+        return shown_url(self.base_url)
 
 
 class ProviderKind(Protocol):
@@ -26,15 +50,15 @@ class ProviderKind(Protocol):
         """USING parameters this kind adds to the provider's own."""
         ...
 
-    def connect(self, config: EngineConfig) -> Engine: ...
+    def connect(self, endpoint: Endpoint) -> Engine: ...
 
     def model_problems(self, model: str) -> list[str]: ...
 
     def model_identity(self, model: str) -> str: ...
 
-    async def list_models(self, config: EngineConfig) -> list[dict[str, Any]]: ...
+    async def list_models(self, endpoint: Endpoint) -> list[dict[str, Any]]: ...
 
-    async def describe(self, config: EngineConfig, model: str) -> dict[str, Any]: ...
+    async def describe(self, endpoint: Endpoint, model: str) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -43,12 +67,8 @@ class HttpKind:
     needs_base_url: bool = True
     extra_params: frozenset[str] = frozenset({"base_url"})
 
-    def connect(self, config: EngineConfig) -> Engine:
-        from dfllm.engines.http import OpenAICompatibleEngine
-
-        return OpenAICompatibleEngine(config.base_url, config.headers, identity=config.identity,
-                                      capabilities=config.capabilities,
-                                      auth_hint=config.provider.auth_hint)
+    def connect(self, endpoint: Endpoint) -> Engine:
+        return _http_engine(endpoint)
 
     def model_problems(self, model: str) -> list[str]:
         return []
@@ -56,24 +76,20 @@ class HttpKind:
     def model_identity(self, model: str) -> str:
         return model
 
-    async def list_models(self, config: EngineConfig) -> list[dict[str, Any]]:
-        payload = await self._get(config, "models")
+    async def list_models(self, endpoint: Endpoint) -> list[dict[str, Any]]:
+        payload = await self._get(endpoint, "models")
         data = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(data, list):
-            from dfllm._exceptions import ResponseFormatError
-
-            raise ResponseFormatError(f"{config.shown_base_url}/models did not return a model list.")
+            raise ResponseFormatError(f"{endpoint.shown_base_url}/models did not return a model list.")
         return [e for e in data if isinstance(e, dict) and isinstance(e.get("id"), str)]
 
-    async def describe(self, config: EngineConfig, model: str) -> dict[str, Any]:
-        payload = await self._get(config, f"models/{model}")
+    async def describe(self, endpoint: Endpoint, model: str) -> dict[str, Any]:
+        payload = await self._get(endpoint, f"models/{model}")
         return dict(payload) if isinstance(payload, dict) else {"id": model, "record": payload}
 
     @staticmethod
-    async def _get(config: EngineConfig, path: str) -> Any:
-        from dfllm.engines.http import OpenAICompatibleEngine
-
-        engine = OpenAICompatibleEngine(config.base_url, config.headers, auth_hint=config.provider.auth_hint)
+    async def _get(endpoint: Endpoint, path: str) -> Any:
+        engine = _http_engine(endpoint)
         try:
             return await engine.get_json(path)
         finally:
@@ -82,11 +98,15 @@ class HttpKind:
 
 @dataclass(frozen=True)
 class LocalKind:
+    """The llama.cpp engine (the optional ``dfllm[local]`` extra): ``engines.local`` loads when one is
+    used. It reads the option table, which loads the ``engines`` package, so a top-level import here
+    would make a cycle through ``engines/__init__``."""
+
     name: str = "local"
     needs_base_url: bool = False
     extra_params: frozenset[str] = frozenset({"model_path"})
 
-    def connect(self, config: EngineConfig) -> Engine:
+    def connect(self, endpoint: Endpoint) -> Engine:
         from dfllm.engines.local import LocalEngine
 
         return LocalEngine()
@@ -101,17 +121,23 @@ class LocalKind:
 
         return model_identity(model)
 
-    async def list_models(self, config: EngineConfig) -> list[dict[str, Any]]:
+    async def list_models(self, endpoint: Endpoint) -> list[dict[str, Any]]:
         from dfllm.engines.local import local_models
 
         return [{"id": m} for m in local_models()]
 
-    async def describe(self, config: EngineConfig, model: str) -> dict[str, Any]:
-        import asyncio
-
+    async def describe(self, endpoint: Endpoint, model: str) -> dict[str, Any]:
         from dfllm.engines.local import describe_local
 
         return await asyncio.to_thread(describe_local, model)
+
+
+def _http_engine(endpoint: Endpoint) -> OpenAICompatibleEngine:
+    # aiohttp (about 0.1 s to import) loads with the first HTTP engine, not with ``import dfllm``.
+    from dfllm.engines.http import OpenAICompatibleEngine
+
+    return OpenAICompatibleEngine(endpoint.base_url, endpoint.headers, identity=endpoint.identity,
+                                  capabilities=endpoint.capabilities, auth_hint=endpoint.auth_hint)
 
 
 KINDS: dict[str, ProviderKind] = {k.name: k for k in (HttpKind(), LocalKind())}

@@ -13,6 +13,7 @@ from typing import Any
 
 from dfllm._exceptions import ParameterError
 from dfllm.engines.base import Capabilities
+from dfllm.engines.kinds import KINDS
 
 
 @dataclass(frozen=True)
@@ -173,8 +174,6 @@ def register_provider(provider: Provider, *, replace: bool = False) -> Provider:
     An existing name is refused unless ``replace=True``: silently redefining ``openai`` would
     send keys somewhere else.
     """
-    from dfllm.engines.kinds import KINDS
-
     if not isinstance(provider, Provider):
         raise ParameterError(f"register_provider takes a dfllm.Provider, got {type(provider).__name__}.")
     if provider.kind not in KINDS:
