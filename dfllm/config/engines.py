@@ -255,54 +255,16 @@ def configure(name: str, provider_name: str, using: Mapping[str, Any]) -> Engine
             f"Unknown provider {provider_name!r}.{did_you_mean(provider_name, list(PROVIDERS))} "
             f"Providers: {', '.join(PROVIDERS)}."
         )
-    problems: list[ConfigurationError] = []
-    kind = KINDS[provider.kind]
-    connection = connection_params(provider)
-    names = [str(k) for k in using]
-    text_problems = unknown_option_problems([n for n in names if is_plain_name(n)], connection)
-    text_problems += [hidden_name_problem("A parameter", n) for n in names
-                      if not is_plain_name(n) and n not in connection and n not in OPTION_NAMES]
-    text_problems += option_problems({k: v for k, v in using.items() if k in OPTION_NAMES})
-    problems += [ParameterError(p) for p in text_problems]
-
     base_url = using.get("base_url") or provider.base_url
     key = _find_key(provider, using)
-    key_required = needs_key(provider, base_url)
-    if key is None and key_required:
-        problems.append(MissingAPIKeyError(_missing_key_message(name, provider)))
-    if kind.needs_base_url and not base_url:
-        problems.append(ParameterError(
-            f"Provider {provider.name!r} needs base_url, the address of your OpenAI-compatible "
-            "server, e.g. base_url='http://127.0.0.1:8000/v1'."
-        ))
-    elif kind.needs_base_url:
-        problems += [ParameterError(p) for p in base_url_problems(base_url)]
-    structured = using.get("structured_outputs")
-    problems += [ParameterError(p) for p in _structured_outputs_problems(provider, structured)]
-    namespace = using.get("cache_namespace")
-    if namespace is not None and (not isinstance(namespace, str) or not namespace):
-        problems.append(ParameterError(f"cache_namespace must be a non-empty string, got {namespace!r}."))
-    routing_values = {p: using[p] for p in provider.header_params if using.get(p) is not None}
-    problems += [ParameterError(p) for p in _header_param_problems(routing_values)]
-    sent_as_headers = {p: using[p] for p in (*provider.key_params, "provider_api_key") if using.get(p) is not None}
-    problems += [ParameterError(p) for p in _unsendable_problems({**sent_as_headers, **routing_values})]
+    problems = _using_problems(provider, using) + _connection_problems(name, provider, using, base_url, key)
     if problems:
         raise problems[0] if len(problems) == 1 else ConfigurationError([str(p) for p in problems])
-
-    headers: dict[str, str | Secret] = {}
-    routing: dict[str, str | Secret] = {}
-    if key is not None:
-        headers[provider.auth_header] = Secret(provider.auth_prefix + key)
-    for param, value in routing_values.items():
-        text = _header_text(value)
-        routing[provider.header_params[param]] = Secret(text) if param in provider.secret_params else text
-    headers.update(routing)
-    if using.get("provider_api_key") is not None:
-        headers["Authorization"] = Secret(f"Bearer {_header_text(using['provider_api_key'])}")
-    if kind.needs_base_url and any(isinstance(v, Secret) for v in headers.values()):
+    headers, routing = _headers(provider, using, key)
+    if KINDS[provider.kind].needs_base_url and any(isinstance(v, Secret) for v in headers.values()):
         _warn_if_cleartext(name, str(base_url))
-    if "config" in routing_values:
-        _warn_if_gateway_retries(name, _header_text(routing_values["config"]))
+    if using.get("config") is not None and "config" in provider.header_params:
+        _warn_if_gateway_retries(name, _header_text(using["config"]))
     # provider.model_defaults are the seed's CREATE MODEL defaults: create_model applies them.
     options = {k: v for k, v in using.items() if k in OPTION_NAMES}
     return EngineConfig(
@@ -313,9 +275,65 @@ def configure(name: str, provider_name: str, using: Mapping[str, Any]) -> Engine
         options=options,
         model_path=using.get("model_path"),
         routing=routing,
-        structured_outputs=structured,
-        cache_namespace=namespace,
+        structured_outputs=using.get("structured_outputs"),
+        cache_namespace=using.get("cache_namespace"),
     )
+
+
+def _using_problems(provider: Provider, using: Mapping[str, Any]) -> list[ConfigurationError]:
+    """Unknown USING names (a name that may hold a key is not quoted) and bad option values."""
+    connection = connection_params(provider)
+    names = [str(k) for k in using]
+    problems = unknown_option_problems([n for n in names if is_plain_name(n)], connection)
+    problems += [hidden_name_problem("A parameter", n) for n in names
+                 if not is_plain_name(n) and n not in connection and n not in OPTION_NAMES]
+    problems += option_problems({k: v for k, v in using.items() if k in OPTION_NAMES})
+    return [ParameterError(p) for p in problems]
+
+
+def _connection_problems(name: str, provider: Provider, using: Mapping[str, Any], base_url: Any,
+                         key: str | None) -> list[ConfigurationError]:
+    """What stops an engine of ``provider`` from being reached: no key, no or a bad base URL, bad headers."""
+    problems: list[ConfigurationError] = []
+    if key is None and needs_key(provider, base_url):
+        problems.append(MissingAPIKeyError(_missing_key_message(name, provider)))
+    if KINDS[provider.kind].needs_base_url and not base_url:
+        problems.append(ParameterError(
+            f"Provider {provider.name!r} needs base_url, the address of your OpenAI-compatible "
+            "server, e.g. base_url='http://127.0.0.1:8000/v1'."
+        ))
+    elif KINDS[provider.kind].needs_base_url:
+        problems += [ParameterError(p) for p in base_url_problems(base_url)]
+    text_problems = _structured_outputs_problems(provider, using.get("structured_outputs"))
+    namespace = using.get("cache_namespace")
+    if namespace is not None and (not isinstance(namespace, str) or not namespace):
+        text_problems.append(f"cache_namespace must be a non-empty string, got {namespace!r}.")
+    routing_values = _routing_values(provider, using)
+    text_problems += _header_param_problems(routing_values)
+    sent_as_headers = {p: using[p] for p in (*provider.key_params, "provider_api_key") if using.get(p) is not None}
+    text_problems += _unsendable_problems({**sent_as_headers, **routing_values})
+    return problems + [ParameterError(p) for p in text_problems]
+
+
+def _routing_values(provider: Provider, using: Mapping[str, Any]) -> dict[str, Any]:
+    """The USING parameters sent as the provider's routing headers, by parameter name."""
+    return {p: using[p] for p in provider.header_params if using.get(p) is not None}
+
+
+def _headers(provider: Provider, using: Mapping[str, Any],
+             key: str | None) -> tuple[dict[str, str | Secret], dict[str, str | Secret]]:
+    """Every header an engine sends, and those of them that choose where a request goes."""
+    headers: dict[str, str | Secret] = {}
+    routing: dict[str, str | Secret] = {}
+    if key is not None:
+        headers[provider.auth_header] = Secret(provider.auth_prefix + key)
+    for param, value in _routing_values(provider, using).items():
+        text = _header_text(value)
+        routing[provider.header_params[param]] = Secret(text) if param in provider.secret_params else text
+    headers.update(routing)
+    if using.get("provider_api_key") is not None:
+        headers["Authorization"] = Secret(f"Bearer {_header_text(using['provider_api_key'])}")
+    return headers, routing
 
 
 # How a server takes structured outputs, for engines whose provider's default is wrong for it
