@@ -23,7 +23,8 @@ from dfllm.config.engines import EngineConfig, resolve_engine
 from dfllm.config.options import Options, PredictOptions, build_options, completion_budget
 from dfllm.engines.base import Completion, Engine, EngineInfo
 from dfllm.frames import Column, ColumnType
-from dfllm.outputs import Output, TextOutput, output_for
+from dfllm.outputs.base import Output
+from dfllm.outputs.kinds import TextOutput, output_for
 from dfllm.prompt.keys import RequestKeys
 from dfllm.prompt.template import Template, UnsendableRow, surrogate_problem
 from dfllm.runtime.bulk import gc_paused

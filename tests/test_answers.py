@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 import dfllm
 from dfllm.config.options import Options
 from dfllm.engines.base import Completion, Request
-from dfllm.outputs import TextOutput
+from dfllm.outputs.kinds import TextOutput
 from dfllm.outputs.parse import MAX_SCHEMA_ANSWER_CHARS, AnswerParser
 from dfllm.outputs.schema import normalise_schema
 from dfllm.runtime.executor import Executor, RequestSpec, Work

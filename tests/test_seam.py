@@ -17,7 +17,7 @@ from dfllm._api import Plan, make_executor, make_plan, plan_batch, write_back
 from dfllm.engines.base import Capabilities, ChatTask, Completion
 from dfllm.engines.tasks import Message
 from dfllm.frames import Column, ColumnType
-from dfllm.outputs import Asked, Output
+from dfllm.outputs.base import Asked, Output
 from dfllm.prompt.keys import RequestKeys
 from dfllm.runtime.progress import RunStats
 from dfllm.testing import MockEngine

@@ -16,10 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dfllm
-import dfllm.outputs
+import dfllm.outputs.kinds
 from dfllm.config.options import Options
 from dfllm.engines.base import Capabilities, Completion, Request
-from dfllm.outputs import SchemaOutput
+from dfllm.outputs.kinds import SchemaOutput
 from dfllm.outputs.parse import drop_trailing_commas, extract_json, parse_answer
 from dfllm.outputs.schema import normalise_schema
 from dfllm.runtime.executor import Executor, RequestSpec, Work
@@ -515,7 +515,7 @@ def test_write_back_parses_an_answer_no_check_has_seen() -> None:
 
     options, problems = build_options([{"schema": {"n": int}}])
     assert not problems
-    output = dfllm.outputs.output_for(options)
+    output = dfllm.outputs.kinds.output_for(options)
     assert output.value(Completion('{"n": 4}')) == ((4,), None)
     values, error = output.value(Completion('{"n": "four"}'))
     assert values is None and isinstance(error, dfllm.SchemaError)
