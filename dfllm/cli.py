@@ -26,11 +26,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dfllm._api import Plan, make_plan, write_back
+from dfllm._api import Plan, make_plan, plan_batch, write_back
+from dfllm._estimate import Estimator, assumption_problems
 from dfllm._exceptions import BatchError, ConfigurationError, DfllmError
+from dfllm.config.catalog import list_models
 from dfllm.config.engines import EngineConfig, configure, connection_params, hidden_name_problem, is_plain_name
 from dfllm.config.options import OPTION_NAMES, OPTIONS, Option
 from dfllm.engines.providers import PROVIDERS, Provider, needs_key
+from dfllm.pipeline import BatchRunner
+from dfllm.prompt.template import Template
 from dfllm.runtime.progress import RunStats
 
 OK, ROWS_FAILED, CONFIGURATION, STOPPED, INTERRUPTED = 0, 1, 2, 3, 130
@@ -287,8 +291,6 @@ def cmd_engines() -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from dfllm.config.catalog import list_models
-
     problems: list[str] = []
     config = engine_config(args, problems)
     if problems or config is None:
@@ -303,7 +305,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from dfllm.frames import files
+    from dfllm.frames import files  # pyarrow (the optional dfllm[files] extra) loads only to read and write files
 
     problems: list[str] = []
     in_fmt, in_problems = files.format_problems(args.input, args.input_format, output=False)
@@ -312,8 +314,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.batch_rows <= 0:
         problems.append(f"--batch-rows must be a positive number of rows, got {args.batch_rows}.")
     if args.dry_run:
-        from dfllm._estimate import assumption_problems
-
         problems += assumption_problems(args.latency_s, args.completion_tokens, args.prompt_price,
                                         args.completion_price, names=lambda name: "--" + name.replace("_", "-"))
     config = engine_config(args, problems)
@@ -338,7 +338,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _plan(source: Any, config: EngineConfig | None, args: argparse.Namespace, options: dict[str, Any],
           problems: list[str]) -> Plan | None:
-    import pyarrow as pa
+    import pyarrow as pa  # optional: see cmd_predict
 
     schema = source.schema if source is not None else pa.schema([])
     engine: Any = config if config is not None else _NoEngine()
@@ -354,8 +354,6 @@ def _plan(source: Any, config: EngineConfig | None, args: argparse.Namespace, op
 
 
 def _template_fields(template: str) -> list[str]:
-    from dfllm.prompt.template import Template
-
     try:
         return list(Template(template).fields)
     except ConfigurationError:
@@ -363,9 +361,6 @@ def _template_fields(template: str) -> list[str]:
 
 
 def _dry_run(plan: Plan, source: Any, args: argparse.Namespace) -> int:
-    from dfllm._api import plan_batch
-    from dfllm._estimate import Estimator
-
     estimator = Estimator(plan, latency_s=args.latency_s, completion_tokens=args.completion_tokens,
                           prompt_price=args.prompt_price, completion_price=args.completion_price)
     try:
@@ -378,7 +373,7 @@ def _dry_run(plan: Plan, source: Any, args: argparse.Namespace) -> int:
 
 
 def _run(plan: Plan, source: Any, output: str, out_fmt: str) -> int:
-    from dfllm.frames.files import Sink
+    from dfllm.frames.files import Sink  # optional: see cmd_predict
 
     stats = RunStats()
     schema = write_back(plan, [], RunStats()).schema
@@ -411,8 +406,6 @@ def _run(plan: Plan, source: Any, output: str, out_fmt: str) -> int:
 
 
 async def _stream(plan: Plan, source: Any, sink: Any, stats: RunStats) -> None:
-    from dfllm.pipeline import BatchRunner
-
     async with BatchRunner(plan, stats, total_rows=source.total_rows) as runner:
         for batch in source.batches():
             sink.write(await runner.predict(batch))

@@ -12,14 +12,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from dfllm._exceptions import ResponseFormatError
 from dfllm.config.secrets import Secret, shown_url
 from dfllm.engines.base import NO_CAPABILITIES, Capabilities, Engine
-
-if TYPE_CHECKING:
-    from dfllm.engines.http import OpenAICompatibleEngine
+from dfllm.engines.http import OpenAICompatibleEngine
 
 
 @dataclass(frozen=True)
@@ -133,9 +131,6 @@ class LocalKind:
 
 
 def _http_engine(endpoint: Endpoint) -> OpenAICompatibleEngine:
-    # aiohttp (about 0.1 s to import) loads with the first HTTP engine, not with ``import dfllm``.
-    from dfllm.engines.http import OpenAICompatibleEngine
-
     return OpenAICompatibleEngine(endpoint.base_url, endpoint.headers, identity=endpoint.identity,
                                   capabilities=endpoint.capabilities, auth_hint=endpoint.auth_hint)
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from typing_extensions import Unpack
 
-if TYPE_CHECKING:
-    from dfllm.config.options import PredictOptions
-    from dfllm.prompt.template import Template
-    from dfllm.runtime.progress import RunStats
+from dfllm._api import apredict, predict
+from dfllm._finetune import finetune
+from dfllm.config.options import PredictOptions
+from dfllm.outputs.verbs import classify, extract
+from dfllm.outputs.verbs import filter as filter_rows
+from dfllm.prompt.template import Template
+from dfllm.runtime.progress import RunStats
 
 
 class Verbs:
@@ -23,22 +26,16 @@ class Verbs:
     def classify(self, column: str, labels: Sequence[str], *, engine: Any = "local", model: str | None = None,
                  target: str | None = None, **options: Unpack[PredictOptions]) -> Any:
         """A ``{column}_label`` column (or ``target``): one of ``labels`` per row, categorical."""
-        from dfllm.outputs.verbs import classify
-
         return classify(self._frame, column, labels, engine=engine, model=model, target=target, **options)
 
     def extract(self, column: str, fields: Any, *, engine: Any = "local", model: str | None = None,
                 target: str | None = None, **options: Unpack[PredictOptions]) -> Any:
         """Typed ``{column}_{field}`` columns: ``fields`` is a list of names or any ``schema`` form."""
-        from dfllm.outputs.verbs import extract
-
         return extract(self._frame, column, fields, engine=engine, model=model, target=target, **options)
 
     def filter(self, template: str, *, engine: Any = "local", model: str | None = None,
                **options: Unpack[PredictOptions]) -> Any:
         """The rows the model answers "yes" for ``template``, a yes/no question about each row."""
-        from dfllm.outputs.verbs import filter as filter_rows
-
         return filter_rows(self._frame, template, engine=engine, model=model, **options)
 
 
@@ -51,20 +48,14 @@ class LLMAccessor(Verbs):
     def predict(self, engine: Any, model: str | None = None, template: str | Template | None = None,
                 target: str | None = None, *, stats: RunStats | None = None,
                 **options: Unpack[PredictOptions]) -> Any:
-        from dfllm._api import predict
-
         return predict(self._frame, engine, model, template, target, stats=stats, **options)
 
     async def apredict(self, engine: Any, model: str | None = None, template: str | Template | None = None,
                        target: str | None = None, *, stats: RunStats | None = None,
                        **options: Unpack[PredictOptions]) -> Any:
-        from dfllm._api import apredict
-
         return await apredict(self._frame, engine, model, template, target, stats=stats, **options)
 
     def finetune(self, engine: Any, base_model: str, **options: Any) -> Any:
-        from dfllm._finetune import finetune
-
         return finetune(engine, base_model, self._frame, **options)
 
 
