@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 
-from dfllm._api import apredict, last_run, predict
-from dfllm._estimate import Estimate, estimate
 from dfllm._exceptions import (
     AuthenticationError,
     BadRequestError,
@@ -38,8 +36,15 @@ from dfllm.config.catalog import list_models
 from dfllm.config.engines import EngineConfig, create_engine, drop_engine, list_engines
 from dfllm.config.models import Model, create_model
 from dfllm.config.options import PredictOptions
+from dfllm.drive.eager import apredict, last_run, predict
+from dfllm.drive.estimate import Estimate, estimate
+from dfllm.drive.verbs import classify as _classify
+from dfllm.drive.verbs import extract as _extract
+from dfllm.drive.verbs import filter as _filter
 from dfllm.engines.base import Capabilities, Completion, Engine, Request
 from dfllm.engines.providers import Provider, register_provider
+from dfllm.frames.accessor import Drivers as _Drivers
+from dfllm.frames.accessor import use_drivers as _use_drivers
 from dfllm.prompt.template import Template
 from dfllm.runtime.progress import RunStats
 from dfllm.runtime.stores import FsspecCache
@@ -91,7 +96,13 @@ __all__ = [
     "register_provider",
 ]
 
-for _frame_library in ("pandas", "polars", "dask"):
+_use_drivers(_Drivers(predict, apredict, _classify, _extract, _filter, finetune))
+
+# The adapters and lazy drivers of each installed frame library; each registers its ``.llm`` accessor.
+_FRAME_MODULES = {"pandas": ("dfllm.frames.pandas",), "polars": ("dfllm.frames.polars", "dfllm.drive.polars_lazy"),
+                  "dask": ("dfllm.drive.dask",)}
+for _frame_library, _modules in _FRAME_MODULES.items():
     if importlib.util.find_spec(_frame_library) is not None:
         with contextlib.suppress(ImportError):  # dask installed without its dataframe extra
-            importlib.import_module(f"dfllm.frames.{_frame_library}")
+            for _module in _modules:
+                importlib.import_module(_module)

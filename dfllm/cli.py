@@ -26,14 +26,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dfllm._api import Plan, make_plan, plan_batch, write_back
-from dfllm._estimate import Estimator, assumption_problems
 from dfllm._exceptions import BatchError, ConfigurationError, DfllmError
 from dfllm.config.catalog import list_models
 from dfllm.config.engines import EngineConfig, configure, connection_params, hidden_name_problem, is_plain_name
 from dfllm.config.options import OPTION_NAMES, OPTIONS, Option
+from dfllm.drive.estimate import Estimator, assumption_problems
+from dfllm.drive.stream import BatchRunner
 from dfllm.engines.providers import PROVIDERS, Provider, needs_key
-from dfllm.pipeline import BatchRunner
+from dfllm.plan import Plan, make_plan, plan_batch, write_back
 from dfllm.prompt.template import Template
 from dfllm.runtime.progress import RunStats
 

@@ -23,8 +23,8 @@ import pandas as pd  # noqa: E402
 import psutil  # type: ignore[import-untyped]  # noqa: E402  # distributed's dependency
 
 import dfllm  # noqa: E402
+from dfllm.drive.dask import EngineSpec  # noqa: E402
 from dfllm.engines.base import Completion  # noqa: E402
-from dfllm.frames.dask import EngineSpec  # noqa: E402
 from dfllm.runtime.coordinator import LEASE_S, Budgets, ClusterGate, RateCoordinator  # noqa: E402
 from dfllm.runtime.stores import FsspecCache, object_name, open_store  # noqa: E402
 from dfllm.testing import FakeClock, FakeProvider, sequence, status  # noqa: E402

@@ -13,11 +13,12 @@ import pandas as pd
 import pytest
 
 import dfllm
-from dfllm._api import Plan, make_executor, make_plan, plan_batch, write_back
+from dfllm.drive.eager import make_executor
 from dfllm.engines.base import Capabilities, ChatTask, Completion
 from dfllm.engines.tasks import Message
 from dfllm.frames import Column, ColumnType
 from dfllm.outputs.base import Asked, Output
+from dfllm.plan import Plan, make_plan, plan_batch, write_back
 from dfllm.prompt.keys import RequestKeys
 from dfllm.runtime.progress import RunStats
 from dfllm.testing import MockEngine

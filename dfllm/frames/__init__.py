@@ -1,8 +1,9 @@
 """Frame adapters: the only code that knows one frame library from another.
 
 An adapter reads columns and writes typed columns for one library. ``adapter_for(df)`` picks
-the adapter by the frame's type; a new library (Dask, Polars lazy) is one more adapter module
-that calls ``register``, with no change to the core.
+the adapter by the frame's type; a new library is one more adapter module that calls
+``register``, with no change to the core. A lazy frame library (Dask, Polars lazy) is a driver
+(``dfllm.drive``) that calls ``register_lazy``: frames never import the stages above them.
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ class LazyKind:
 _ADAPTERS: dict[str, FrameAdapter] = {}
 _LAZY: dict[str, LazyKind] = {}
 # Frame libraries dfllm knows, by the top-level module their frames' types live in.
-_KNOWN = {"pandas": "dfllm.frames.pandas", "polars": "dfllm.frames.polars", "pyarrow": "dfllm.frames.arrow",
-          "dask": "dfllm.frames.dask"}
+# Lazy kinds (Dask, Polars lazy) are drivers: they register themselves when ``import dfllm`` loads them.
+_KNOWN = {"pandas": "dfllm.frames.pandas", "polars": "dfllm.frames.polars", "pyarrow": "dfllm.frames.arrow"}
 
 
 def register(adapter: FrameAdapter) -> None:

@@ -1,24 +1,54 @@
-"""The ``.llm`` accessor: a thin door onto ``dfllm.predict``, and the verbs, for every frame kind."""
+"""The ``.llm`` accessor: a thin door onto ``dfllm.predict``, and the verbs, for every frame kind.
+
+The functions it forwards to are given by the package when it is imported (``use_drivers``):
+frames are the adapters below the plan and drive stages, and do not import them.
+"""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from typing_extensions import Unpack
 
-from dfllm._api import apredict, predict
-from dfllm._finetune import finetune
 from dfllm.config.options import PredictOptions
-from dfllm.outputs.verbs import classify, extract
-from dfllm.outputs.verbs import filter as filter_rows
 from dfllm.prompt.template import Template
 from dfllm.runtime.progress import RunStats
 
 
+def _not_given(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("dfllm's drivers are given to the accessor when dfllm is imported; import dfllm first.")
+
+
+async def _not_given_async(*args: Any, **kwargs: Any) -> Any:
+    return _not_given()
+
+
+@dataclass
+class Drivers:
+    """What the accessor forwards to: ``dfllm.predict``, ``apredict``, the verbs and ``finetune``."""
+
+    predict: Callable[..., Any] = _not_given
+    apredict: Callable[..., Awaitable[Any]] = _not_given_async
+    classify: Callable[..., Any] = _not_given
+    extract: Callable[..., Any] = _not_given
+    filter: Callable[..., Any] = _not_given
+    finetune: Callable[..., Any] = _not_given
+
+
+_drivers = Drivers()
+
+
+def use_drivers(drivers: Drivers) -> None:
+    """Let every ``.llm`` accessor forward to these functions."""
+    global _drivers
+    _drivers = drivers
+
+
 class Verbs:
-    """``classify``, ``extract`` and ``filter``: thin doors onto ``predict`` (``dfllm.outputs.verbs``),
+    """``classify``, ``extract`` and ``filter``: thin doors onto ``predict`` (``dfllm.drive.verbs``),
     for every frame with an ``.llm`` accessor, lazy ones included."""
 
     _frame: Any
@@ -26,17 +56,17 @@ class Verbs:
     def classify(self, column: str, labels: Sequence[str], *, engine: Any = "local", model: str | None = None,
                  target: str | None = None, **options: Unpack[PredictOptions]) -> Any:
         """A ``{column}_label`` column (or ``target``): one of ``labels`` per row, categorical."""
-        return classify(self._frame, column, labels, engine=engine, model=model, target=target, **options)
+        return _drivers.classify(self._frame, column, labels, engine=engine, model=model, target=target, **options)
 
     def extract(self, column: str, fields: Any, *, engine: Any = "local", model: str | None = None,
                 target: str | None = None, **options: Unpack[PredictOptions]) -> Any:
         """Typed ``{column}_{field}`` columns: ``fields`` is a list of names or any ``schema`` form."""
-        return extract(self._frame, column, fields, engine=engine, model=model, target=target, **options)
+        return _drivers.extract(self._frame, column, fields, engine=engine, model=model, target=target, **options)
 
     def filter(self, template: str, *, engine: Any = "local", model: str | None = None,
                **options: Unpack[PredictOptions]) -> Any:
         """The rows the model answers "yes" for ``template``, a yes/no question about each row."""
-        return filter_rows(self._frame, template, engine=engine, model=model, **options)
+        return _drivers.filter(self._frame, template, engine=engine, model=model, **options)
 
 
 class LLMAccessor(Verbs):
@@ -48,15 +78,15 @@ class LLMAccessor(Verbs):
     def predict(self, engine: Any, model: str | None = None, template: str | Template | None = None,
                 target: str | None = None, *, stats: RunStats | None = None,
                 **options: Unpack[PredictOptions]) -> Any:
-        return predict(self._frame, engine, model, template, target, stats=stats, **options)
+        return _drivers.predict(self._frame, engine, model, template, target, stats=stats, **options)
 
     async def apredict(self, engine: Any, model: str | None = None, template: str | Template | None = None,
                        target: str | None = None, *, stats: RunStats | None = None,
                        **options: Unpack[PredictOptions]) -> Any:
-        return await apredict(self._frame, engine, model, template, target, stats=stats, **options)
+        return await _drivers.apredict(self._frame, engine, model, template, target, stats=stats, **options)
 
     def finetune(self, engine: Any, base_model: str, **options: Any) -> Any:
-        return finetune(engine, base_model, self._frame, **options)
+        return _drivers.finetune(engine, base_model, self._frame, **options)
 
 
 def taken_by_other(cls: type, name: str = "llm") -> bool:

@@ -58,4 +58,3 @@ class PolarsAdapter:
 register(PolarsAdapter())
 if not taken_by_other(pl.DataFrame):
     pl.api.register_dataframe_namespace("llm")(LLMAccessor)
-from dfllm.frames import polars_lazy as _lazy  # noqa: E402, F401  (lf.llm on LazyFrame)

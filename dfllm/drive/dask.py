@@ -12,6 +12,7 @@ worker's memory; it is never in a task, a task name or the graph.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import uuid
@@ -27,16 +28,19 @@ from typing_extensions import Unpack
 
 from dfllm._exceptions import BatchError, MissingAPIKeyError, ParameterError
 from dfllm.config.engines import EngineConfig
+from dfllm.config.models import Model
 from dfllm.config.options import PredictOptions
 from dfllm.config.secrets import Secret, shown_url
+from dfllm.drive.eager import make_executor
 from dfllm.engines.providers import Provider
 from dfllm.frames import LazyKind, register_lazy
 from dfllm.frames.accessor import Verbs, taken_by_other
+from dfllm.plan import Plan, make_plan, write_back
 from dfllm.prompt.template import Template
 from dfllm.runtime.executor import Outcome
 from dfllm.runtime.progress import RunStats
-from dfllm.runtime.stores import cache_location
-from dfllm.runtime.worker import KEYS
+from dfllm.runtime.stores import SharedStore, cache_location, open_store
+from dfllm.runtime.worker import KEYS, worker_runtime
 
 
 def _key_id(identity: str, secret: Secret) -> str:
@@ -126,9 +130,6 @@ def predict(ddf: dd.DataFrame, engine: Any, model: str | None = None, template: 
             target: str | None = None, *, stats: RunStats | None = None,
             **options: Unpack[PredictOptions]) -> dd.DataFrame:
     """The lazy form of ``dfllm.predict`` for a Dask DataFrame: nothing is sent until computed."""
-    from dfllm._api import make_plan, write_back
-    from dfllm.config.models import Model
-
     if stats is not None:
         raise ParameterError("stats= cannot be filled on Dask: each partition's counters stay on its worker. "
                              "Leave it out; the server's records or the result's error column tell what happened.")
@@ -203,9 +204,6 @@ def _connect_cluster(spec: EngineSpec, limited: float | None) -> tuple[bool, flo
 
 
 def _predict_partition(part: pd.DataFrame, call: PartitionCall) -> pd.DataFrame:
-    from dfllm._api import make_plan, write_back
-    from dfllm.runtime.worker import worker_runtime
-
     plan = make_plan(part, call.engine.config(), call.model, call.template, call.target, call.options)
     rpm = plan.options.rpm * call.share if plan.options.rpm else None
     tpm = plan.options.tpm * call.share if plan.options.tpm else None
@@ -230,9 +228,7 @@ def _scheduler_call() -> Any:
     The RPC itself runs on the worker's own loop (its connections belong there); the runtime's
     loop only waits for the answer.
     """
-    import asyncio
-
-    from distributed import get_worker
+    from distributed import get_worker  # only with a client: import dfllm never loads distributed
 
     worker = get_worker()
 
@@ -245,12 +241,7 @@ def _scheduler_call() -> Any:
     return call
 
 
-async def _answer(runtime: Any, call: PartitionCall, plan: Any, gate_call: Any) -> list[Outcome]:
-    import asyncio
-
-    from dfllm._api import make_executor
-    from dfllm.runtime.stores import SharedStore, open_store
-
+async def _answer(runtime: Any, call: PartitionCall, plan: Plan, gate_call: Any) -> list[Outcome]:
     assert plan.config is not None
     # One open cache per worker, lent to every call's executor; flushed as each partition ends,
     # so an answer is on disk before its task reports done.

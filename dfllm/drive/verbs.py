@@ -22,6 +22,8 @@ from typing_extensions import Unpack
 from dfllm import frames
 from dfllm._exceptions import ParameterError
 from dfllm.config.options import PredictOptions
+from dfllm.drive.eager import predict
+from dfllm.outputs.schema import normalise_schema
 
 _YES_NO = ["yes", "no"]
 
@@ -29,8 +31,6 @@ _YES_NO = ["yes", "no"]
 def classify(df: Any, column: str, labels: Sequence[str], *, engine: Any = "local", model: str | None = None,
              target: str | None = None, **options: Unpack[PredictOptions]) -> Any:
     """A copy of ``df`` with ``target`` (default ``{column}_label``): one of ``labels`` per row."""
-    from dfllm._api import predict
-
     shown = ", ".join(str(label) for label in labels) if _is_labels(labels) else repr(labels)
     template = (f"Classify the text into exactly one of these labels: {shown}. Answer with the label only."
                 f"\n\nText: {{{{{column}}}}}")
@@ -41,8 +41,6 @@ def classify(df: Any, column: str, labels: Sequence[str], *, engine: Any = "loca
 def extract(df: Any, column: str, fields: Any, *, engine: Any = "local", model: str | None = None,
             target: str | None = None, **options: Unpack[PredictOptions]) -> Any:
     """A copy of ``df`` with one typed column ``{target}_{field}`` per field (``target``: ``column``)."""
-    from dfllm._api import predict
-
     if isinstance(fields, (list, tuple)) and all(isinstance(f, str) for f in fields):
         fields = {name: str for name in fields}
     names = _field_names(fields)
@@ -58,8 +56,6 @@ def filter(df: Any, template: str, *, engine: Any = "local", model: str | None =
     Rows answered "no", and with ``errors="null"`` rows whose answer failed, are left out; with
     ``errors="raise"`` a failed row raises ``BatchError`` as ``predict`` does.
     """
-    from dfllm._api import predict
-
     system = options.get("system") or "Answer the question about the text with yes or no only."
     call: dict[str, Any] = {**options, "choices": _YES_NO, "system": system}
     lazy = frames.lazy_kind_for(df)
@@ -83,8 +79,6 @@ def _is_labels(labels: Any) -> bool:
 
 def _field_names(fields: Any) -> list[str]:
     """The field names to mention in the prompt; the schema itself is checked by ``predict``."""
-    from dfllm.outputs.schema import normalise_schema
-
     try:
         return [key for key, _, _ in normalise_schema(fields).fields]
     except ParameterError:

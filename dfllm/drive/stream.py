@@ -18,8 +18,9 @@ import dataclasses
 import time
 from typing import Any, TypeVar
 
-from dfllm._api import Plan, make_executor, plan_batch, write_back
+from dfllm.drive.eager import make_executor
 from dfllm.engines.base import Engine
+from dfllm.plan import ALL_NULL, Plan, plan_batch, write_back
 from dfllm.runtime.executor import Executor
 from dfllm.runtime.progress import RunStats, interactive
 from dfllm.runtime.sync import LoopThread
@@ -89,7 +90,7 @@ class BatchRunner:
         stats = self.stats
         stats.rows += len(batch.row_work)
         stats.unique_prompts += len(batch.work)
-        stats.skipped_null_rows += batch.row_work.count(-1)
+        stats.skipped_null_rows += batch.row_work.count(ALL_NULL)
         ticker = asyncio.ensure_future(self._tick(len(batch.row_work), len(batch.work)))
         try:
             outcomes = await self._executor.run(batch.work)

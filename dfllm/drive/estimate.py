@@ -16,10 +16,10 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from dfllm._api import Plan, make_plan
 from dfllm._exceptions import ConfigurationError, ParameterError
 from dfllm.config.options import Options, PredictOptions, completion_budget
 from dfllm.frames import lazy_predict_for
+from dfllm.plan import ALL_NULL, Plan, make_plan
 from dfllm.prompt.template import Template
 from dfllm.runtime.cache import Cache
 from dfllm.runtime.stores import FsspecCache, Store
@@ -144,7 +144,7 @@ class Estimator:
 
     def add(self, plan: Plan) -> None:
         self.rows += len(plan.row_work)
-        self.skipped += plan.row_work.count(-1)
+        self.skipped += plan.row_work.count(ALL_NULL)
         fresh = [w for w in plan.work if w.key[0] not in self._seen]
         self._seen.update(w.key[0] for w in fresh)
         self.unique += len(fresh)

@@ -19,20 +19,20 @@ after. A query that reads no answer column (``.select("id")``,
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
 from polars.io.plugins import register_io_source
 from typing_extensions import Unpack
 
+from dfllm._exceptions import ParameterError
+from dfllm.config.options import PredictOptions
+from dfllm.drive.stream import BackgroundRunner
 from dfllm.frames import LazyKind, register_lazy
 from dfllm.frames.accessor import Verbs, taken_by_other
-
-if TYPE_CHECKING:
-    from dfllm._api import Plan
-    from dfllm.config.options import PredictOptions
-    from dfllm.prompt.template import Template
-    from dfllm.runtime.progress import RunStats
+from dfllm.plan import Plan, make_plan, write_back
+from dfllm.prompt.template import Template
+from dfllm.runtime.progress import RunStats
 
 DEFAULT_BATCH_ROWS = 50_000
 
@@ -55,10 +55,6 @@ class LazyLLMAccessor(Verbs):
 def predict_lazy(lf: pl.LazyFrame, engine: Any, model: str | None = None, template: str | Template | None = None,
                  target: str | None = None, *, stats: RunStats | None = None,
                  batch_rows: int = DEFAULT_BATCH_ROWS, **options: Unpack[PredictOptions]) -> pl.LazyFrame:
-    from dfllm._api import make_plan, write_back
-    from dfllm._exceptions import ParameterError
-    from dfllm.runtime.progress import RunStats
-
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows <= 0:
         raise ParameterError(f"batch_rows must be a positive number of rows, got {batch_rows!r}.")
     input_schema = lf.collect_schema()
@@ -96,9 +92,6 @@ def _inputs_only(lf: pl.LazyFrame, with_columns: list[str], predicate: pl.Expr |
 
 def _batches(lf: pl.LazyFrame, plan: Plan, stats: RunStats | None, batch_rows: int,
              with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None) -> Iterator[pl.DataFrame]:
-    from dfllm.pipeline import BackgroundRunner
-    from dfllm.runtime.progress import RunStats
-
     inputs = lf.collect_schema().names()
     assert plan.template is not None
     before, after = _split_on_inputs(predicate, set(inputs))

@@ -1,0 +1,39 @@
+"""``Plan``: a validated call, its unique work and the row -> work map."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dfllm import frames
+from dfllm.config.engines import EngineConfig
+from dfllm.config.options import Options
+from dfllm.engines.base import Engine, EngineInfo
+from dfllm.outputs.base import Output
+from dfllm.outputs.kinds import TextOutput
+from dfllm.prompt.keys import RequestKeys
+from dfllm.prompt.template import Template
+from dfllm.runtime.executor import RequestSpec, Work
+
+ALL_NULL = -1  # row_work marker: every field of the row is null, so no request
+UNSENDABLE = -2  # row_work marker: the row's cells cannot be sent (see Plan.unsendable)
+
+
+@dataclass
+class Plan:
+    """A validated prediction: what to send, once per unique prompt, and where answers go."""
+
+    df: Any
+    adapter: frames.FrameAdapter
+    target: str
+    options: Options
+    config: EngineConfig | None
+    engine: Engine | None
+    info: EngineInfo
+    spec: RequestSpec
+    work: list[Work] = field(default_factory=list)
+    row_work: list[int] = field(default_factory=list)  # row -> index into work, or ALL_NULL / UNSENDABLE
+    unsendable: dict[int, str] = field(default_factory=dict)  # row -> why its cells cannot be sent
+    template: Template | None = None
+    keys: RequestKeys | None = None
+    output: Output = field(default_factory=TextOutput)  # the kind of answer: asked, keyed, checked, written

@@ -1,0 +1,112 @@
+"""``make_plan``: a call checked before any request (every problem at once), then its rows rendered."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from dfllm import frames
+from dfllm._exceptions import ConfigurationError, ParameterError
+from dfllm.config import models
+from dfllm.config.engines import EngineConfig, resolve_engine
+from dfllm.config.options import Options, build_options
+from dfllm.engines.base import Engine, EngineInfo
+from dfllm.outputs.base import Output
+from dfllm.outputs.kinds import output_for
+from dfllm.plan.base import Plan
+from dfllm.plan.checks import (
+    budget_problems,
+    model_problems,
+    new_column_problems,
+    parse_template,
+    raise_all,
+    schema_unknown,
+    target_problems,
+)
+from dfllm.plan.render import render_rows
+from dfllm.prompt.keys import RequestKeys
+from dfllm.prompt.template import Template
+from dfllm.runtime.executor import RequestSpec
+
+
+@dataclasses.dataclass
+class _Resolved:
+    """The engine argument resolved, and the option layers it brings (engine, model, call)."""
+
+    config: EngineConfig | None
+    engine: Engine | None
+    layers: list[Mapping[str, Any]]
+
+
+def make_plan(df: Any, engine: Any, model: str | None, template: str | Template | None, target: str | None,
+              call_options: Mapping[str, Any]) -> Plan:
+    """The validated plan of a call on ``df``; a ``ConfigurationError`` lists every problem, before any request."""
+    problems: list[ConfigurationError] = []
+    engine, model, template, target, model_options = models.unpack(engine, model, template, target)
+    adapter = frames.adapter_for(df)
+    resolved = _resolve(engine, model_options, call_options, problems)
+    options, option_problems = build_options(resolved.layers)
+    problems += [ParameterError(p) for p in option_problems]
+    if model is None and resolved.config is not None:
+        model = resolved.config.model_path or resolved.config.provider.default_model
+    problems += model_problems(model, resolved.config)
+    columns = adapter.column_names(df)
+    problems += target_problems(target)
+    parsed, template_problems = parse_template(template, columns)
+    problems += template_problems
+    output = output_for(options)
+    problems += new_column_problems(target, columns, options, output,
+                                    schema_unknown(option_problems, resolved.layers))
+    problems += budget_problems(options)
+    raise_all(problems)
+    assert parsed is not None and model is not None and target is not None
+    plan = _plan(df, adapter, target, model, parsed, options, resolved, output)
+    assert plan.keys is not None
+    render_rows(plan, parsed, plan.keys)
+    return plan
+
+
+def plan_batch(plan: Plan, df: Any) -> Plan:
+    """The same validated call on ``df``, a further batch with the columns of ``plan``'s frame.
+
+    Pipelines validate once (on the first batch, or an empty frame of the input's schema) and
+    then render batch after batch with the engine, options and keys already resolved.
+    """
+    assert plan.template is not None and plan.keys is not None
+    batch = dataclasses.replace(plan, df=df, adapter=frames.adapter_for(df), work=[], row_work=[], unsendable={})
+    render_rows(batch, plan.template, plan.keys)
+    return batch
+
+
+def _resolve(engine: Any, model_options: Mapping[str, Any] | None, call_options: Mapping[str, Any],
+             problems: list[ConfigurationError]) -> _Resolved:
+    """A created engine's config (its options the lowest layer) or an engine object; its problem if neither."""
+    resolved = _Resolved(None, None, [model_options] if model_options is not None else [])
+    try:
+        found = resolve_engine(engine)
+        if isinstance(found, EngineConfig):
+            resolved.config = found
+            resolved.layers.insert(0, found.options)
+        else:
+            resolved.engine = found
+    except ConfigurationError as exc:
+        problems.append(exc)
+    resolved.layers.append(call_options)
+    return resolved
+
+
+def _plan(df: Any, adapter: frames.FrameAdapter, target: str, model: str, template: Template, options: Options,
+          resolved: _Resolved, output: Output) -> Plan:
+    """The plan, no rows rendered yet: the engine's identity, what to ask it for, and the cache keys."""
+    config = resolved.config
+    if config is not None:
+        info = EngineInfo(config.identity + "|" + config.kind.model_identity(model), config.capabilities, None)
+    else:
+        info = EngineInfo.of(resolved.engine)
+    asked = output.ask(info.capabilities, options.system, options.params)
+    spec = RequestSpec(model, asked.params, asked.system, asked.choices, options.timeout_s, asked.json_schema,
+                       asked.answer_format, asked.schema_name)
+    keys = RequestKeys(info.identity or "", model, options.system, options.params, output.key_constraints())
+    return Plan(df, adapter, target, options, config, resolved.engine, info, spec, template=template, keys=keys,
+                output=output)

@@ -1,0 +1,60 @@
+"""Results -> columns: each answer fanned out to its rows, as typed columns of a new frame."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dfllm._exceptions import BatchError, DfllmError, TemplateError
+from dfllm.engines.base import Completion
+from dfllm.frames import Column, ColumnType
+from dfllm.plan.base import UNSENDABLE, Plan
+from dfllm.runtime.executor import Outcome
+from dfllm.runtime.progress import RunStats
+
+
+def write_back(plan: Plan, outcomes: list[Outcome], stats: RunStats) -> Any:
+    """The result frame; raises ``BatchError`` (holding it) when rows failed and errors='raise'."""
+    options, target = plan.options, plan.target
+    answers, row_errors = _row_answers(plan, outcomes)
+    stats.failed_rows = len(row_errors)
+    for exc in row_errors.values():
+        stats.errors[type(exc).__name__] = stats.errors.get(type(exc).__name__, 0) + 1
+    columns = plan.output.write(target, answers)
+    if options.usage_columns:
+        for name in ("prompt_tokens", "completion_tokens"):
+            columns[f"{target}_{name}"] = Column([
+                getattr(outcomes[i], name) if i >= 0 and isinstance(outcomes[i], Completion) else None
+                for i in plan.row_work
+            ], ColumnType("int"))
+    if options.errors == "null":
+        columns[f"{target}_error"] = Column([
+            f"{type(row_errors[r]).__name__}: {row_errors[r]}" if r in row_errors else None
+            for r in range(len(plan.row_work))
+        ])
+    frame = plan.adapter.with_columns(plan.df, columns)
+    if row_errors and options.errors == "raise":
+        raise BatchError(frame, row_errors, len(plan.row_work), stats=stats)
+    return frame
+
+
+def _row_answers(plan: Plan, outcomes: list[Outcome]) -> tuple[list[Any], dict[int, BaseException]]:
+    """Each row's value (None where it has none) and each failed row's error."""
+    answers_by_work: list[Any] = []
+    errors_by_work: list[DfllmError | None] = []
+    for outcome in outcomes:
+        answer, error = plan.output.value(outcome) if isinstance(outcome, Completion) else (None, outcome)
+        answers_by_work.append(answer)
+        errors_by_work.append(error)
+    answers: list[Any] = []
+    row_errors: dict[int, BaseException] = {}
+    for row, index in enumerate(plan.row_work):
+        if index < 0:
+            answers.append(None)
+            if index == UNSENDABLE:
+                row_errors[row] = TemplateError(plan.unsendable[row])
+            continue
+        answers.append(answers_by_work[index])
+        failure = errors_by_work[index]
+        if failure is not None:
+            row_errors[row] = failure
+    return answers, row_errors
