@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 
 import pytest
@@ -14,7 +15,7 @@ from dfllm.config.options import Options
 from dfllm.engines.base import Completion, Request
 from dfllm.engines.http import rate_limit_state, retry_after
 from dfllm.runtime.executor import Executor, RequestSpec, Work
-from dfllm.runtime.limiter import AdaptiveRate, Pacer, Pause, SlowStartPacer, StormDetector, Window
+from dfllm.runtime.limiter import AdaptiveRate, Pacer, Pause, RefusedWindow, SlowStartPacer, StormDetector, Window
 from dfllm.runtime.progress import RunStats
 from dfllm.testing import SHAPES, FakeClock, MockEngine, answer_headers, make_cap, refusal_headers
 from dfllm.testing._limits import HeaderStyle, Shape
@@ -320,3 +321,48 @@ def test_a_sliding_window_is_spent_on_as_its_first_sends_age_out(style: HeaderSt
     share, ok, limited = run_against_cap("sliding", style, 120, rpm=1200, window_s=2.0, latency_s=0.02)
     assert share >= 0.95, (share, ok, limited)
     assert limited <= 0.01 * ok
+
+
+def test_without_headers_a_fixed_windows_429s_teach_its_length_and_what_it_grants() -> None:
+    # 300 per 5 s, no x-ratelimit-* headers: each 429 names the window's end. The pace starts
+    # above the cap; two 429s naming one moment pause every send until it (the executor's
+    # part, played here), and two windows' ends give the window and its grants. Before, the
+    # pace was cut at each window's end and probed past the cap again: 429s at every window.
+    start = 1_000_002.0
+    t = FakeClock(start)
+    cap = make_cap("fixed", 3600, None, 5.0, t)
+    rate = AdaptiveRate(t.clock, t.sleep)
+    rate.seed(4800)
+    refused: list[float] = []
+    granted: list[float] = []
+    paused_until, owed, step = 0.0, 0.0, 0.005
+    while t.now < start + 60:
+        t.advance(step)
+        owed = 0.0 if t.now < paused_until else owed + rate.per_minute() / 60 * step
+        while owed >= 1:
+            owed -= 1
+            wait = cap.take()
+            if wait == 0:
+                granted.append(t.now)
+                rate.on_success(t.now)
+                continue
+            refused.append(t.now)
+            held = rate.on_refused(wait)
+            rate.on_rate_limited(t.now, lone=True)
+            if held is not None:
+                paused_until, owed = t.now + held, 0.0
+    assert rate.refused_window.window_s == pytest.approx(5.0, abs=0.05)
+    settled = 1_000_010.0  # the second window's end: two ends seen, the second window counted
+    lapsed = settled + RefusedWindow.KEEP_WINDOWS * 5  # then a probe for a raised cap
+    assert [x for x in refused if settled <= x < lapsed] == []
+    assert len([x for x in granted if x >= settled]) >= 0.95 * 300 * (start + 60 - settled) / 5
+    assert len(refused) <= 0.01 * len(granted), len(refused)
+
+
+@given(st.lists(st.floats(0, 30), min_size=2, max_size=300))
+def test_random_429s_each_naming_a_second_on_never_name_a_window_end(answered: list[float]) -> None:
+    window = RefusedWindow()
+    for now in sorted(answered):
+        assert window.refused(now, 1.0) is None
+        window.on_storm()
+    assert window.ceiling(30.0) == math.inf

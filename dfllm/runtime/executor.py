@@ -385,6 +385,9 @@ class Executor:
             now = self._clock()
             if limited:
                 self.stats.rate_limited += 1
+                held = self._adaptive.on_refused(wait)
+                if held is not None and self._rpm is None:  # a window's end: nothing fits before it
+                    self._pause.pause_for(held, retry_after_cause(error, held))
                 # Already paced: the pace may be too high, or the provider refuses some at random.
                 cut = (not self._storm.storm and self._rpm is None and self._adaptive.pacer is not None
                        and self._adaptive.on_rate_limited(sent_at, lone=True))

@@ -7,6 +7,7 @@ Create them inside the running loop; they hold loop-bound primitives.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import math
 import random
@@ -244,6 +245,7 @@ class AdaptiveRate:
         self._recent: collections.deque[float] = collections.deque()  # success times, last second
         self._recent_took: collections.deque[float] = collections.deque()  # the same, last TOOK_S
         self.budget = Budget()
+        self.refused_window = RefusedWindow()
         self._answered = 0  # successes in all; at the last reading, _answered_read
         self._answered_read = 0
         self._base_per_minute = 0.0
@@ -259,6 +261,7 @@ class AdaptiveRate:
         """An answer to a request sent at ``sent_at`` (now when not given)."""
         now = self._clock()
         self.budget.answered(now if sent_at is None else sent_at, now)
+        self.refused_window.succeeded(now)
         self._answered += 1
         self._recent.append(now)
         self._recent_took.append(now)
@@ -282,7 +285,15 @@ class AdaptiveRate:
             probed = self._base_per_minute * (1.0 + self.GROWTH_PER_S * elapsed)
         # The budget's depth over its window is trusted while some of it is left, however low
         # the probe is; at least one a minute: a pace the budget stopped still re-reads it.
-        return max(min(probed, self.budget.per_minute(now)), self.budget.floor_per_minute(), 1.0)
+        if self.refused_window.learn(now):  # a fixed window's grants: pace at them from its end
+            self._set(self.refused_window.ceiling(now), fast=False)
+            self._took, self._noisy = self._base_per_minute, False
+            return self.per_minute()
+        if (learned := self.refused_window.lapsed(now)) is not None:  # probe slowly from it
+            self._set(learned, fast=False)
+            return self.per_minute()
+        allowed = min(probed, self.budget.per_minute(now), self.refused_window.ceiling(now))
+        return max(allowed, self.budget.floor_per_minute(), 1.0)
 
     def _set(self, per_minute: float, *, fast: bool) -> None:
         self._base_per_minute = max(per_minute, 1.0)
@@ -346,6 +357,8 @@ class AdaptiveRate:
         # A storm takes what succeeded over the last second, a floor early in a run; a lone 429
         # (perhaps a provider's hiccup) must not cut a header's pace to that fraction of a second.
         succeeded = self._succeeded_per_minute(now) if lone else len(self._recent) / self._SAMPLE_S * 60.0
+        if not lone:
+            self.refused_window.on_storm()
         if self.pacer is None:
             if not self._recent:
                 return False
@@ -372,10 +385,121 @@ class AdaptiveRate:
         self._last_cut = now
         return True
 
+    def on_refused(self, wait: float | None) -> float | None:
+        """Any 429, with the wait it named: the seconds every send should wait when it and the
+        one before name a window's end (see ``RefusedWindow.refused``)."""
+        return None if wait is None else self.refused_window.refused(self._clock(), wait)
+
     async def acquire(self) -> None:
         if self.pacer is not None:
             await self.pacer.acquire()
             self.budget.sent()
+
+
+class RefusedWindow:
+    """A fixed window seen through its 429s alone, without ``x-ratelimit-*`` headers.
+
+    A fixed window's 429s all name its boundary as the time to retry, however far apart they
+    come: two 429s answered a while apart naming one moment (or a storm's naming one) found the
+    end of a window, and nothing fits before it. Two such ends give the window's length, and the
+    successes between them what it grants (it was spent). The pace is then ``SHARE`` of that:
+    pacing up to the cap from a cut, then past it by a probe, cost 429s at every window's end
+    (2.5% of the sends at 300 per 5 s). A provider's random 429s each name their own moment (a
+    second on), as far apart as they came, so never one; a fast bucket's name its next token,
+    under ``MIN_WAIT_S`` away. What was learned lapses after ``KEEP_WINDOWS`` windows, and the
+    probe for a raised cap starts from it.
+    """
+
+    AGREE_S = 0.1  # 429s naming moments this close name the same one
+    MIN_AGREE = 2
+    APART_S = 0.005  # two 429s answered this far apart, naming one moment, name a boundary
+    MIN_WAIT_S = 0.05
+    MIN_WINDOW_S = 1.0
+    RECENT_S = 2.0  # the 429s a storm is read from
+    SHARE = 0.99
+    KEEP_WINDOWS = 6
+    KEEP_S = 120.0  # successes kept to count a window's grants (windows up to this long)
+
+    def __init__(self) -> None:
+        self._named: collections.deque[tuple[float, float]] = collections.deque()  # (answered, moment named)
+        self._answers: collections.deque[float] = collections.deque()
+        self._boundary: float | None = None
+        self._pending: tuple[float, float] | None = None  # a window found, until it ends
+        self._learned_at = -math.inf
+        self.window_s: float | None = None
+        self.per_minute_learned: float | None = None
+
+    def succeeded(self, now: float) -> None:
+        self._answers.append(now)
+        if self._answers[0] < now - self.KEEP_S:
+            while self._answers and self._answers[0] < now - self.KEEP_S:
+                self._answers.popleft()
+
+    def refused(self, now: float, wait: float) -> float | None:
+        """A 429 naming ``wait``; the seconds to the moment it names when the 429 before it,
+        answered a while earlier, named the same one: a window's end, for every send to wait for
+        (a provider's random 429s each name their own moment, as far on as they came apart)."""
+        if wait < self.MIN_WAIT_S:
+            return None
+        moment = now + wait
+        # The latest 429 answered at least APART_S before this one (closer ones blur together).
+        earlier = next((named for named in reversed(self._named) if named[0] <= now - self.APART_S), None)
+        self._named.append((now, moment))
+        while self._named[0][0] < now - self.RECENT_S:
+            self._named.popleft()
+        if earlier is not None and abs(moment - earlier[1]) <= 0.5 * (now - earlier[0]):
+            self.on_storm()
+            return wait
+        return None
+
+    def _moment(self) -> float | None:
+        """The moment at least ``MIN_AGREE`` recent 429s name (their median), if any."""
+        moments = sorted(moment for _, moment in self._named)
+        first, found = 0, None
+        for last, moment in enumerate(moments):
+            while moment - moments[first] > self.AGREE_S:
+                first += 1
+            if last - first + 1 >= self.MIN_AGREE:
+                found = moments[(first + last) // 2]
+        return found
+
+    def on_storm(self) -> None:
+        """A storm, or two 429s naming one moment: when they name a moment, a window ends then."""
+        boundary = self._moment()
+        if boundary is None or (self._boundary is not None and abs(boundary - self._boundary) < 2 * self.AGREE_S):
+            return
+        previous, self._boundary = self._boundary, boundary
+        if previous is not None and boundary - previous >= self.MIN_WINDOW_S:
+            self._pending = (previous, boundary)
+
+    def learn(self, now: float) -> bool:
+        """True when a window found by two storms has ended and what it granted is now known:
+        the successes answered in it (none are sent between a storm and the window's end)."""
+        if self._pending is None or now < self._pending[1]:
+            return False
+        start, end = self._pending
+        self._pending = None
+        granted = bisect.bisect_left(self._answers, end) - bisect.bisect_left(self._answers, start)
+        if self.window_s is None or end - start < 1.5 * self.window_s:  # else ends a few windows apart
+            self.window_s = end - start
+        self.per_minute_learned = self.SHARE * granted / (end - start) * 60.0
+        self._learned_at = now
+        return granted > 0
+
+    def lapsed(self, now: float) -> float | None:
+        """The pace learned, once, when it lapses: the probe for a raised cap starts from it."""
+        if self.per_minute_learned is None or self.window_s is None:
+            return None
+        if now <= self._learned_at + self.KEEP_WINDOWS * self.window_s:
+            return None
+        learned, self.per_minute_learned = self.per_minute_learned, None
+        return learned
+
+    def ceiling(self, now: float) -> float:
+        """The learned pace, while it holds; else no limit."""
+        if self.per_minute_learned is None or now > self._learned_at + self.KEEP_WINDOWS * (self.window_s or 0.0):
+            return math.inf
+        return self.per_minute_learned
 
 
 class StormDetector:
