@@ -19,8 +19,7 @@ from dfllm.prompt.keys import RequestKeys
 from dfllm.runtime.cache import Cache
 from dfllm.runtime.stores import FsspecCache, object_name
 from dfllm.testing import FakeProvider, per_prompt, status
-
-from .conftest import KEY
+from tests.conftest import KEY
 
 
 def test_rerun_sends_nothing_and_gives_the_same_answers(tmp_path: Path) -> None:

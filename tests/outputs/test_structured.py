@@ -26,8 +26,7 @@ from dfllm.runtime.executor import Executor, RequestSpec, Work
 from dfllm.runtime.progress import RunStats
 from dfllm.testing import Behaviour, FakeClock, FakeProvider, MockEngine, RecordedRequest, answer, ok, per_prompt
 from dfllm.testing._behaviour import Script
-
-from .conftest import KEY
+from tests.conftest import KEY
 
 STRICT = Capabilities(json_schema=True, json_mode=True)
 SCHEMA = {"n": int, "label": Literal["a", "b"], "tags": list[str]}

@@ -28,8 +28,7 @@ from dfllm.testing import (
     sequence,
     status,
 )
-
-from .conftest import KEY
+from tests.conftest import KEY
 
 DF = pd.DataFrame({"text": ["one", "two"]})
 

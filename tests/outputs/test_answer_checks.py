@@ -32,8 +32,7 @@ from dfllm.outputs.schema import normalise_schema
 from dfllm.runtime.executor import Executor, RequestSpec, Work
 from dfllm.runtime.progress import RunStats
 from dfllm.testing import Behaviour, FakeProvider, MockEngine, RecordedRequest, ok
-
-from .conftest import KEY
+from tests.conftest import KEY
 
 
 class CheckedBy(TextOutput):

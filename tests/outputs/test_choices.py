@@ -12,8 +12,7 @@ import dfllm
 from dfllm import ConfigurationError, LabelError
 from dfllm.outputs.choices import label_problems, normal_form, normalise_label
 from dfllm.testing import FakeProvider, answer
-
-from .conftest import KEY
+from tests.conftest import KEY
 
 CHOICES = ["positive", "neutral", "negative"]
 

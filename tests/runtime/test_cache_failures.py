@@ -24,8 +24,7 @@ from dfllm.runtime.cache import Cache
 from dfllm.runtime.executor import Executor, RequestSpec, Work
 from dfllm.runtime.progress import RunStats
 from dfllm.testing import FakeClock, FakeProvider, MockEngine, always, ok, sequence, status
-
-from .conftest import KEY
+from tests.conftest import KEY
 
 
 def frame(n: int) -> pd.DataFrame:

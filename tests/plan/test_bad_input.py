@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 import dfllm
 from dfllm.outputs.schema import normalise_schema
 from dfllm.testing import FakeProvider
-
-from .conftest import KEY
+from tests.conftest import KEY
 
 DF = pd.DataFrame({"text": ["a"], "author": ["b"]})
 

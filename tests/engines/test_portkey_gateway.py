@@ -24,7 +24,7 @@ import pytest
 import dfllm
 from dfllm.testing import FakeProvider, always, sequence, status
 
-GATEWAY_DIR = Path(__file__).parent / "gateway"
+GATEWAY_DIR = Path(__file__).resolve().parent.parent / "gateway"
 ENTRY = GATEWAY_DIR / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
 STAMP = GATEWAY_DIR / "node_modules" / ".dfllm-lock-sha256"
 UPSTREAM_KEY = "sk-upstream-0123456789abcdef"

@@ -11,8 +11,7 @@ import pytest
 
 import dfllm
 from dfllm.testing import FakeProvider
-
-from .conftest import KEY
+from tests.conftest import KEY
 
 SENTIMENT = ("Classify the sentiment of the following text as one of `positive`, `neutral` or "
              "`negative`: {{text}}")

@@ -16,8 +16,7 @@ import pandas as pd
 
 import dfllm
 from dfllm.testing import Behaviour, FakeProvider, RecordedRequest, ok
-
-from .conftest import KEY
+from tests.conftest import KEY
 
 ROWS, CONCURRENCY = 400, 16
 HANG_S = 30.0

@@ -26,8 +26,7 @@ import pytest
 import dfllm
 from dfllm.engines.tasks import Message
 from dfllm.testing import Behaviour, FakeProvider, answer, per_prompt, redirect, respond
-
-from .conftest import KEY
+from tests.conftest import KEY
 
 DF = pd.DataFrame({"text": ["one", "two"]})
 MiB = 1024 * 1024
