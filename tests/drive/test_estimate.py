@@ -80,3 +80,12 @@ def test_cache_hits_are_counted_in_an_fsspec_cache_too(tmp_path: Path) -> None:
         estimate = dfllm.estimate(df, "e", "m", "{{t}}", "y", cache=url)
         sent = len(fake.chat_requests)
     assert (estimate.cache_hits, estimate.requests, sent) == (2, 1, 2)
+
+
+def test_an_estimate_of_a_few_rows_takes_at_least_one_round_trip(engine: str) -> None:
+    estimate = dfllm.estimate(pd.DataFrame({"t": ["a", "b"]}), engine, "m", "{{t}}", "y", latency_s=1.5)
+    assert estimate.wall_s >= 1.5
+    with pytest.raises(dfllm.ConfigurationError) as info:
+        dfllm.estimate(pd.DataFrame({"t": ["a"]}), engine, "m", "{{t}}", "y", latency_s=0, prompt_price=-1)
+    assert "latency_s must be" in str(info.value) and "prompt_price must be" in str(info.value)
+

@@ -88,3 +88,10 @@ def test_a_conjunction_of_input_and_answer_terms_asks_only_the_rows_its_input_te
     # A disjunction cannot be split: every row is asked, and the answer decides.
     either = lf.filter((pl.col("id") < 3) | pl.col("y").str.ends_with(": r249")).select("id").collect()
     assert either["id"].to_list() == [0, 1, 2, 249]
+
+
+def test_predict_on_a_lazy_frame_is_lazy(engine: str, fake: FakeProvider) -> None:
+    lazy = dfllm.predict(pl.LazyFrame({"t": ["good", "bad"]}), engine, "m", "sentiment {{t}}", "y")
+    assert isinstance(lazy, pl.LazyFrame) and fake.requests == []
+    assert lazy.collect()["y"].to_list() == ["positive", "negative"]
+

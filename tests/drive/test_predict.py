@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 
 import pandas as pd
 import polars as pl
 import pytest
 
 import dfllm
-from dfllm.testing import FakeProvider
+from dfllm.testing import FakeProvider, MockEngine
 from tests.conftest import KEY
 
 SENTIMENT = ("Classify the sentiment of the following text as one of `positive`, `neutral` or "
@@ -167,3 +168,66 @@ def test_an_rpm_below_one_a_minute_is_refused_before_any_request(rpm: float, eng
     with pytest.raises(dfllm.ParameterError, match=f"rpm must be .* at least 1, got {rpm!r}"):
         pd.DataFrame({"text": ["a"]}).llm.predict(engine, "m", "{{text}}", "y", rpm=rpm)
     assert fake.requests == []
+
+
+def test_predict_takes_a_template_object(engine: str) -> None:
+    template = dfllm.Template("sentiment {{t}}")
+    assert dfllm.predict(pd.DataFrame({"t": ["good"]}), engine, "m", template, "y")["y"].tolist() == ["positive"]
+
+
+
+def test_run_results_are_values_of_their_own_call_even_when_concurrent() -> None:
+    results: dict[int, dfllm.RunStats] = {}
+
+    def call(n: int) -> None:
+        stats = dfllm.RunStats()
+        dfllm.predict(pd.DataFrame({"t": [f"{n}-{i}" for i in range(n)]}), MockEngine(), "m", "{{t}}", "y",
+                      stats=stats)
+        results[n] = stats
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in (3, 5, 8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {n: (s.rows, s.requests) for n, s in results.items()} == {3: (3, 3), 5: (5, 5), 8: (8, 8)}
+
+
+
+def test_predict_returns_the_callers_frame_type() -> None:
+    out = dfllm.predict(pl.DataFrame({"t": ["x"]}), MockEngine(), "m", "{{t}}", "y")
+    assert isinstance(out, pl.DataFrame) and out["y"].dtype == pl.String
+
+
+
+def test_errors_cross_the_jupyter_thread_door_unchanged(engine: str, fake: FakeProvider) -> None:
+    async def notebook_cell() -> None:
+        pd.DataFrame({"t": ["x"]}).llm.predict(engine, "m", "{{nope}}", "y")
+
+    with pytest.raises(dfllm.TemplateError, match="'nope'"):
+        asyncio.run(notebook_cell())
+    assert fake.requests == []
+
+    async def failing_cell() -> None:
+        dfllm.predict(pd.DataFrame({"t": ["x"]}), MockEngine(handler=lambda r: dfllm.BadRequestError("no")),
+                      "m", "{{t}}", "y")
+
+    with pytest.raises(dfllm.BatchError, match="1 of 1 rows failed"):
+        asyncio.run(failing_cell())
+
+
+
+def test_stats_must_be_run_stats_and_apredict_refuses_lazy_frames() -> None:
+    with pytest.raises(dfllm.ParameterError, match=r"stats must be a dfllm\.RunStats"):
+        dfllm.predict(pd.DataFrame({"t": ["x"]}), MockEngine(), "m", "{{t}}", "y", stats=5)  # type: ignore[arg-type]
+    with pytest.raises(dfllm.ParameterError, match=r"call dfllm\.predict on it"):
+        asyncio.run(dfllm.apredict(pl.LazyFrame({"t": ["x"]}), MockEngine(), "m", "{{t}}", "y"))
+
+
+
+@pytest.mark.parametrize("target", ["self", "df", "index", "columns"])
+def test_a_target_named_like_a_frame_attribute_gets_its_own_column(engine: str, target: str) -> None:
+    for df in (pd.DataFrame({"t": ["good"]}), pl.DataFrame({"t": ["good"]})):
+        out = dfllm.predict(df, engine, "m", "sentiment {{t}}", target)
+        assert list(out[target]) == ["positive"] and list(out.columns) == ["t", target]
+

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import polars as pl
 import pytest
@@ -87,3 +89,15 @@ def test_grammar_accepts_any_label_text(labels: list[str]) -> None:
     from llama_cpp.llama_grammar import LlamaGrammar
 
     LlamaGrammar.from_string(grammar_for(tuple(labels)), verbose=False)
+
+
+def test_a_local_model_that_fails_to_load_fails_the_call_promptly(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    bogus = tmp_path / "broken.gguf"
+    bogus.write_bytes(b"GGUF not really a model")
+    df = pd.DataFrame({"t": [f"row {i}" for i in range(6)]})
+    with pytest.raises(dfllm.BatchError) as info:
+        dfllm.predict(df, "local", str(bogus), "{{t}}", "y", cache=False)
+    assert len(info.value.errors) == 6
+    assert all("could not load" in str(e) for e in info.value.errors.values())
+

@@ -329,3 +329,12 @@ def test_in_an_accepted_label_set_each_label_in_any_case_or_width_maps_to_itself
         text = "".join(FULL_WIDTH.get(c, c) for c in text)
     assert normal_form(text) == normal_form(label)
     assert normalise_label(text, choices) == label
+
+
+def test_choices_over_http_are_normalised_and_come_back_categorical(engine: str, fake: FakeProvider) -> None:
+    df = pd.DataFrame({"text": ["I love it", "awful", "a chair"]})
+    out = df.llm.predict(engine, "m", "sentiment of {{text}}", "s", choices=["positive", "negative", "neutral"])
+    assert out["s"].tolist() == ["positive", "negative", "neutral"]
+    assert list(out["s"].cat.categories) == ["positive", "negative", "neutral"]
+    assert all("guided_choice" not in r.body and "grammar" not in r.body for r in fake.chat_requests)
+
