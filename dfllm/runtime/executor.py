@@ -450,18 +450,21 @@ class Executor:
         if self._options.tpm is None and tokens is not None:
             self._adopt_tpm(tokens)
         reset = _positive(state.reset_requests_s)
-        if state.remaining_requests != 0:
-            return
-        # Spent: nothing fits before the oldest send the budget counts comes back (a sliding
-        # window), or before the reset of one that gives nothing back until then (a fixed
-        # window); a bucket, seen refilling, is paced, as its reset is when it is full again.
+        # A remaining 0 with neither a limit nor a reset names no window to wait for: ignored.
+        if state.remaining_requests == 0 and (limit is not None or reset is not None):
+            self._on_spent(state, reset)
+
+    def _on_spent(self, state: RateLimitState, reset: float | None) -> None:
+        """Nothing fits before the oldest send the budget counts comes back (a sliding window),
+        and all of it is back by the reset; a fixed window gives nothing back before its reset; a
+        bucket, seen refilling, is paced, as its reset is when it is full again."""
         back = None if self._options.rpm is not None else self._adaptive.budget.next_back_s(self._clock())
-        if back is not None:
-            self._pause.pause_for(back, (
-                f"the server (x-ratelimit-remaining-requests: 0, {back:.2g}s until one comes back)"))
-        elif reset is not None and not self._adaptive.budget.refilling(self._clock()):
-            self._pause.pause_for(reset, (
-                f"the server (x-ratelimit-remaining-requests: 0, x-ratelimit-reset-requests: {reset:g}s)"))
+        spent = state.header("x-ratelimit-remaining-requests") or "x-ratelimit-remaining-requests: 0"
+        if back is not None and (reset is None or back < reset):
+            self._pause.pause_for(back, f"the server ({spent}, {back:.2g}s until one comes back)")
+        elif reset is not None and (back is not None or not self._adaptive.budget.refilling(self._clock())):
+            told = state.header("x-ratelimit-reset-requests") or f"x-ratelimit-reset-requests: {reset:g}s"
+            self._pause.pause_for(reset, f"the server ({spent}, {told})")
 
     def _too_slow(self, seconds_needed: float) -> bool:
         return seconds_needed > self._options.max_retry_time_s

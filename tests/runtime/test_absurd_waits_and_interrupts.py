@@ -158,3 +158,13 @@ def test_ctrl_c_in_a_script_calling_predict_inside_asyncio_run_stops_and_keeps_a
     # wait), and a request was sent only once 16 fewer had been answered.
     assert kept == answered >= sent - 16, (out, sent)
 
+
+
+def test_a_spent_budget_quotes_the_reset_header_as_the_server_sent_it() -> None:
+    clock = FakeClock()
+    sent = (("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", "10h0m0s"))
+    state = RateLimitState(limit_requests=100, remaining_requests=0, reset_requests_s=36000.0, headers=sent)
+    outcomes, _ = run_mock(lambda r: dfllm.Completion("ok", rate_limit=state), 20, clock, concurrency=4)
+    failed = [o for o in outcomes if isinstance(o, dfllm.RateLimitError)]
+    assert failed and clock.now < 1.0
+    assert "x-ratelimit-remaining-requests: 0, x-ratelimit-reset-requests: 10h0m0s" in str(failed[0])
