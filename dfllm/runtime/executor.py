@@ -26,17 +26,25 @@ import random
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
-from dfllm._exceptions import AuthenticationError, EngineError, RateLimitError, SchemaError
+from dfllm._exceptions import AuthenticationError, ConfigurationError, EngineError, RateLimitError, SchemaError
 from dfllm.config.options import Options
-from dfllm.engines.base import Completion, Engine, RateLimitState
-from dfllm.engines.tasks import AnswerFormat, ChatTask, Message
+from dfllm.engines.base import Completion, EngineInfo, RateLimitState
+from dfllm.engines.tasks import Message
 from dfllm.outputs.base import Output
 from dfllm.outputs.kinds import TextOutput
-from dfllm.prompt.keys import Key
 from dfllm.runtime.bulk import gc_paused, gc_relaxed
+from dfllm.runtime.dispatch import (
+    DEFAULT_COMPLETION_ESTIMATE,
+    Dispatch,
+    Outcome,
+    RequestSpec,
+    Settle,
+    TaskKind,
+    Work,
+    estimate_tokens,
+)
 from dfllm.runtime.limiter import (
     AdaptiveRate,
     Clock,
@@ -51,55 +59,26 @@ from dfllm.runtime.progress import Progress, RunStats
 from dfllm.runtime.retry import backoff_s, retry_after_cause, seconds_text, server_wait_s, wait_refused
 from dfllm.runtime.stores import Store, open_store
 
-Outcome = Completion | EngineError | SchemaError
+__all__ = ["Executor", "Gate", "Outcome", "RequestSpec", "TaskKind", "Work", "estimate_tokens"]
+
+EngineT = TypeVar("EngineT")
 
 # Before the first answer we know nothing of the account's limits: one request goes alone, so
 # its headers are read before more are sent; then this many go in flight (doubling per round
 # trip) rather than the whole pool at once into a possible cap.
 _INITIAL_WINDOW = 32
-_DEFAULT_COMPLETION_ESTIMATE = 256
 # An answer longer than this is checked on a worker thread: a check written in Python lets
 # the loop run between its bytecodes. pydantic-core holds the GIL while it validates, so for the
 # schema validator the bound is its own (parse.MAX_SCHEMA_ANSWER_CHARS), not the thread.
 _CHECKED_IN_THREAD_CHARS = 64 * 1024
 
 
-class Work(NamedTuple):
-    """One unique prompt and its cache key. Its request is built only if it is sent."""
+class _Failure(NamedTuple):
+    """A send that failed, and when: what its retry is weighed on."""
 
-    key: Key
-    prompt: str
-    # A re-ask: the previous answers and what was wrong with them, after the prompt.
-    history: tuple[Message, ...] = ()
-
-
-@dataclass(frozen=True)
-class RequestSpec:
-    """What every task of one call shares; the prompt is the only per-row part."""
-
-    model: str
-    params: dict[str, Any] = field(default_factory=dict)
-    system: str | None = None
-    choices: tuple[str, ...] = ()
-    timeout_s: float = 120.0
-    json_schema: dict[str, Any] | None = None
-    answer_format: AnswerFormat = "text"
-    schema_name: str = "answer"
-
-    def build(self, prompt: str, history: Sequence[Message] = ()) -> ChatTask:
-        user = Message.of_text("user", prompt)
-        messages: tuple[Message, ...] = (Message.of_text("system", self.system), user) if self.system else (user,)
-        if history:
-            messages += tuple(history)
-        return ChatTask(self.model, messages, self.params, self.choices, self.timeout_s, self.json_schema,
-                        self.answer_format, self.schema_name)
-
-
-def estimate_tokens(request: ChatTask) -> int:
-    """Prompt estimate (4 characters a token) plus the completion budget (``max_tokens``)."""
-    prompt = sum(len(m.text()) for m in request.messages) // 4 + 1
-    budget = request.params.get("max_tokens") or request.params.get("max_completion_tokens")
-    return prompt + int(budget or _DEFAULT_COMPLETION_ESTIMATE)
+    error: EngineError
+    sent_at: float
+    ticket: int  # the storm detector's count of the send
 
 
 class Gate(Protocol):
@@ -115,12 +94,15 @@ class Gate(Protocol):
 
 
 class Executor:
+    """Answers a run's work: ``spec`` (a ``TaskKind``, the chat kind ``RequestSpec`` by default)
+    makes each row's task and sends it to ``engine``; everything else is policy, here."""
+
     def __init__(
         self,
-        engine: Engine,
+        engine: EngineT,
         options: Options,
         stats: RunStats,
-        spec: RequestSpec,
+        spec: TaskKind[EngineT, Any],
         *,
         concurrency_cap: int | None = None,
         cacheable: bool = True,
@@ -130,11 +112,12 @@ class Executor:
         rng: random.Random | None = None,
         gate: Gate | None = None,
     ) -> None:
-        self._engine = engine
+        _check_takes(engine, spec)
+        self._engine: object = engine
         self._gate = gate
         self._cacheable = cacheable
         self._output: Output = output or TextOutput()
-        self._spec = spec
+        self._kind: TaskKind[Any, Any] = spec
         self._options = options
         self.stats = stats
         self._clock = clock
@@ -212,33 +195,20 @@ class Executor:
         results: list[Outcome | None] = [None] * len(work)
         cache = self._cache
         progress = Progress(self._options.progress, len(work), self.stats)
-        hits = 0
         try:
-            if cache is not None:
-                with gc_paused():
-                    found = cache.get_many(w.key for w in work)
-                    if self._output.checked:
-                        checked = ((k, self._check_now(c)) for k, c in found.items())
-                        found = {k: c for k, c in checked if isinstance(c, Completion)}
-                    results = [found.get(w.key) for w in work]
-                hits = len(found)
-                self.stats.cache_hits += hits
-                progress.advance(hits)
-            # Workers share one iterator of pending positions: a queue that costs no memory per row.
+            hits = self._look_up(work, results, cache, progress) if cache is not None else 0
+            # Pending positions as one lazy iterator: a queue that costs no memory per row.
             pending = (i for i, r in enumerate(results) if r is None)
             n_pending = len(work) - hits
             self._unanswered = n_pending
-            workers = [
-                asyncio.ensure_future(self._worker(pending, work, results, cache, progress))
-                for _ in range(min(self._pool, n_pending))
-            ]
-            try:
-                with gc_relaxed():
-                    await asyncio.gather(*workers)
-            finally:
-                for task in workers:
-                    task.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
+
+            def settle(i: int, outcome: Outcome) -> None:
+                self._settle(work[i], outcome, cache, progress)
+                results[i] = outcome
+
+            dispatch: Dispatch = self._pool_dispatch  # the one strategy built in (see dispatch.Dispatch)
+            with gc_relaxed():
+                await dispatch(pending, n_pending, work, settle)
             if self._abort is not None:
                 raise self._abort
         finally:
@@ -247,28 +217,49 @@ class Executor:
         assert len(answered) == len(results), "a worker stopped before the queue was empty"
         return answered
 
-    async def _worker(
-        self,
-        pending: Iterator[int],
-        work: Sequence[Work],
-        results: list[Outcome | None],
-        cache: Store | None,
-        progress: Progress,
-    ) -> None:
+    def _look_up(self, work: Sequence[Work], results: list[Outcome | None], cache: Store,
+                 progress: Progress) -> int:
+        """Fill ``results`` from the cache (answers that still pass the output's check); the hits."""
+        with gc_paused():
+            found = cache.get_many(w.key for w in work)
+            if self._output.checked:
+                checked = ((k, self._check_now(c)) for k, c in found.items())
+                found = {k: c for k, c in checked if isinstance(c, Completion)}
+            results[:] = [found.get(w.key) for w in work]
+        hits = len(found)
+        self.stats.cache_hits += hits
+        progress.advance(hits)
+        return hits
+
+    def _settle(self, item: Work, outcome: Outcome, cache: Store | None, progress: Progress) -> None:
+        """A row's outcome is in: counted, and an answer cached the moment it arrives."""
+        self._unanswered -= 1
+        if isinstance(outcome, Completion):
+            self.stats.succeeded += 1
+            self.stats.prompt_tokens += outcome.prompt_tokens
+            self.stats.completion_tokens += outcome.completion_tokens
+            if cache is not None:
+                cache.put(item.key, outcome)
+        progress.advance()
+
+    async def _pool_dispatch(self, pending: Iterator[int], count: int, work: Sequence[Work],
+                             settle: Settle) -> None:
+        """The worker pool, one ``Dispatch`` (``dispatch.Dispatch``): a fixed pool of workers pulls
+        positions from ``pending``, each row answered through the chain of policies (``_answer``)."""
+        workers = [asyncio.ensure_future(self._worker(pending, work, settle))
+                   for _ in range(min(self._pool, count))]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _worker(self, pending: Iterator[int], work: Sequence[Work], settle: Settle) -> None:
         for i in pending:
             if self._abort is not None:
                 return
-            item = work[i]
-            outcome = await self._answer(item)
-            results[i] = outcome
-            self._unanswered -= 1
-            if isinstance(outcome, Completion):
-                self.stats.succeeded += 1
-                self.stats.prompt_tokens += outcome.prompt_tokens
-                self.stats.completion_tokens += outcome.completion_tokens
-                if cache is not None:
-                    cache.put(item.key, outcome)
-            progress.advance()
+            settle(i, await self._answer(work[i]))
 
     async def _answer(self, item: Work) -> Outcome:
         """The row's outcome: the engine's answer, re-asked while it does not fit the output.
@@ -277,24 +268,31 @@ class Executor:
         row's first send, so a model that never fits cannot keep its row busy for long.
         """
         started = self._clock()
-        outcome = await self._attempt(item, started)
+        task = self._kind.build(item)
+        outcome = await self._attempt(task, started)
         repairs = 0
         while self._output.checked and isinstance(outcome, Completion):
             problem = await self._check(outcome)
             if isinstance(problem, Completion):
                 return problem  # it fits, with its typed values
-            if not problem.repairable or repairs >= self._options.max_repairs or self._abort is not None:
-                return problem
-            if self._clock() - started >= self._options.max_retry_time_s:
-                return _out_of_time(problem, repairs, self._options.max_retry_time_s)
-            turns = self._output.repair(outcome, problem)
-            if turns is None:
-                return problem
+            turns = self._repair_turns(outcome, problem, repairs, started)
+            if isinstance(turns, SchemaError):
+                return turns
             repairs += 1
             self.stats.repairs += 1
-            item = item._replace(history=(*item.history, *turns))
-            outcome = await self._attempt(item, started)
+            task = self._kind.reask(task, turns)
+            outcome = await self._attempt(task, started)
         return outcome
+
+    def _repair_turns(self, outcome: Completion, problem: SchemaError, repairs: int,
+                      started: float) -> tuple[Message, ...] | SchemaError:
+        """The turns that ask again, or the problem as the row's outcome when it may not be."""
+        if not problem.repairable or repairs >= self._options.max_repairs or self._abort is not None:
+            return problem
+        if self._clock() - started >= self._options.max_retry_time_s:
+            return _out_of_time(problem, repairs, self._options.max_retry_time_s)
+        turns = self._output.repair(outcome, problem)
+        return problem if turns is None else turns
 
     async def _check(self, completion: Completion) -> Completion | SchemaError:
         """The output's verdict on an answer; a long one is read on a worker thread, so that a
@@ -320,100 +318,163 @@ class Executor:
         self._opened = True
         self._window.widen(_INITIAL_WINDOW)
 
-    async def _attempt(self, item: Work, started: float) -> Outcome:
-        """One answer for ``item``, retried within the row's budget, which runs from ``started``."""
-        request = self._spec.build(item.prompt, item.history)
-        budget = self._options.max_retry_time_s
-        deadline = started + budget
+    # The chain each send goes through, one policy a step (as httpx's auth -> redirects -> send):
+    # _attempt: retry within the row's budget
+    #   _try_once: an in-flight slot (window) -> _pass_gates -> _send -> _on_answer
+    #     _pass_gates: _pass_pause_and_pace (Retry-After pause, rpm / learned / slow-start pace)
+    #                  -> _pass_token_gates (tpm, the cluster's gate) -> a refused key stops
+    #   _on_failure: _note_failure (storm, 429 policies) -> _retry_delay (server wait vs budget,
+    #                backoff, a storm's pause for all)
+
+    async def _attempt(self, task: Any, started: float) -> Outcome:
+        """One answer for ``task``, retried within the row's budget, which runs from ``started``."""
+        deadline = started + self._options.max_retry_time_s
         attempt = 0
         while True:
-            # Take the in-flight slot first, then pass every gate right before sending: a limit
-            # learned while this worker waited for its slot still applies to it.
-            ticket = 0  # the storm detector's count of this send, once it is sent
-            await self._window.acquire()
-            try:
-                while True:
-                    if not await self._pause.wait(deadline):
-                        now = self._clock()
-                        return wait_refused(self._pause.reason, self._pause.until - now, deadline - now, budget)
-                    pace = self._pace()
-                    await pace.acquire()
-                    if self._pause.until <= self._clock() and self._pace() is pace:
-                        break  # else a storm began while this send waited for its pace: wait it out
-                if self._tpm is not None:
-                    await self._tpm.acquire(min(estimate_tokens(request), self._tpm.per_minute))
-                if self._gate is not None:
-                    await self._gate.acquire(estimate_tokens(request))
-                if self._abort is not None:  # the key was refused while we waited: send nothing more
-                    return self._abort
-                sent_at = self._clock()
-                ticket = self._storm.sent()
-                self.stats.requests += 1
-                self._in_flight += 1
-                try:
-                    completion = await self._engine.complete(request)
-                finally:
-                    self._in_flight -= 1
-            except AuthenticationError as exc:
-                self._abort = self._abort or exc
-                return exc
-            except EngineError as exc:
-                error: EngineError = exc
-            except Exception as exc:  # an engine broke its contract: fail this row, not the run
-                error = EngineError(f"{type(self._engine).__name__} raised {type(exc).__name__}: {exc}")
-                error.__cause__ = exc
-            else:
-                self._storm.record(False, ticket)
-                self._slow_start.on_round_trip(self._clock() - sent_at)
-                self._window.on_success()
-                self._adaptive.on_success(sent_at)
-                if completion.rate_limit is not None:
-                    self._learn(completion.rate_limit)
-                    if self._gate is not None:
-                        self._gate.on_headers(completion.rate_limit)
-                if not self._opened:
-                    self._open_window()
-                return completion
-            finally:
-                self._window.release()
-
-            if not self._opened:
-                self._open_window()
-            limited = isinstance(error, RateLimitError)
-            self._storm.record(limited, ticket)
-            wait = server_wait_s(error)
-            now = self._clock()
-            if limited:
-                self.stats.rate_limited += 1
-                held = self._adaptive.on_refused(wait)
-                if held is not None and self._rpm is None:  # a window's end: nothing fits before it
-                    self._pause.pause_for(held, retry_after_cause(error, held))
-                # Already paced: the pace may be too high, or the provider refuses some at random.
-                cut = (not self._storm.storm and self._rpm is None and self._adaptive.pacer is not None
-                       and self._adaptive.on_rate_limited(sent_at, lone=True))
-                if self._gate is not None and self._is_cap(cut):
-                    self._gate.on_rate_limited(error.retry_after)
-            if error.retryable and wait is not None and wait > deadline - now:
-                cause = retry_after_cause(error, wait)
-                if limited and self._storm.storm:
-                    self._pause.pause_for(wait, cause)  # everyone would be told the same: stop now
-                return wait_refused(cause, wait, deadline - now, budget, error)
-            delay = wait if wait is not None else backoff_s(attempt, self._rng)
-            if limited and self._storm.storm:
-                # A storm means a real cap: more requests into it only buy more 429s, so
-                # everyone waits and the window and rate are cut. A lone 429 (a provider's
-                # hiccup) delays only its own row.
-                self._window.on_rate_limited(sent_at)
-                if self._rpm is None:
-                    self._adaptive.on_rate_limited(sent_at)
-                self._pause.pause_for(delay, retry_after_cause(error, delay))
-                delay = 0.0
-            if not error.retryable or attempt >= self._options.max_retries or now - started + delay > budget:
-                return error
+            tried = await self._try_once(task, deadline)
+            if not isinstance(tried, _Failure):
+                return tried
+            delay = self._on_failure(tried, started, attempt)
+            if isinstance(delay, EngineError):
+                return delay
             attempt += 1
             self.stats.retries += 1
             if delay:
                 await self._sleep(delay)
+
+    async def _try_once(self, task: Any, deadline: float) -> Outcome | _Failure:
+        """One send in an in-flight slot, past every gate: the answer, the failure to weigh for
+        a retry, or the row's outcome when a gate refused its wait or the key was refused."""
+        ticket, sent_at = 0, self._clock()  # the storm detector's count of this send, once sent
+        # The slot first, then every gate right before sending: a limit learned while this
+        # worker waited for its slot still applies to it.
+        await self._window.acquire()
+        try:
+            refused = await self._pass_gates(task, deadline)
+            if refused is not None:
+                return refused
+            sent_at, ticket = self._clock(), self._storm.sent()
+            completion = await self._send(task)
+        except AuthenticationError as exc:
+            self._abort = self._abort or exc
+            return exc
+        except EngineError as exc:
+            return _Failure(exc, sent_at, ticket)
+        except Exception as exc:  # an engine broke its contract: fail this row, not the run
+            error = EngineError(f"{type(self._engine).__name__} raised {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            return _Failure(error, sent_at, ticket)
+        else:
+            self._on_answer(completion, sent_at, ticket)
+            return completion
+        finally:
+            self._window.release()
+
+    async def _pass_gates(self, task: Any, deadline: float) -> EngineError | None:
+        """Wait at every gate; the row's outcome when it cannot afford a wait or the key was refused."""
+        refused = await self._pass_pause_and_pace(deadline)
+        if refused is not None:
+            return refused
+        await self._pass_token_gates(task)
+        return self._abort  # the key was refused while we waited: send nothing more
+
+    async def _pass_pause_and_pace(self, deadline: float) -> EngineError | None:
+        """Out of any pause (Retry-After, a storm, a spent budget), then at the pace in force; a
+        pause that began while this send waited for its pace is waited out too."""
+        while True:
+            if not await self._pause.wait(deadline):
+                now = self._clock()
+                budget = self._options.max_retry_time_s
+                return wait_refused(self._pause.reason, self._pause.until - now, deadline - now, budget)
+            pace = self._pace()
+            await pace.acquire()
+            if self._pause.until <= self._clock() and self._pace() is pace:
+                return None
+
+    async def _pass_token_gates(self, task: Any) -> None:
+        """The ``tpm`` pace and the cluster's gate, each holding the task's estimated tokens."""
+        if self._tpm is None and self._gate is None:
+            return
+        size = self._kind.size(task)
+        if self._tpm is not None:
+            await self._tpm.acquire(min(size, self._tpm.per_minute))
+        if self._gate is not None:
+            await self._gate.acquire(size)
+
+    async def _send(self, task: Any) -> Completion:
+        """The task, sent once by its kind; counted as in flight until it is answered."""
+        self.stats.requests += 1
+        self._in_flight += 1
+        try:
+            return await self._kind.send(self._engine, task)
+        finally:
+            self._in_flight -= 1
+
+    def _on_answer(self, completion: Completion, sent_at: float, ticket: int) -> None:
+        """An answer: the storm, slow start, window and learned rate hear of it; its headers are read."""
+        self._storm.record(False, ticket)
+        self._slow_start.on_round_trip(self._clock() - sent_at)
+        self._window.on_success()
+        self._adaptive.on_success(sent_at)
+        if completion.rate_limit is not None:
+            self._learn(completion.rate_limit)
+            if self._gate is not None:
+                self._gate.on_headers(completion.rate_limit)
+        if not self._opened:
+            self._open_window()
+
+    def _on_failure(self, failure: _Failure, started: float, attempt: int) -> float | EngineError:
+        """A failed send: the seconds to wait before trying again, or the row's outcome."""
+        if not self._opened:
+            self._open_window()
+        self._note_failure(failure)
+        return self._retry_delay(failure, started, attempt)
+
+    def _note_failure(self, failure: _Failure) -> None:
+        """The storm detector hears of every failure; a 429 is counted, may name a window's end
+        (every send waits for it), may cut a learned pace, and the cluster gate hears of a cap."""
+        error = failure.error
+        limited = isinstance(error, RateLimitError)
+        self._storm.record(limited, failure.ticket)
+        if not isinstance(error, RateLimitError):
+            return
+        self.stats.rate_limited += 1
+        held = self._adaptive.on_refused(server_wait_s(error))
+        if held is not None and self._rpm is None:  # a window's end: nothing fits before it
+            self._pause.pause_for(held, retry_after_cause(error, held))
+        # Already paced: the pace may be too high, or the provider refuses some at random.
+        cut = (not self._storm.storm and self._rpm is None and self._adaptive.pacer is not None
+               and self._adaptive.on_rate_limited(failure.sent_at, lone=True))
+        if self._gate is not None and self._is_cap(cut):
+            self._gate.on_rate_limited(error.retry_after)
+
+    def _retry_delay(self, failure: _Failure, started: float, attempt: int) -> float | EngineError:
+        """The wait before the next try (the server's, else backoff), or the row's outcome: not
+        retryable, out of tries, or a wait past its budget. In a storm everyone waits instead."""
+        error, budget = failure.error, self._options.max_retry_time_s
+        wait = server_wait_s(error)
+        now = self._clock()
+        storm = isinstance(error, RateLimitError) and self._storm.storm
+        if error.retryable and wait is not None and wait > started + budget - now:
+            cause = retry_after_cause(error, wait)
+            if storm:
+                self._pause.pause_for(wait, cause)  # everyone would be told the same: stop now
+            return wait_refused(cause, wait, started + budget - now, budget, error)
+        delay = wait if wait is not None else backoff_s(attempt, self._rng)
+        if storm:
+            self._pause_for_storm(error, delay, failure.sent_at)
+            delay = 0.0
+        if not error.retryable or attempt >= self._options.max_retries or now - started + delay > budget:
+            return error
+        return delay
+
+    def _pause_for_storm(self, error: EngineError, delay: float, sent_at: float) -> None:
+        """A storm means a real cap: more requests into it only buy more 429s, so everyone waits
+        and the window and rate are cut. A lone 429 (a provider's hiccup) delays only its own row."""
+        self._window.on_rate_limited(sent_at)
+        if self._rpm is None:
+            self._adaptive.on_rate_limited(sent_at)
+        self._pause.pause_for(delay, retry_after_cause(error, delay))
 
     def _pace(self) -> Pacer | SlowStartPacer:
         """The pace in force: the caller's ``rpm``, else the learned rate, else slow start's."""
@@ -486,7 +547,7 @@ class Executor:
             if self._tpm.per_minute != limit:
                 self._tpm.set_rate(limit)
             return
-        needed = self._unanswered * _DEFAULT_COMPLETION_ESTIMATE * 60.0 / limit
+        needed = self._unanswered * DEFAULT_COMPLETION_ESTIMATE * 60.0 / limit
         if self._too_slow(needed):
             if self.stats.slow_header_tpm is None:
                 self.stats.slow_header_tpm = float(limit)
@@ -497,6 +558,15 @@ class Executor:
                 )
             return
         self._tpm = Pacer(limit, self._clock, self._sleep)
+
+
+def _check_takes(engine: object, kind: TaskKind[Any, Any]) -> None:
+    """An engine is given only the kinds of task it declares it takes (``task_kinds``)."""
+    takes = EngineInfo.of(engine).task_kinds
+    if kind.kind not in takes:
+        raise ConfigurationError(
+            f"The engine {type(engine).__name__} takes {', '.join(sorted(takes))} tasks, not {kind.kind!r}: "
+            f"give it a task kind it declares in task_kinds, or an engine that declares {kind.kind!r}.")
 
 
 def _finite(value: object) -> float | None:

@@ -1,0 +1,116 @@
+"""What the executor dispatches, seen from outside a task: the seam between policy and tasks.
+
+The executor never looks inside a task. A ``TaskKind`` builds one from a row's ``Work``, says how
+many tokens it will cost (for the ``tpm`` pace and the cluster's gate), sends it to an engine, and
+adds the turns of a re-ask. ``RequestSpec`` is the chat kind, the one built in. A ``Dispatch``
+is how a run's pending work reaches the engine: the executor's worker pool is the one built in; a
+provider batch job (every pending task in one job, polled, each row settled from its output) is
+the other it leaves room for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar
+
+from dfllm._exceptions import EngineError, SchemaError
+from dfllm.engines.base import Completion, Engine
+from dfllm.engines.tasks import AnswerFormat, ChatTask, Message
+from dfllm.prompt.keys import Key
+
+Outcome = Completion | EngineError | SchemaError
+
+DEFAULT_COMPLETION_ESTIMATE = 256  # tokens an answer is taken to cost without max_tokens
+
+EngineT = TypeVar("EngineT", contravariant=True)
+TaskT = TypeVar("TaskT")
+
+
+class Work(NamedTuple):
+    """One unique input and its cache key. Its task is built only if it is sent."""
+
+    key: Key
+    prompt: str
+    # A re-ask: the previous answers and what was wrong with them, after the prompt.
+    history: tuple[Message, ...] = ()
+
+
+class TaskKind(Protocol[EngineT, TaskT]):
+    """How one kind of task is made and moved; the executor calls nothing else on a task.
+
+    ``kind`` is the name engines declare in ``task_kinds``. ``send`` raises what the engine raises
+    (an ``EngineError`` on failure); the executor's policies (gates, retries, re-asks) wrap it.
+    """
+
+    kind: ClassVar[str]
+
+    def build(self, work: Work) -> TaskT:
+        """The task for one row's work."""
+        ...
+
+    def size(self, task: TaskT) -> int:
+        """The tokens ``task`` is expected to cost, prompt and answer: what the token gates hold."""
+        ...
+
+    async def send(self, engine: EngineT, task: TaskT) -> Completion:
+        """Perform ``task`` on ``engine`` once."""
+        ...
+
+    def reask(self, task: TaskT, turns: tuple[Message, ...]) -> TaskT:
+        """``task`` asked again, with the turns an output's ``repair`` gave after it."""
+        ...
+
+
+Settle = Callable[[int, Outcome], None]
+
+
+class Dispatch(Protocol):
+    """How a run's pending work reaches the engine. ``pending`` yields positions into ``work``
+    (``count`` of them, lazily: a queue that costs no memory per row); each is answered by calling
+    ``settle(position, outcome)`` exactly once, which stores, caches and counts it. The worker
+    pool (``Executor._pool_dispatch``) is the one built in; a provider batch job would submit
+    the pending tasks as one job, poll it, and settle each row from the job's output."""
+
+    async def __call__(self, pending: Iterator[int], count: int, work: Sequence[Work], settle: Settle) -> None: ...
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """The chat kind: what every chat task of one call shares; the prompt is the per-row part."""
+
+    kind: ClassVar[str] = ChatTask.kind
+
+    model: str
+    params: dict[str, Any] = field(default_factory=dict)
+    system: str | None = None
+    choices: tuple[str, ...] = ()
+    timeout_s: float = 120.0
+    json_schema: dict[str, Any] | None = None
+    answer_format: AnswerFormat = "text"
+    schema_name: str = "answer"
+
+    def build(self, work: Work) -> ChatTask:
+        user = Message.of_text("user", work.prompt)
+        messages: tuple[Message, ...] = (Message.of_text("system", self.system), user) if self.system else (user,)
+        if work.history:
+            messages += work.history
+        return ChatTask(self.model, messages, self.params, self.choices, self.timeout_s, self.json_schema,
+                        self.answer_format, self.schema_name)
+
+    def size(self, task: ChatTask) -> int:
+        return estimate_tokens(task)
+
+    async def send(self, engine: Engine, task: ChatTask) -> Completion:
+        return await engine.complete(task)
+
+    def reask(self, task: ChatTask, turns: tuple[Message, ...]) -> ChatTask:
+        return dataclasses.replace(task, messages=task.messages + turns)
+
+
+def estimate_tokens(request: ChatTask) -> int:
+    """Prompt estimate (4 characters a token) plus the completion budget (``max_tokens``)."""
+    prompt = sum(len(m.text()) for m in request.messages) // 4 + 1
+    budget = request.params.get("max_tokens") or request.params.get("max_completion_tokens")
+    return prompt + int(budget or DEFAULT_COMPLETION_ESTIMATE)
