@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,8 @@ class Plan:
     info: EngineInfo
     spec: RequestSpec
     work: list[Work] = field(default_factory=list)
-    row_work: list[int] = field(default_factory=list)  # row -> index into work, or ALL_NULL / UNSENDABLE
+    # row -> index into work, or ALL_NULL / UNSENDABLE; 8 bytes a row, where a list of ints holds an object each
+    row_work: array[int] = field(default_factory=lambda: array("q"))
     unsendable: dict[int, str] = field(default_factory=dict)  # row -> why its cells cannot be sent
     template: Template | None = None
     keys: RequestKeys | None = None

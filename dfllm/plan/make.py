@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from array import array
 from collections.abc import Mapping
 from typing import Any
 
@@ -74,7 +75,8 @@ def plan_batch(plan: Plan, df: Any) -> Plan:
     then render batch after batch with the engine, options and keys already resolved.
     """
     assert plan.template is not None and plan.keys is not None
-    batch = dataclasses.replace(plan, df=df, adapter=frames.adapter_for(df), work=[], row_work=[], unsendable={})
+    batch = dataclasses.replace(plan, df=df, adapter=frames.adapter_for(df), work=[], row_work=array("q"),
+                                unsendable={})
     render_rows(batch, plan.template, plan.keys)
     return batch
 

@@ -14,16 +14,15 @@ def render_rows(plan: Plan, template: Template, keys: RequestKeys) -> None:
     columns = {f: adapter.column_values(df, f) for f in template.fields}
     seen: dict[str, int] = {}
     row_work, work = plan.row_work, plan.work
+    key, append = keys.key, row_work.append
     for prompt in template.render_columns(columns, adapter.n_rows(df)):
         if prompt is None:
-            row_work.append(ALL_NULL)
-            continue
-        if isinstance(prompt, UnsendableRow):
+            index = ALL_NULL
+        elif isinstance(prompt, UnsendableRow):
             plan.unsendable[len(row_work)] = prompt.problem
-            row_work.append(UNSENDABLE)
-            continue
-        index = seen.get(prompt)
-        if index is None:
-            index = seen[prompt] = len(work)
-            work.append(Work(keys.key(prompt), prompt))
-        row_work.append(index)
+            index = UNSENDABLE
+        else:
+            index = seen.setdefault(prompt, len(work))  # one dict operation, whether seen or new
+            if index == len(work):
+                work.append(Work(key(prompt), prompt))
+        append(index)

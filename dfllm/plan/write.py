@@ -7,7 +7,7 @@ from typing import Any
 from dfllm._exceptions import BatchError, DfllmError, TemplateError
 from dfllm.engines.base import Completion
 from dfllm.frames import Column, ColumnType
-from dfllm.plan.base import UNSENDABLE, Plan
+from dfllm.plan.base import ALL_NULL, UNSENDABLE, Plan
 from dfllm.runtime.executor import Outcome
 from dfllm.runtime.progress import RunStats
 
@@ -27,10 +27,10 @@ def write_back(plan: Plan, outcomes: list[Outcome], stats: RunStats) -> Any:
                 for i in plan.row_work
             ], ColumnType("int"))
     if options.errors == "null":
-        columns[f"{target}_error"] = Column([
-            f"{type(row_errors[r]).__name__}: {row_errors[r]}" if r in row_errors else None
-            for r in range(len(plan.row_work))
-        ])
+        error_texts: list[str | None] = [None] * len(plan.row_work)
+        for row, exc in row_errors.items():
+            error_texts[row] = f"{type(exc).__name__}: {exc}"
+        columns[f"{target}_error"] = Column(error_texts)
     frame = plan.adapter.with_columns(plan.df, columns)
     if row_errors and options.errors == "raise":
         raise BatchError(frame, row_errors, len(plan.row_work), stats=stats)
@@ -39,22 +39,22 @@ def write_back(plan: Plan, outcomes: list[Outcome], stats: RunStats) -> Any:
 
 def _row_answers(plan: Plan, outcomes: list[Outcome]) -> tuple[list[Any], dict[int, BaseException]]:
     """Each row's value (None where it has none) and each failed row's error."""
+    value = plan.output.value
     answers_by_work: list[Any] = []
-    errors_by_work: list[DfllmError | None] = []
-    for outcome in outcomes:
-        answer, error = plan.output.value(outcome) if isinstance(outcome, Completion) else (None, outcome)
+    failed: dict[int, DfllmError] = {}  # work index -> its error
+    for index, outcome in enumerate(outcomes):
+        answer, error = value(outcome) if isinstance(outcome, Completion) else (None, outcome)
         answers_by_work.append(answer)
-        errors_by_work.append(error)
-    answers: list[Any] = []
+        if error is not None:
+            failed[index] = error
+    # The row markers are negative, so they index the Nones appended here: rows without an answer.
+    answers_by_work += [None] * -min(ALL_NULL, UNSENDABLE)
+    answers = [answers_by_work[index] for index in plan.row_work]
     row_errors: dict[int, BaseException] = {}
-    for row, index in enumerate(plan.row_work):
-        if index < 0:
-            answers.append(None)
+    if failed or plan.unsendable:  # else no row failed: no pass over the rows for errors
+        for row, index in enumerate(plan.row_work):
             if index == UNSENDABLE:
                 row_errors[row] = TemplateError(plan.unsendable[row])
-            continue
-        answers.append(answers_by_work[index])
-        failure = errors_by_work[index]
-        if failure is not None:
-            row_errors[row] = failure
+            elif index in failed:
+                row_errors[row] = failed[index]
     return answers, row_errors

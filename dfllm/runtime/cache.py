@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS responses (
 )
 """
 _COLUMNS = ["id", "tail", "text", "prompt_tokens", "completion_tokens"]
+_SELECT = "SELECT id, tail, text, prompt_tokens, completion_tokens FROM responses"
 _INSERT = "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)"
 _LOOKUP_CHUNK = 5000
 _PAGE_CACHE_KIB = 65536
@@ -70,24 +71,36 @@ class Cache:
         pending = self._pending
         # Read the overlay before the file: an answer leaves the overlay only after its commit.
         found = {k: c for k in batch if (c := pending.get(k)) is not None} if pending else {}
+        overlaid = bool(found)
         try:
             for start in range(0, len(batch), _LOOKUP_CHUNK):
-                wanted = set(batch[start:start + _LOOKUP_CHUNK]).difference(found)
-                if not wanted:
+                chunk = batch[start:start + _LOOKUP_CHUNK]
+                # rowid -> tail; two wanted keys sharing a rowid (or one found in the overlay) take
+                # the slower path, which tells them apart.
+                tails = dict(chunk)
+                if overlaid or len(tails) != len(chunk):
+                    self._look_up_apart(chunk, found)
                     continue
-                ids = [rowid for rowid, _ in wanted]
-                marks = ",".join("?" * len(ids))
-                rows = self._reader.execute(
-                    f"SELECT id, tail, text, prompt_tokens, completion_tokens FROM responses WHERE id IN ({marks})",
-                    ids,
-                )
+                marks = ",".join("?" * len(tails))
+                rows = self._reader.execute(f"{_SELECT} WHERE id IN ({marks})", list(tails))
                 for rowid, tail, text, prompt_tokens, completion_tokens in rows:
-                    if (rowid, tail) in wanted and isinstance(text, str):
-                        found[rowid, tail] = Completion(text, int(prompt_tokens or 0), int(completion_tokens or 0))
+                    if tails.get(rowid) == tail and isinstance(text, str):
+                        found[rowid, tail] = _completion(text, int(prompt_tokens or 0), int(completion_tokens or 0))
         except sqlite3.DatabaseError as exc:
             self.close()
             raise _unusable(self.path, exc) from exc
         return found
+
+    def _look_up_apart(self, chunk: list[Key], found: dict[Key, Completion]) -> None:
+        """Add ``chunk``'s answers not yet in ``found``, each row checked against every wanted key."""
+        wanted = set(chunk).difference(found)
+        if not wanted:
+            return
+        ids = [rowid for rowid, _ in wanted]
+        rows = self._reader.execute(f"{_SELECT} WHERE id IN ({','.join('?' * len(ids))})", ids)
+        for rowid, tail, text, prompt_tokens, completion_tokens in rows:
+            if (rowid, tail) in wanted and isinstance(text, str):
+                found[rowid, tail] = _completion(text, int(prompt_tokens or 0), int(completion_tokens or 0))
 
     def put(self, key: Key, completion: Completion) -> None:
         with self._wake:
@@ -214,6 +227,15 @@ class Cache:
             self._settle(batch)
             for done in flushes:
                 done.set()
+
+
+def _completion(text: str, prompt_tokens: int, completion_tokens: int) -> Completion:
+    """A cached answer; built with tuple's own constructor (a cached re-run makes one per row, and
+    a NamedTuple's generated ``__new__`` costs a Python call each)."""
+    return tuple.__new__(Completion, (text, prompt_tokens, completion_tokens, *_COMPLETION_DEFAULTS))
+
+
+_COMPLETION_DEFAULTS = tuple(Completion._field_defaults[name] for name in Completion._fields[3:])
 
 
 def _by_key(item: tuple[Key, Completion]) -> Key:
