@@ -134,9 +134,9 @@ class Estimator:
     def _completion_estimate(self, given: int | None) -> tuple[int, str]:
         if given is not None:
             return given, "as given"
-        choices = self._plan.options.choices
-        if choices:
-            return max(self._count(c) for c in choices) + 1, "the longest choice"
+        bounded = self._plan.output.completion_estimate(self._count)
+        if bounded is not None:
+            return bounded
         budget = completion_budget(self._plan.spec.params)
         if budget:
             return int(budget), "max_tokens each, an upper bound"

@@ -8,7 +8,7 @@ kind of answer a call wants.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from dfllm._exceptions import DfllmError, SchemaError
@@ -60,4 +60,9 @@ class Output(Protocol):
 
     def write(self, target: str, values: Sequence[Any]) -> dict[str, Column]:
         """Its typed columns, from one value per row (None for a row without an answer)."""
+        ...
+
+    def completion_estimate(self, count_tokens: Callable[[str], int]) -> tuple[int, str] | None:
+        """Tokens an answer takes, and why, where this kind bounds it (``estimate`` uses it);
+        None where only the call's params (``max_tokens``) or an assumption can say."""
         ...

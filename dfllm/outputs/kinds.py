@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -44,6 +44,9 @@ class TextOutput:
     def write(self, target: str, values: Sequence[Any]) -> dict[str, Column]:
         return {target: Column(list(values), ColumnType("string"))}
 
+    def completion_estimate(self, count_tokens: Callable[[str], int]) -> tuple[int, str] | None:
+        return None
+
 
 @dataclass(frozen=True)
 class ChoicesOutput(TextOutput):
@@ -67,6 +70,9 @@ class ChoicesOutput(TextOutput):
 
     def write(self, target: str, values: Sequence[Any]) -> dict[str, Column]:
         return {target: Column(list(values), ColumnType("category", categories=self.labels))}
+
+    def completion_estimate(self, count_tokens: Callable[[str], int]) -> tuple[int, str] | None:
+        return max(count_tokens(label) for label in self.labels) + 1, "the longest choice"
 
 
 class SchemaOutput:
@@ -108,6 +114,9 @@ class SchemaOutput:
 
     def write(self, target: str, values: Sequence[Any]) -> dict[str, Column]:
         return schema_columns(target, self.schema, values, self.layout)
+
+    def completion_estimate(self, count_tokens: Callable[[str], int]) -> tuple[int, str] | None:
+        return None
 
 
 class OutputOptions(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,9 @@ class IntOutput:
 
     def write(self, target: str, values: Sequence[Any]) -> dict[str, Column]:
         return {target: Column(list(values), ColumnType("int"))}
+
+    def completion_estimate(self, count_tokens: Callable[[str], int]) -> tuple[int, str] | None:
+        return None
 
 
 def words_then_digits(task: ChatTask) -> str:
