@@ -83,8 +83,6 @@ class Capabilities:
     choices: bool = False  # constrains decoding to one of the labels
     json_schema: bool = False  # enforces a JSON Schema (OpenAI's strict response_format, a grammar)
     json_mode: bool = False  # guarantees syntactically valid JSON, without a schema
-    batch: bool = False  # a provider batch API (not used yet)
-    streaming: bool = False  # token streaming (not used yet)
 
 
 NO_CAPABILITIES = Capabilities()

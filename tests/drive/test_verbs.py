@@ -69,7 +69,7 @@ def test_filter_keeps_the_rows_answered_yes_and_adds_no_column(make: type) -> No
     out = df.llm.filter("Is this text positive? {{text}}", engine=engine, model="m")
     assert list(out.columns) == ["text", "n"]
     assert list(out["n"]) == [1]
-    assert engine.requests[0].openai_messages()[0] == {
+    assert engine.requests[0].messages[0] == {
         "role": "system", "content": "Answer the question about the text with yes or no only."}
     if isinstance(out, pd.DataFrame):
         assert list(out.index) == [0]
