@@ -33,8 +33,6 @@ class Work(NamedTuple):
 
     key: Key
     prompt: str
-    # A re-ask: the previous answers and what was wrong with them, after the prompt.
-    history: tuple[Message, ...] = ()
 
 
 class TaskKind(Protocol[EngineT, TaskT]):
@@ -94,8 +92,6 @@ class RequestSpec:
     def build(self, work: Work) -> ChatTask:
         user = Message.of_text("user", work.prompt)
         messages: tuple[Message, ...] = (Message.of_text("system", self.system), user) if self.system else (user,)
-        if work.history:
-            messages += work.history
         return ChatTask(self.model, messages, self.params, self.choices, self.timeout_s, self.json_schema,
                         self.answer_format, self.schema_name)
 
