@@ -17,7 +17,7 @@ from dfllm import frames
 from dfllm._exceptions import ParameterError
 from dfllm.config import models
 from dfllm.config.options import Options, PredictOptions
-from dfllm.engines.base import Engine
+from dfllm.engines.base import Engine, EngineInfo
 from dfllm.plan import ALL_NULL, Plan, make_plan, write_back
 from dfllm.prompt.template import Template
 from dfllm.runtime.bulk import gc_paused
@@ -103,7 +103,12 @@ async def run_plan(plan: Plan, stats: RunStats) -> list[Outcome]:
 
 def make_executor(plan: Plan, engine: Engine, stats: RunStats, *, options: Options | None = None,
                   gate: Any = None) -> Executor:
-    """The executor for ``plan``'s calls: its options, cap, cacheability and output (the answers' check)."""
+    """The executor for ``plan``'s calls: its options, cap, cacheability and output (the answers' check).
+
+    The cap is what the engine that runs declared (``EngineInfo.of``: a built-in engine opened from
+    its config and a custom object alike), within the plan's when it has one.
+    """
     options = options or plan.options
-    return Executor(engine, options, stats, plan.spec, concurrency_cap=plan.info.max_concurrency,
+    caps = [c for c in (plan.info.max_concurrency, EngineInfo.of(engine).max_concurrency) if c is not None]
+    return Executor(engine, options, stats, plan.spec, concurrency_cap=min(caps, default=None),
                     cacheable=plan.info.identity is not None, output=plan.output, gate=gate)
