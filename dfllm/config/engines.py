@@ -24,7 +24,7 @@ from dfllm._exceptions import (
     UnknownEngineError,
     did_you_mean,
 )
-from dfllm.config.options import OPTION_NAMES, option_problems, unknown_option_problems
+from dfllm.config.options import LOCAL_NAMES, OPTION_NAMES, option_problems, unknown_option_problems
 from dfllm.config.secrets import Secret, looks_like_key, shown_url
 from dfllm.engines.base import Capabilities, Engine, is_engine
 from dfllm.engines.kinds import KINDS, Endpoint, ProviderKind
@@ -101,7 +101,7 @@ class EngineConfig:
     def endpoint(self) -> Endpoint:
         """What this engine's provider kind needs to reach it."""
         return Endpoint(self.base_url, self.headers, identity=self.identity, capabilities=self.capabilities,
-                        auth_hint=self.provider.auth_hint)
+                        auth_hint=self.provider.auth_hint, local_names=LOCAL_NAMES)
 
     @property
     def identity(self) -> str:

@@ -18,6 +18,7 @@ from dfllm._exceptions import ResponseFormatError
 from dfllm.config.secrets import Secret, shown_url
 from dfllm.engines.base import NO_CAPABILITIES, Capabilities, Engine
 from dfllm.engines.http import OpenAICompatibleEngine
+from dfllm.engines.local import LocalEngine, describe_local, local_models, model_identity, model_problems
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class Endpoint:
     identity: str | None = None
     capabilities: Capabilities = NO_CAPABILITIES
     auth_hint: str | None = None
+    # dfllm's option names -> llama.cpp's (``max_tokens``...), from the option table above the engines.
+    local_names: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def shown_base_url(self) -> str:
@@ -96,37 +99,26 @@ class HttpKind:
 
 @dataclass(frozen=True)
 class LocalKind:
-    """The llama.cpp engine (the optional ``dfllm[local]`` extra): ``engines.local`` loads when one is
-    used. It reads the option table, which loads the ``engines`` package, so a top-level import here
-    would make a cycle through ``engines/__init__``."""
+    """The llama.cpp engine (the optional ``dfllm[local]`` extra): llama.cpp itself loads when a model
+    is, inside ``engines.local``."""
 
     name: str = "local"
     needs_base_url: bool = False
     extra_params: frozenset[str] = frozenset({"model_path"})
 
     def connect(self, endpoint: Endpoint) -> Engine:
-        from dfllm.engines.local import LocalEngine
-
-        return LocalEngine()
+        return LocalEngine(endpoint.local_names)
 
     def model_problems(self, model: str) -> list[str]:
-        from dfllm.engines.local import model_problems
-
         return model_problems(model)
 
     def model_identity(self, model: str) -> str:
-        from dfllm.engines.local import model_identity
-
         return model_identity(model)
 
     async def list_models(self, endpoint: Endpoint) -> list[dict[str, Any]]:
-        from dfllm.engines.local import local_models
-
         return [{"id": m} for m in local_models()]
 
     async def describe(self, endpoint: Endpoint, model: str) -> dict[str, Any]:
-        from dfllm.engines.local import describe_local
-
         return await asyncio.to_thread(describe_local, model)
 
 

@@ -17,11 +17,11 @@ import importlib.util
 import json
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from dfllm._exceptions import BadRequestError, ParameterError
-from dfllm.config.options import LOCAL_NAMES
 from dfllm.engines.base import CHAT_ONLY, Capabilities, Completion
 from dfllm.engines.tasks import ChatTask
 
@@ -127,8 +127,9 @@ class LocalEngine:
     capabilities = Capabilities(choices=True, json_schema=True, json_mode=True)
     task_kinds = CHAT_ONLY
 
-    def __init__(self) -> None:
+    def __init__(self, param_names: Mapping[str, str]) -> None:
         self.max_concurrency: int | None = instance_count()
+        self._param_names = param_names  # dfllm's option names -> llama.cpp's, from the option table
         self._free: asyncio.Queue[Any] | None = None
         self._loading: asyncio.Future[None] | None = None
 
@@ -160,7 +161,7 @@ class LocalEngine:
         free = await self._instances(request.model)
         instance = await free.get()
         try:
-            return await asyncio.to_thread(_generate, instance, request)
+            return await asyncio.to_thread(_generate, instance, request, self._param_names)
         finally:
             free.put_nowait(instance)
 
@@ -173,10 +174,10 @@ class LocalEngine:
         self._loading = None
 
 
-def _generate(instance: Any, request: ChatTask) -> Completion:
+def _generate(instance: Any, request: ChatTask, names: Mapping[str, str]) -> Completion:
     from llama_cpp.llama_grammar import LlamaGrammar
 
-    kwargs = {LOCAL_NAMES[k]: v for k, v in request.params.items() if k in LOCAL_NAMES}
+    kwargs = {names[k]: v for k, v in request.params.items() if k in names}
     if request.choices:
         kwargs["grammar"] = LlamaGrammar.from_string(grammar_for(request.choices), verbose=False)
     elif request.json_schema is not None and request.answer_format != "text":
