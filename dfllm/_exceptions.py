@@ -29,6 +29,7 @@ Messages say what was wrong, the offending value, and the fix. They never contai
 
 from __future__ import annotations
 
+import difflib
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -202,7 +203,5 @@ def _cause(error: BaseException) -> str:
 
 def did_you_mean(word: str, options: Sequence[str]) -> str:
     """A " Did you mean 'x'?" suffix for a misspelt name, or "" when nothing is close."""
-    import difflib
-
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f" Did you mean {close[0]!r}?" if close else ""

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+import pandas as pd
 
 from dfllm._exceptions import ParameterError, did_you_mean
+from dfllm.config.catalog import describe_model
 from dfllm.config.engines import EngineConfig, resolve_engine
 from dfllm.config.options import OPTION_NAMES, option_problems
 from dfllm.prompt.template import is_null
 from dfllm.runtime.sync import run_sync
 
 _MODEL_PARAMS = ("model_name", "model", "prompt_template", "column")
+
+_DriverT = TypeVar("_DriverT")
 
 
 @dataclass
@@ -30,6 +35,14 @@ _drivers = _Drivers()
 def use_drivers(predict: Callable[..., Any], apredict: Callable[..., Awaitable[Any]]) -> None:
     """Let ``Model.predict`` / ``Model.apredict`` run through these functions."""
     _drivers.predict, _drivers.apredict = predict, apredict
+
+
+def _given(driver: _DriverT | None) -> _DriverT:
+    # An explicit check, not an assert: ``python -O`` would strip an assert and call None.
+    if driver is None:
+        raise RuntimeError("Model.predict has no driver: dfllm.drive.eager gives them (use_drivers) "
+                           "when it is imported, as `import dfllm` does; import dfllm first")
+    return driver
 
 
 def unpack(engine: Any, model: str | None, template: Any, target: str | None,
@@ -60,14 +73,12 @@ class Model:
         a dict of its fields. A lazy frame (Dask, Polars LazyFrame) gives back a lazy frame.
         """
         if df is not None:  # eager or lazy: predict answers both, as it does for any frame
-            assert _drivers.predict is not None, "dfllm._api gives the drivers when dfllm is imported"
-            return _drivers.predict(df, self, **kwargs)
+            return _given(_drivers.predict)(df, self, **kwargs)
         return run_sync(self.apredict(df, **kwargs))
 
     async def apredict(self, df: Any = None, /, **kwargs: Any) -> Any:
         """The async form of ``predict``: the same frame and single-row forms."""
-        apredict = _drivers.apredict
-        assert apredict is not None, "dfllm._api gives the drivers when dfllm is imported"
+        apredict = _given(_drivers.apredict)
         if df is not None:
             return await apredict(df, self, **kwargs)
         if not kwargs:
@@ -75,8 +86,6 @@ class Model:
                 f"Model {self.name!r}.predict needs a DataFrame or the row's columns as keywords, "
                 "e.g. model.predict(text='I love machine learning!')."
             )
-        import pandas as pd
-
         frame = await apredict(pd.DataFrame({k: [v] for k, v in kwargs.items()}), self)
         row = {name: frame[name].tolist()[0] for name in frame.columns if name not in kwargs}
         values = {name: None if is_null(value) else value for name, value in row.items()}
@@ -88,8 +97,6 @@ class Model:
 
     def describe(self) -> dict[str, Any]:
         """What the provider says of this model (``/models/{id}``); Anyscale adds its model card link."""
-        from dfllm.config.catalog import describe_model
-
         return describe_model(self.engine, self.model_name)
 
 

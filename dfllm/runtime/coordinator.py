@@ -38,6 +38,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 from dfllm.config.secrets import Secret
 from dfllm.engines.base import RateLimitState
 from dfllm.runtime.limiter import Clock, Pacer, Sleep
+from dfllm.runtime.worker import KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -291,6 +292,4 @@ class KeyPlugin(WorkerPlugin):
         return f"KeyPlugin(key_id={self.key_id!r})"
 
     def setup(self, worker: Any) -> None:
-        from dfllm.runtime.worker import KEYS
-
         KEYS[self.key_id] = Secret(self._value)

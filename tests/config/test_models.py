@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 
 import dfllm
-from dfllm.testing import FakeProvider
+from dfllm.config import models
+from dfllm.testing import FakeProvider, MockEngine
 
 
 def test_create_model_with_model_and_model_name(engine: str) -> None:
@@ -44,3 +45,13 @@ def test_a_model_predicts_a_lazy_frame_lazily(engine: str, fake: FakeProvider) -
     assert isinstance(lazy, pl.LazyFrame) and fake.requests == []
     assert lazy.collect()["y"].to_list() == ["positive"]
 
+
+
+def test_a_model_without_drivers_names_the_module_that_gives_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A RuntimeError, not an assert: `python -O` strips asserts, and the call would hit None.
+    monkeypatch.setattr(models, "_drivers", models._Drivers())
+    model = dfllm.create_model("m", engine=MockEngine(), predict="y", model_name="gpt", prompt_template="{{t}}")
+    with pytest.raises(RuntimeError, match=r"dfllm\.drive\.eager gives them"):
+        model.predict(pd.DataFrame({"t": ["x"]}))
+    with pytest.raises(RuntimeError, match=r"dfllm\.drive\.eager gives them"):
+        asyncio.run(model.apredict(t="x"))
