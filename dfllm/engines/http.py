@@ -19,6 +19,7 @@ import asyncio
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from time import time
@@ -308,7 +309,8 @@ def parse_completion(
         raise ResponseFormatError(f"{where} {what}, so it is not a chat completion: {_snippet(raw, scrub, payload)!r}")
     assert isinstance(first, dict)
     finish = first.get("finish_reason")
-    finish = _shown(finish, str, 40) if isinstance(finish, str) else None
+    # Interned: a million answers then hold one "stop", not a million copies of it.
+    finish = sys.intern(_shown(finish, str, 40)) if isinstance(finish, str) else None
     content = message.get("content")
     refusal = message.get("refusal")
     if isinstance(refusal, str) and refusal:
