@@ -110,12 +110,13 @@ def finetune(engine: Any, base_model: str, df: Any, *, role_column: str = "role"
              validation_fraction: float = 0.1, seed: int = 0, min_examples: int = 10,
              n_epochs: int | None = None, context_length: int | None = None, suffix: str | None = None,
              poll_interval_s: float = 2.0, max_poll_interval_s: float = 30.0, timeout_s: float = 24 * 3600,
-             progress: bool | None = None, sleep: Callable[[float], None] = time.sleep) -> str:
+             progress: bool | None = None, sleep: Callable[[float], None] = time.sleep,
+             clock: Callable[[], float] = time.monotonic) -> str:
     """Fine-tune ``base_model`` on chat rows and return the fine-tuned model id (usable in predict).
 
     Chats of fewer than ``min_examples`` are refused; ``validation_fraction`` of the chats
     (shuffled with ``seed``) become the validation file. Polls every ``poll_interval_s``,
-    growing to ``max_poll_interval_s``.
+    growing to ``max_poll_interval_s``, until ``timeout_s`` has passed on ``clock``.
     """
     config = resolve_engine(engine)
     if not isinstance(config, EngineConfig) or config.provider.finetunable_models is None:
@@ -144,7 +145,7 @@ def finetune(engine: Any, base_model: str, df: Any, *, role_column: str = "role"
     hyperparameters = {k: v for k, v in {"n_epochs": n_epochs, "context_length": context_length}.items()
                        if v is not None}
     return _run_job(config, base_model, training, validation, hyperparameters, suffix,
-                    poll_interval_s, max_poll_interval_s, timeout_s, progress, sleep)
+                    poll_interval_s, max_poll_interval_s, timeout_s, progress, sleep, clock)
 
 
 def _jsonl(chats: list[list[dict[str, str]]]) -> bytes:
@@ -154,8 +155,8 @@ def _jsonl(chats: list[list[dict[str, str]]]) -> bytes:
 def _run_job(config: EngineConfig, base_model: str, training: list[list[dict[str, str]]],
              validation: list[list[dict[str, str]]], hyperparameters: dict[str, int], suffix: str | None,
              poll_s: float, max_poll_s: float, timeout_s: float, progress: bool | None,
-             sleep: Callable[[float], None]) -> str:
-    client = _Client.for_engine(config, sleep)
+             sleep: Callable[[float], None], clock: Callable[[], float]) -> str:
+    client = _Client.for_engine(config, sleep, clock)
     show = progress or (progress is None and interactive())
     train_id = client.upload("train.jsonl", _jsonl(training))
     val_id = client.upload("validation.jsonl", _jsonl(validation)) if validation else None
@@ -168,10 +169,10 @@ def _run_job(config: EngineConfig, base_model: str, training: list[list[dict[str
         body["hyperparameters"] = hyperparameters
     job = _job(client.call("Creating the fine-tuning job", "POST", "fine_tuning/jobs", json_body=body,
                            creates=True))
-    deadline = time.monotonic() + timeout_s
+    deadline = client.clock() + timeout_s
     interval = poll_s
     while job["status"] not in _TERMINAL:
-        if time.monotonic() > deadline:
+        if client.clock() > deadline:
             raise FineTuneError(f"Fine-tuning job {job['id']} still {job['status']} after {timeout_s:g}s; "
                                 "it keeps running at the provider: poll it later.")
         if show:
@@ -208,12 +209,13 @@ class _Client:
     rng: random.Random = field(default_factory=random.Random)
 
     @classmethod
-    def for_engine(cls, config: EngineConfig, sleep: Callable[[float], None]) -> _Client:
+    def for_engine(cls, config: EngineConfig, sleep: Callable[[float], None],
+                   clock: Callable[[], float] = time.monotonic) -> _Client:
         # The engine chat requests use: the provider's headers (auth included) and auth hint.
         engine = OpenAICompatibleEngine(config.base_url, config.headers, auth_hint=config.provider.auth_hint)
         options = {name: config.options.get(name, OPTION_BY_NAME[name].default)
                    for name in ("max_retries", "max_retry_time_s")}
-        return cls(engine, int(options["max_retries"]), float(options["max_retry_time_s"]), sleep)
+        return cls(engine, int(options["max_retries"]), float(options["max_retry_time_s"]), sleep, clock)
 
     def upload(self, filename: str, content: bytes) -> str:
         # A repeated upload costs nothing (an unused file), so every transient failure is retried.

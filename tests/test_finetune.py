@@ -217,3 +217,41 @@ def test_a_refusal_that_echoes_the_key_is_quoted_scrubbed() -> None:
         with pytest.raises(dfllm.FineTuneError, match="HTTP 400: Model not allowed for key") as info:
             dfllm.finetune("any", BASE, chat_rows(12), sleep=no_sleep)
     assert "1b2c3d4e5f60718293a4" not in f"{info.value} {info.value!r} {info.value.__cause__!r}"
+
+
+class StepClock:
+    """Time that passes only when slept: ``sleep`` advances ``now`` and keeps what it was asked."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_a_job_that_never_ends_times_out_on_the_injected_clock() -> None:
+    job = "/v1/fine_tuning/jobs/ftjob-fake-1"
+    polls = 0
+
+    def forever_running(request: RecordedRequest) -> Behaviour | None:
+        nonlocal polls
+        if (request.method, request.path) != ("GET", job):
+            return None
+        polls += 1  # ends after 50 polls, so a loop timed on the real clock fails rather than hangs
+        return respond(200, {"id": "ftjob-fake-1", "status": "running" if polls <= 50 else "cancelled"})
+
+    time = StepClock()
+    with FakeProvider(models=(BASE,)) as fake:
+        fake.app.finetune.script = forever_running
+        dfllm.create_engine("any", "anyscale_endpoints", api_key="k", base_url=fake.base_url)
+        with pytest.raises(dfllm.FineTuneError, match="still running after 100s; it keeps running"):
+            dfllm.finetune("any", BASE, chat_rows(12), poll_interval_s=2, max_poll_interval_s=30, timeout_s=100,
+                           sleep=time.sleep, clock=time.clock)
+        # Waits of 2 s growing 1.5x to 30 s: the 9th poll comes at 124 s, past the 100 s deadline.
+        assert len([r for r in fake.requests if r.path == job]) == 9
+        assert time.slept == [2, 3, 4.5, 6.75, 10.125, 15.1875, 22.78125, 30, 30]
