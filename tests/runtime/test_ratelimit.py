@@ -20,8 +20,7 @@ from dfllm.runtime.executor import Executor, RequestSpec, Work
 from dfllm.runtime.progress import RunStats
 from dfllm.testing import SHAPES, FakeClock, FakeProvider, MockEngine, sequence, status
 from dfllm.testing._limits import Shape
-
-from .conftest import KEY
+from tests.conftest import KEY
 
 
 def predict(fake: FakeProvider, rows: int, **options: Unpack[PredictOptions]) -> pd.DataFrame:

@@ -18,8 +18,7 @@ from dfllm.engines.base import RateLimitState, Request
 from dfllm.runtime.executor import Executor, RequestSpec, Work
 from dfllm.runtime.progress import RunStats
 from dfllm.testing import FakeClock, FakeProvider, MockEngine, always, drop, malformed, ok, per_prompt, sequence, status
-
-from .conftest import KEY
+from tests.conftest import KEY
 
 
 def rows(n: int) -> pd.DataFrame:
