@@ -1,6 +1,7 @@
 """dfllm on Dask: one rate budget for the whole cluster, against a server-side RPM cap.
 
     python benchmarks/dask.py [--rpm 1800] [--rows 300] [--latency-ms 50] [--uncapped-rows 3000]
+                              [--learned-rows 1500] [--window-s 20] [--only capped,learned,uncapped]
 
 Capped (the cap is given as rpm=, the server also enforces it and sends no rate-limit headers):
   one process: dfllm.predict on a pandas frame
@@ -8,6 +9,8 @@ Capped (the cap is given as rpm=, the server also enforces it and sends no rate-
   the same clusters with each worker limiting itself to the full cap, as per-process limiters
   do (dfllm.predict inside map_partitions)
 Each prints achieved rate / cap (answers per minute over the run's wall time) and the 429 share.
+Learned (no rpm=): a 2-worker cluster against a fixed window (LiteLLM's shape: limit and remaining
+headers, no reset), --learned-rows over --window-s windows.
 Uncapped: rows/s on 1 and 2 worker processes.
 
 The fake provider runs in its own process. Numbers are from one run.
@@ -98,6 +101,22 @@ def capped(args: argparse.Namespace) -> None:
             on_cluster(workers, scenarios)
 
 
+def learned(args: argparse.Namespace) -> None:
+    """No rpm=: the cluster learns a LiteLLM-style fixed window (limit and remaining, no reset header)."""
+    cap, window = args.rpm, args.window_s
+    with FakeProviderProcess(rpm=cap, latency_ms=args.latency_ms, rpm_shape="fixed", rpm_window_s=window,
+                             ratelimit_headers="litellm") as fake:
+        dfllm.create_engine("bench", "openai_compatible", base_url=fake.base_url)
+
+        def scenario(client: Client) -> None:
+            ddf = dd.from_pandas(frame(args.learned_rows, "learned"), npartitions=8)
+            report(f"2 workers, no rpm=, fixed {window:g} s window (LiteLLM headers)", *measure(
+                fake, args.learned_rows, lambda: ddf.llm.predict(
+                    "bench", MODEL, TEMPLATE, "answer", cache=False, errors="null").compute()), cap)
+
+        on_cluster(2, scenario)
+
+
 def uncapped(args: argparse.Namespace) -> None:
     with FakeProviderProcess(latency_ms=args.latency_ms) as fake:
         dfllm.create_engine("bench", "openai_compatible", base_url=fake.base_url)
@@ -117,10 +136,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=300)
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--uncapped-rows", type=int, default=3000)
+    parser.add_argument("--learned-rows", type=int, default=1500, help="rows against the fixed window, no rpm=")
+    parser.add_argument("--window-s", type=float, default=20.0, help="the fixed window's length")
+    parser.add_argument("--only", default="capped,learned,uncapped")
     args = parser.parse_args()
     print(f"cap {args.rpm:g} rpm, {args.rows} rows, latency {args.latency_ms:g} ms, cores {os.cpu_count()}")
-    capped(args)
-    uncapped(args)
+    for section in args.only.split(","):
+        {"capped": capped, "learned": learned, "uncapped": uncapped}[section](args)
 
 
 if __name__ == "__main__":
