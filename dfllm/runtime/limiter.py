@@ -374,6 +374,10 @@ class AdaptiveRate:
                 if self._noisy and pace < self._took * (1.0 + self.MARGIN):
                     return False  # what succeeds leaves out the noise: over it by more before a cut
             rate = min(pace, succeeded) if self._recent else pace
+            # A spent budget holds the pace near nothing until its reset: that is no news of the
+            # cap, and a cut from it would pace at one a minute long after the reset (on Dask,
+            # where workers share the budget, a worker idled for a minute). Its depth is a floor.
+            rate = max(rate, self.budget.depth_per_minute())
             self._took, self._noisy = min(rate, self._took_per_minute(now)), False
             if self._fast:
                 # A fast probe found the cap: what succeeded includes the budget it saved up
@@ -763,6 +767,10 @@ class Budget:
         if (back := self.next_back_s(now)) is not None:
             horizon = min(horizon, back)
         return max(0, left) / max(horizon, self.MIN_HORIZON_S) * 60.0 + self.refill_per_minute(now)
+
+    def depth_per_minute(self) -> float:
+        """The most the budget was seen to hold, over its window, per minute (0 before a reading)."""
+        return 0.0 if self._read_at is None else self.most * 60.0 / self.window_s()
 
     def floor_per_minute(self) -> float:
         """The budget's depth over its window, per minute, while it is not nearly spent; else 0."""

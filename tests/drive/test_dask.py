@@ -397,3 +397,18 @@ def test_stats_and_storage_credentials_are_refused_before_a_graph_is_built(tmp_p
         dfllm.predict(ddf, "t", MODEL, "{{text}}", "y", stats=dfllm.RunStats())
     with pytest.raises(dfllm.ParameterError, match="would put them"):
         ddf.llm.predict("t", MODEL, "{{text}}", "y", cache=FsspecCache(str(tmp_path), key="AKIA-secret"))
+
+
+def test_without_rpm_the_cluster_spends_a_fixed_window_it_learns_from_headers(client: Any) -> None:
+    # LiteLLM's shape: limit and remaining, no reset header; 40 requests per 2 s window. Two workers
+    # share the window: a worker whose 429 came while the budget was spent cut its pace to one a
+    # minute and sent nothing for about a minute (0.23-0.48x the cap), however long the run.
+    with FakeProvider(rpm=1200, rpm_shape="fixed", rpm_window_s=2, ratelimit_headers="litellm") as fake:
+        dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
+        ddf = dd.from_pandas(frame(240, "window"), npartitions=4, sort=False)
+        out = ddf.llm.predict("t", "model-window", "Echo {{text}}", "answer", cache=False, errors="null").compute()
+        assert out["answer"].notna().all()
+        arrivals = [r.arrived_at for r in fake.chat_requests]
+    # 240 rows are 6 windows at the cap (12 s); a minute's stall makes it over 60 s. A loaded 2-core
+    # machine only sends later, so the bound is well under the cap and well over a stall.
+    assert len(arrivals) <= 240 * 1.05 and rate_per_minute(arrivals) >= 0.5 * 1200
