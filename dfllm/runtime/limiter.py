@@ -55,15 +55,19 @@ class Pacer:
             now = self._clock()
             start = now  # idle: no credit for the unused past, hence no burst
             if self._last_start is not None:
+                waited = False
                 while (due := self._last_start + self._last_amount * 60.0 / self.per_minute) > now:
                     nap = due - now if self._rate is None else min(due - now, self.NAP_S)
                     await self._sleep(nap)
                     if self._rate is not None:
                         self.set_rate(self._rate())
-                    now = self._clock()
-                    # Advance from the slot, not from when the sleep ended: oversleeping by a
-                    # millisecond per send would otherwise cost ~5% of the rate at 50 sends/s.
-                    start = due
+                    now, waited = self._clock(), True
+                if waited:
+                    # Book the slot at the rate that let this send go, not from when the sleep
+                    # ended: oversleeping by a millisecond per send would otherwise cost ~5% of the
+                    # rate at 50 sends/s. Within one slot of now: a rate that rose while this send
+                    # waited would otherwise date its slot far back and let a burst through.
+                    start = max(due, now - amount * 60.0 / self.per_minute)
             self._last_start, self._last_amount = start, amount
 
 

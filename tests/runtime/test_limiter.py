@@ -53,6 +53,29 @@ def test_pacer_never_exceeds_its_rate_in_any_minute(per_minute: float, amounts: 
         assert in_window <= per_minute + max(a for _, a in granted)  # at most one grant's overshoot
 
 
+def test_pacer_that_waited_at_a_low_rate_books_its_slot_at_the_rate_that_let_it_go() -> None:
+    # A spent budget reads as one a minute until its reset a moment later. The head of the line
+    # re-read the rate, left at the new one, but booked its slot a minute on (the slot it had
+    # computed at one a minute): everyone after it waited that minute (a Dask run stalled ~57 s).
+    t = FakeClock()
+    spent_until = 0.0
+    pacer = Pacer(1200, t.clock, t.sleep, rate=lambda: 1.0 if t.now < spent_until else 1200.0)
+    starts: list[float] = []
+
+    async def go() -> None:
+        nonlocal spent_until
+        await pacer.acquire()
+        starts.append(t.now)
+        spent_until = 0.2
+        for _ in range(3):
+            await pacer.acquire()
+            starts.append(t.now)
+
+    asyncio.run(go())
+    assert starts[1] <= 0.2 + Pacer.NAP_S
+    assert starts[3] - starts[1] == pytest.approx(0.1, abs=0.06)  # two more at 1200 a minute
+
+
 def test_pacer_refuses_a_request_that_can_never_fit() -> None:
     t = FakeClock()
     with pytest.raises(ValueError, match=r"limit is 100 per minute"):
