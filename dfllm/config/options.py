@@ -22,6 +22,7 @@ from dfllm._exceptions import ParameterError, did_you_mean
 from dfllm.outputs.choices import label_problems
 from dfllm.outputs.schema import OutputSchema, normalise_schema
 from dfllm.prompt.template import surrogate_problem
+from dfllm.runtime.cost import Prices
 from dfllm.runtime.location import CacheLocation, cache_problem, sqlite_path
 
 Check = Callable[[str, Any], "str | None"]
@@ -46,6 +47,12 @@ def non_negative_int(name: str, value: Any) -> str | None:
 def positive_number(name: str, value: Any) -> str | None:
     if not _is_number(value) or value <= 0:
         return f"{name} must be a finite positive number, got {value!r}."
+    return None
+
+
+def _price(name: str, value: Any) -> str | None:
+    if not _is_number(value) or value < 0:
+        return f"{name} must be a price in USD per million tokens, 0 or more, e.g. 0.15, got {value!r}."
     return None
 
 
@@ -228,6 +235,9 @@ OPTIONS: tuple[Option, ...] = (
            default_text=_PROVIDERS),
     Option("user", "str", None, "end-user id for the provider's abuse monitoring", text, sent=True,
            default_text="none"),
+    Option("prompt_cache_key", "str", None, "OpenAI: routes requests sharing a long prefix (system prompt, "
+           "fixed instructions) to the same prompt cache, for more cached_tokens", text, sent=True,
+           default_text="none"),
     Option("reasoning_effort", "str", None, "reasoning models: 'minimal', 'low', 'medium' or 'high'",
            one_of("minimal", "low", "medium", "high"), sent=True, default_text=_PROVIDERS),
     Option("extra_body", "dict", None, "further request body fields (not model, messages, stream, n)",
@@ -256,11 +266,22 @@ OPTIONS: tuple[Option, ...] = (
            "server-requested waits included", positive_number),
     Option("errors", "str", "raise", "'raise': one BatchError after all rows, with the partial frame as "
            "err.partial; 'null': null answer plus a {target}_error column", one_of("raise", "null")),
+    Option("mode", "str", "online", "'online': one request per unique prompt, now; 'batch': one provider batch "
+           "job (OpenAI's Batch API, half the price, answers within 24 h), resumed by running the same call "
+           "again; see Batch mode", one_of("online", "batch")),
+    Option("batch_timeout_s", "float", 86400.0, "mode='batch': seconds to wait for the jobs; rows still "
+           "unanswered then are row errors, and the same call run again collects them", positive_number),
     Option("cache", "bool | path | url", True, "persistent SQLite cache ($DFLLM_CACHE_DIR or the user cache dir); "
            "False, a file path, or a URL / dfllm.FsspecCache (one object per answer on any fsspec path)",
            cache_problem),
     Option("progress", "bool", None, "a tqdm bar; on when interactive", _progress, default_text="auto"),
-    Option("usage_columns", "bool", False, "add {target}_prompt_tokens and {target}_completion_tokens", flag),
+    Option("usage_columns", "bool", False, "add {target}_prompt_tokens, {target}_cached_tokens (of the prompt, "
+           "served from the provider's prompt cache) and {target}_completion_tokens", flag),
+    Option("price_prompt", "float", None, "USD per million prompt tokens; with price_completion, RunStats.cost_usd, "
+           "the summary line and estimate show the cost (online and batch)", _price, default_text="none"),
+    Option("price_cached_prompt", "float", None, "USD per million prompt tokens served from the provider's "
+           "prompt cache", _price, default_text="price_prompt"),
+    Option("price_completion", "float", None, "USD per million completion tokens", _price, default_text="none"),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -289,6 +310,7 @@ class PredictOptions(TypedDict, total=False):
     repetition_penalty: float
     logit_bias: dict[str, float]
     user: str
+    prompt_cache_key: str
     reasoning_effort: str
     extra_body: dict[str, Any]
     system: str | None
@@ -303,9 +325,14 @@ class PredictOptions(TypedDict, total=False):
     max_retries: int
     max_retry_time_s: float
     errors: Literal["raise", "null"]
+    mode: Literal["online", "batch"]
+    batch_timeout_s: float
     cache: bool | str | Path | CacheLocation
     progress: bool | None
     usage_columns: bool
+    price_prompt: float
+    price_cached_prompt: float
+    price_completion: float
 
 
 DEFAULT_CONCURRENCY: int = OPTION_BY_NAME["concurrency"].default
@@ -327,14 +354,26 @@ class Options:
     max_retries: int = OPTION_BY_NAME["max_retries"].default
     max_retry_time_s: float = OPTION_BY_NAME["max_retry_time_s"].default
     errors: Literal["raise", "null"] = "raise"
+    mode: Literal["online", "batch"] = "online"
+    batch_timeout_s: float = OPTION_BY_NAME["batch_timeout_s"].default
     cache: bool | str | Path | CacheLocation = True
     progress: bool | None = None
     usage_columns: bool = False
+    price_prompt: float | None = None
+    price_cached_prompt: float | None = None
+    price_completion: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
 
     def cache_path(self) -> Path | None:
         """The SQLite file the ``cache`` option names (None: no cache, or another kind of store)."""
         return sqlite_path(self.cache)
+
+    @property
+    def prices(self) -> Prices | None:
+        """The prices the call gave (``build_options`` makes sure both are given, or neither)."""
+        if self.price_prompt is None or self.price_completion is None:
+            return None
+        return Prices(self.price_prompt, self.price_completion, self.price_cached_prompt)
 
 
 def completion_budget(params: Mapping[str, Any]) -> int | None:
@@ -391,6 +430,7 @@ def build_options(layers: list[Mapping[str, Any]]) -> tuple[Options, list[str]]:
     if merged.get("schema") is not None and merged.get("choices") is not None:
         problems.append("choices and schema cannot be combined: use choices for one label, or a schema field "
                         "typed Literal['a', 'b'] for labels among other fields.")
+    problems += _price_problems(merged)
     if problems:
         return Options(), problems
     params = {k: v for k, v in merged.items() if k in SENT_OPTIONS and k != "extra_body" and v is not None}
@@ -402,6 +442,18 @@ def build_options(layers: list[Mapping[str, Any]]) -> tuple[Options, list[str]]:
     if "schema" in policy:
         policy["schema"] = normalise_schema(policy["schema"])
     return Options(**policy, params=params), []
+
+
+def _price_problems(merged: Mapping[str, Any]) -> list[str]:
+    """A cost needs the prompt and the completion price: one alone would show a cost too low."""
+    given = [name for name in ("price_prompt", "price_cached_prompt", "price_completion")
+             if merged.get(name) is not None]
+    if not given or {"price_prompt", "price_completion"} <= set(given):
+        return []
+    missing = [name for name in ("price_prompt", "price_completion") if name not in given]
+    return [f"{' and '.join(given)} given without {' and '.join(missing)}: "
+            "a cost needs the prompt and the completion price (USD per million tokens). Give both, e.g. "
+            "price_prompt=0.15, price_completion=0.6, or neither."]
 
 
 def options_table_markdown() -> str:

@@ -23,8 +23,8 @@ from typing import Any, NamedTuple, Protocol
 
 from dfllm.engines.tasks import ChatTask, Request
 
-__all__ = ["CHAT_ONLY", "NO_CAPABILITIES", "Capabilities", "ChatTask", "Completion", "Engine", "EngineInfo",
-           "RateLimitState", "Request", "is_engine"]
+__all__ = ["CHAT_ONLY", "NO_CAPABILITIES", "USAGE_FIELDS", "Capabilities", "ChatTask", "Completion", "Engine",
+           "EngineInfo", "RateLimitState", "Request", "is_engine"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +74,13 @@ class Completion(NamedTuple):
     # The answer's typed values, one per schema field, once the executor has checked it against
     # the call's schema (never stored in the cache: a cached answer is checked again on read).
     values: tuple[Any, ...] | None = None
+    # Of prompt_tokens, those the provider served from its prompt cache (charged less); last, so
+    # a custom engine's positional Completion(text, prompt, completion, ...) keeps its meaning.
+    cached_tokens: int = 0
+
+
+# The token counts of a Completion, as usage columns name them ({target}_prompt_tokens...).
+USAGE_FIELDS = ("prompt_tokens", "cached_tokens", "completion_tokens")
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,7 @@ class Capabilities:
     choices: bool = False  # constrains decoding to one of the labels
     json_schema: bool = False  # enforces a JSON Schema (OpenAI's strict response_format, a grammar)
     json_mode: bool = False  # guarantees syntactically valid JSON, without a schema
+    batch_jobs: bool = False  # takes OpenAI's Batch API (/files, /batches): mode='batch' at half the price
 
 
 NO_CAPABILITIES = Capabilities()

@@ -20,7 +20,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from email.utils import parsedate_to_datetime
 from time import time
 from typing import Any
@@ -192,10 +192,42 @@ class OpenAICompatibleEngine:
             )
         raise self._status_error(status, headers, raw)
 
+    async def stream_lines(self, path: str, *, timeout_s: float = 600.0,
+                           max_line_bytes: int = MAX_BODY_BYTES) -> AsyncIterator[bytes | None]:
+        """GET ``{base_url}/{path}`` (a batch job's output file) line by line, never whole: memory
+        stays flat at a million lines. A line over ``max_line_bytes`` is yielded as None (its
+        rows are missed, not the file); errors are mapped as ``complete``'s are."""
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        url = f"{self._root}/{path.lstrip('/')}"
+        failure: EngineError | None = None
+        try:
+            async with self._session_now().get(url, timeout=timeout, allow_redirects=False) as resp:
+                if not 200 <= resp.status < 300:
+                    raw, _ = await _read_capped(resp, self._max_body_bytes)
+                    failure = self._status_error(resp.status, resp.headers, raw)
+                else:
+                    async for line in _lines(resp, max_line_bytes):
+                        yield line
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            failure = TransportError(f"No answer from {self.base_url} within {timeout_s:g}s while reading {path}.")
+        except (aiohttp.ClientError, OSError) as exc:
+            failure = TransportError(_shown(f"GET {url} failed: {type(exc).__name__}: {exc}", self._scrub, 500))
+        if failure is not None:
+            raise failure from None
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    @property
+    def scrub(self) -> Callable[[str], str]:
+        """Removes every form of the key from a text the server sent."""
+        return self._scrub
+
+    def status_error(self, status: int, raw: bytes) -> EngineError:
+        """The error an HTTP ``status`` with body ``raw`` stands for (a batch line's status)."""
+        return self._status_error(status, {}, raw)
 
     def _status_error(self, status: int, headers: Mapping[str, str], raw: bytes) -> EngineError:
         detail = _shown(_error_detail(raw), self._scrub, _SHOWN_BODY) or "(empty body)"
@@ -238,6 +270,32 @@ async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes,
             return b"".join(chunks), False
         chunks.append(chunk)
     return b"".join(chunks), True
+
+
+async def _lines(resp: aiohttp.ClientResponse, limit: int) -> AsyncIterator[bytes | None]:
+    """The body's lines without their newline, a line over ``limit`` bytes as None."""
+    pending = bytearray()
+    too_long = False
+    while chunk := await resp.content.readany():
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            if not too_long and len(pending) + end - start <= limit:
+                pending += chunk[start:end]
+                yield bytes(pending)
+            else:
+                yield None
+            pending.clear()
+            too_long = False
+            start = end + 1
+        if not too_long:
+            pending += chunk[start:]
+            if len(pending) > limit:
+                pending.clear()
+                too_long = True
+    if too_long:
+        yield None
+    elif pending:
+        yield bytes(pending)
 
 
 # Characters a message must not carry: controls (a UTF-16 body decoded as UTF-8 interleaves NULs
@@ -342,6 +400,7 @@ def parse_completion(
         completion_tokens=_token_count(usage.get("completion_tokens")),
         rate_limit=rate_limit_state(headers, scrub),
         finish_reason=finish,
+        cached_tokens=_cached_count(usage),
     )
 
 
@@ -356,6 +415,13 @@ def _token_count(value: Any) -> int:
     if not math.isfinite(value) or not 0 <= value <= _MAX_COUNT:
         return 0
     return int(value)
+
+
+def _cached_count(usage: Mapping[str, Any]) -> int:
+    """``usage.prompt_tokens_details.cached_tokens``: part of the prompt, so never more than it."""
+    details = usage.get("prompt_tokens_details")
+    cached = _token_count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    return min(cached, _token_count(usage.get("prompt_tokens")))
 
 
 def _number(text: str | None) -> float | None:

@@ -62,6 +62,9 @@ class Provider:
 
 
 _JSON_SCHEMA = Capabilities(json_schema=True, json_mode=True)
+# OpenAI's Batch API (/files, /batches). A server of the same API may lack it: dfllm asks
+# /batches before uploading anything, and says so clearly when it answers 404.
+_JSON_SCHEMA_AND_BATCH = Capabilities(json_schema=True, json_mode=True, batch_jobs=True)
 
 PROVIDERS: dict[str, Provider] = {
     p.name: p
@@ -71,7 +74,7 @@ PROVIDERS: dict[str, Provider] = {
             base_url="https://api.openai.com/v1",
             key_env="OPENAI_API_KEY",
             key_params=("openai_api_key", "api_key"),
-            capabilities=_JSON_SCHEMA,
+            capabilities=_JSON_SCHEMA_AND_BATCH,
             finetunable_models=("gpt-4o-mini-2024-07-18", "gpt-4o-2024-08-06", "gpt-4.1-mini-2025-04-14",
                                 "gpt-4.1-2025-04-14", "gpt-3.5-turbo-0125"),
         ),
@@ -82,8 +85,9 @@ PROVIDERS: dict[str, Provider] = {
             key_env=None,
             key_params=("api_key",),
             key_required=False,
-            # vLLM, llama.cpp's server, Ollama and SGLang all take OpenAI's json_schema response_format.
-            capabilities=_JSON_SCHEMA,
+            # vLLM, llama.cpp's server, Ollama and SGLang all take OpenAI's json_schema response_format;
+            # vLLM and gateways such as LiteLLM serve /v1/batches, the others answer 404.
+            capabilities=_JSON_SCHEMA_AND_BATCH,
         ),
         Provider(
             name="mindsdb_inference",
