@@ -1,10 +1,13 @@
-"""What a run did (``RunStats``: requests, cache hits, retries, 429s, tokens) and its progress bar."""
+"""What a run did (``RunStats``: requests, cache hits, retries, 429s, tokens, cost) and its progress bar."""
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
 from typing import Any
+
+from dfllm.engines.base import Completion
+from dfllm.runtime.cost import Prices, usd
 
 
 @dataclass
@@ -21,13 +24,20 @@ class RunStats:
     rate_limited: int = 0  # 429 answers
     succeeded: int = 0  # unique prompts answered by the provider in this run
     failed_rows: int = 0
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # of the answers received, re-asked ones included; cached ones included
+    cached_prompt_tokens: int = 0  # of prompt_tokens, those the provider's prompt cache served
     completion_tokens: int = 0
+    # USD at the prices the call gave (price_prompt, price_completion...); None without prices.
+    cost_usd: float | None = None
     elapsed_s: float = 0.0
     learned_rpm: float | None = None  # x-ratelimit-limit-requests as the server last said it
     # A header rate too low for the rows left within max_retry_time_s: taken as a hint, not obeyed.
     slow_header_rpm: float | None = None
     slow_header_tpm: float | None = None
+    batch_jobs: int = 0  # mode='batch': provider batch jobs submitted in this run
+    batch_jobs_attached: int = 0  # jobs an earlier run submitted, collected by this one
+    batch_lines: int = 0  # requests sent in those jobs
+    batch_resubmitted: int = 0  # lines sent again (a transient failure, an expired or cancelled job)
     cache_write_failures: int = 0  # answers the cache could not keep: a re-run pays for them again
     errors: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # also emitted as RuntimeWarning
@@ -39,6 +49,28 @@ class RunStats:
     @property
     def deduplicated(self) -> int:
         return self.rows - self.skipped_null_rows - self.unique_prompts
+
+    def add_usage(self, completion: Completion, prices: Prices | None = None, *, batch: bool = False) -> None:
+        """Count an answer received from the provider (paid for; a cache hit is not): its tokens,
+        and its cost at ``prices``, at the batch price when it came from a batch job."""
+        self.prompt_tokens += completion.prompt_tokens
+        self.cached_prompt_tokens += completion.cached_tokens
+        self.completion_tokens += completion.completion_tokens
+        if prices is not None:
+            cost = prices.cost(completion.prompt_tokens, completion.completion_tokens, completion.cached_tokens,
+                               batch=batch)
+            self.cost_usd = cost if self.cost_usd is None else self.cost_usd + cost
+
+    def summary(self) -> str:
+        """One line: rows, prompts, cache hits, requests, retries, 429s, tokens (the prompt-cached
+        share when there is one), failed rows, time, and the cost when prices were given."""
+        cached = f" ({self.cached_prompt_tokens:,} prompt-cached)" if self.cached_prompt_tokens else ""
+        cost = f", {usd(self.cost_usd)}" if self.cost_usd is not None else ""
+        return (f"{self.rows:,} rows ({self.skipped_null_rows:,} all-null), "
+                f"{self.unique_prompts:,} unique prompts, {self.cache_hits:,} cache hits, "
+                f"{self.requests:,} requests, {self.retries:,} retries, {self.rate_limited:,} 429s, "
+                f"{self.prompt_tokens:,}+{self.completion_tokens:,} tokens{cached}, "
+                f"{self.failed_rows:,} failed rows, {self.elapsed_s:.1f} s{cost}")
 
 
 def interactive() -> bool:
