@@ -34,12 +34,16 @@ CREATE TABLE IF NOT EXISTS responses (
     tail INTEGER NOT NULL,
     text TEXT NOT NULL,
     prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL
+    completion_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL DEFAULT 0
 )
 """
-_COLUMNS = ["id", "tail", "text", "prompt_tokens", "completion_tokens"]
-_SELECT = "SELECT id, tail, text, prompt_tokens, completion_tokens FROM responses"
-_INSERT = "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)"
+_COLUMNS = ["id", "tail", "text", "prompt_tokens", "completion_tokens", "cached_tokens"]
+# A cache written before cached_tokens was kept: opened, the column is added (its answers read 0).
+_OLDER_COLUMNS = _COLUMNS[:-1]
+_ADD_CACHED = "ALTER TABLE responses ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0"
+_SELECT = "SELECT id, tail, text, prompt_tokens, completion_tokens, cached_tokens FROM responses"
+_INSERT = "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?)"
 _LOOKUP_CHUNK = 5000
 _PAGE_CACHE_KIB = 65536
 _CHECKPOINT_PAGES = 10000
@@ -83,9 +87,9 @@ class Cache:
                     continue
                 marks = ",".join("?" * len(tails))
                 rows = self._reader.execute(f"{_SELECT} WHERE id IN ({marks})", list(tails))
-                for rowid, tail, text, prompt_tokens, completion_tokens in rows:
+                for rowid, tail, text, prompt_tokens, completion_tokens, cached_tokens in rows:
                     if tails.get(rowid) == tail and isinstance(text, str):
-                        found[rowid, tail] = _completion(text, int(prompt_tokens or 0), int(completion_tokens or 0))
+                        found[rowid, tail] = _completion(text, prompt_tokens, completion_tokens, cached_tokens)
         except sqlite3.DatabaseError as exc:
             self.close()
             raise _unusable(self.path, exc) from exc
@@ -98,9 +102,9 @@ class Cache:
             return
         ids = [rowid for rowid, _ in wanted]
         rows = self._reader.execute(f"{_SELECT} WHERE id IN ({','.join('?' * len(ids))})", ids)
-        for rowid, tail, text, prompt_tokens, completion_tokens in rows:
+        for rowid, tail, text, prompt_tokens, completion_tokens, cached_tokens in rows:
             if (rowid, tail) in wanted and isinstance(text, str):
-                found[rowid, tail] = _completion(text, int(prompt_tokens or 0), int(completion_tokens or 0))
+                found[rowid, tail] = _completion(text, prompt_tokens, completion_tokens, cached_tokens)
 
     def put(self, key: Key, completion: Completion) -> None:
         with self._wake:
@@ -182,7 +186,8 @@ class Cache:
     def _store(self, db: sqlite3.Connection, batch: list[tuple[Key, Completion]]) -> None:
         """Store a batch; if one row cannot be stored, store the others one by one and count it."""
         # In key order, each page of the table is visited once per batch, in file order.
-        rows = [(*k, c.text, c.prompt_tokens, c.completion_tokens) for k, c in sorted(batch, key=_by_key)]
+        rows = [(*k, c.text, c.prompt_tokens, c.completion_tokens, c.cached_tokens)
+                for k, c in sorted(batch, key=_by_key)]
         try:
             self._commit(db, rows)
             self.written += len(rows)
@@ -229,13 +234,18 @@ class Cache:
                 done.set()
 
 
-def _completion(text: str, prompt_tokens: int, completion_tokens: int) -> Completion:
+def _completion(text: str, prompt_tokens: int | None, completion_tokens: int | None,
+                cached_tokens: int | None) -> Completion:
     """A cached answer; built with tuple's own constructor (a cached re-run makes one per row, and
     a NamedTuple's generated ``__new__`` costs a Python call each)."""
-    return tuple.__new__(Completion, (text, prompt_tokens, completion_tokens, *_COMPLETION_DEFAULTS))
+    return tuple.__new__(Completion, (text, int(prompt_tokens or 0), int(completion_tokens or 0),
+                                      *_BETWEEN_DEFAULTS, int(cached_tokens or 0)))
 
 
-_COMPLETION_DEFAULTS = tuple(Completion._field_defaults[name] for name in Completion._fields[3:])
+# The fields between completion_tokens and cached_tokens (rate limit, finish reason, values) are
+# never cached: a cached answer has their defaults.
+_BETWEEN_DEFAULTS = tuple(Completion._field_defaults[name]
+                          for name in Completion._fields[3:Completion._fields.index("cached_tokens")])
 
 
 def _by_key(item: tuple[Key, Completion]) -> Key:
@@ -265,7 +275,9 @@ def _open(path: Path, busy_s: float) -> sqlite3.Connection:
             )
         if "responses" in tables:
             columns = [row[1] for row in db.execute("PRAGMA table_info(responses)")]
-            if columns != _COLUMNS:
+            if columns == _OLDER_COLUMNS:
+                _with_lock_retries(lambda: _add_cached_column(db))
+            elif columns != _COLUMNS:
                 raise CacheError(
                     f"{path} has a 'responses' table that is not a dfllm cache's (columns {columns}). {_FIX}"
                 )
@@ -281,6 +293,16 @@ def _open(path: Path, busy_s: float) -> sqlite3.Connection:
             path.unlink(missing_ok=True)
         raise _unusable(path, exc) from exc
     return db
+
+
+def _add_cached_column(db: sqlite3.Connection) -> None:
+    """Add cached_tokens to an older cache, unless another process opening it did so just now."""
+    try:
+        db.execute(_ADD_CACHED)
+        db.commit()
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc):
+            raise
 
 
 def _with_lock_retries(step: Callable[[], object], attempts: int = 8) -> None:

@@ -128,7 +128,8 @@ class FsspecStore:
 
     def _write(self, key: Key, completion: Completion) -> None:
         data = json.dumps({"text": completion.text, "prompt_tokens": completion.prompt_tokens,
-                           "completion_tokens": completion.completion_tokens}).encode()
+                           "completion_tokens": completion.completion_tokens,
+                           "cached_tokens": completion.cached_tokens}).encode()
         path = self._path(key)
         if self._local:
             # A reader must never see half an object: write aside, then rename over (atomic).
@@ -160,7 +161,9 @@ def _protocols(fs: Any) -> tuple[str, ...]:
 def _decode(blob: bytes) -> Completion | None:
     try:
         record = json.loads(blob)
-        return Completion(str(record["text"]), int(record["prompt_tokens"]), int(record["completion_tokens"]))
+        # cached_tokens may be absent: an object written before it was kept reads 0.
+        return Completion(str(record["text"]), int(record["prompt_tokens"]), int(record["completion_tokens"]),
+                          cached_tokens=int(record.get("cached_tokens", 0)))
     except (ValueError, KeyError, TypeError):
         return None
 

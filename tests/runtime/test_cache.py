@@ -164,3 +164,41 @@ def test_an_fsspec_answer_is_served_the_moment_it_is_put_before_its_object_lands
     assert again.get_many([key, other]) == {key: Completion("fresh", 1, 2)}
     store.close()
     again.close()
+
+
+def test_cached_tokens_are_kept_with_the_answer_in_either_store(tmp_path: Path) -> None:
+    key, answer = (3, 4), Completion("yes", 2_000, 5, cached_tokens=1_536)
+    for open_store in (lambda: Cache(tmp_path / "c.sqlite3"), FsspecCache(f"file://{tmp_path}/answers").open):
+        store = open_store()
+        store.put(key, answer)
+        store.close()
+        again = open_store()
+        assert again.get_many([key])[key].cached_tokens == 1_536
+        again.close()
+
+
+def test_a_cache_written_before_cached_tokens_still_serves_its_answers(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)  # the table as dfllm wrote it before it kept cached tokens
+    db.execute("CREATE TABLE responses (id INTEGER PRIMARY KEY, tail INTEGER NOT NULL, text TEXT NOT NULL, "
+               "prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL)")
+    db.execute("INSERT INTO responses VALUES (1, 2, 'old answer', 30, 4)")
+    db.commit()
+    db.close()
+    cache = Cache(path)
+    cache.put((5, 6), Completion("new answer", 10, 1, cached_tokens=8))
+    cache.close()
+    again = Cache(path)
+    assert again.get_many([(1, 2), (5, 6)]) == {(1, 2): Completion("old answer", 30, 4),
+                                                 (5, 6): Completion("new answer", 10, 1, cached_tokens=8)}
+    again.close()
+
+
+def test_an_fsspec_object_written_before_cached_tokens_reads_zero(tmp_path: Path) -> None:
+    store = FsspecCache(f"file://{tmp_path}/answers").open()
+    key = (-1, 2)
+    (tmp_path / "answers").mkdir(exist_ok=True)
+    (tmp_path / "answers" / f"{object_name(key)}.json").write_text(
+        '{"text": "old", "prompt_tokens": 3, "completion_tokens": 1}')
+    assert store.get_many([key]) == {key: Completion("old", 3, 1)}
+    store.close()
