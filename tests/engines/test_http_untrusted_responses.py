@@ -3,6 +3,7 @@ keys, redirects. Each case runs against a real server on 127.0.0.1 and is judged
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
@@ -117,6 +118,47 @@ def test_garbage_usage_never_discards_a_valid_answer(fake: FakeProvider, engine:
     result = _predict(engine, usage_columns=True)
     assert list(result["y"]) == ["fine", "fine"]
     assert list(result["y_prompt_tokens"]) == [0, 0] and list(result["y_completion_tokens"]) == [0, 0]
+
+
+@pytest.mark.parametrize(("details", "cached"), [
+    ({"cached_tokens": "lots"}, 0),
+    ({"cached_tokens": -5}, 0),
+    ({"cached_tokens": True}, 0),
+    ({"cached_tokens": float("nan")}, 0),
+    ({"cached_tokens": 1e300}, 0),
+    ({"cached_tokens": None}, 0),
+    ({}, 0),
+    ([64], 0),
+    ("cached", 0),
+    ({"cached_tokens": 10**6}, 7),  # more than the whole prompt: held to the prompt
+    ({"cached_tokens": 4.0}, 4),
+])
+def test_garbage_cached_tokens_are_zero_or_held_to_the_prompt(fake: FakeProvider, engine: str, details: Any,
+                                                              cached: int) -> None:
+    usage = {"prompt_tokens": 7, "completion_tokens": 1, "prompt_tokens_details": details}
+    fake.app.script = sequence([answer("fine", usage=usage)] * 2)
+    result = _predict(engine, usage_columns=True)
+    assert list(result["y"]) == ["fine", "fine"]
+    assert list(result["y_cached_tokens"]) == [cached, cached] and list(result["y_prompt_tokens"]) == [7, 7]
+    run = dfllm.last_run()
+    assert run is not None and run.cached_prompt_tokens == 2 * cached
+
+
+USAGE_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=8),
+                         st.lists(st.integers(), max_size=2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(USAGE_VALUES, st.one_of(USAGE_VALUES, st.dictionaries(st.sampled_from(["cached_tokens", "audio_tokens"]),
+                                                             USAGE_VALUES, max_size=2)))
+def test_cached_tokens_from_any_usage_are_a_count_within_the_prompt(prompt: Any, details: Any) -> None:
+    from dfllm.engines.http import parse_completion
+
+    usage = {"prompt_tokens": prompt, "completion_tokens": 1, "prompt_tokens_details": details}
+    body = json.dumps({"choices": [{"message": {"content": "hi"}}], "usage": usage}).encode()
+    completion = parse_completion(body, {}, "http://x")
+    assert type(completion.cached_tokens) is int
+    assert 0 <= completion.cached_tokens <= completion.prompt_tokens <= 2**53
 
 
 def test_completion_carries_its_finish_reason() -> None:
