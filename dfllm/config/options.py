@@ -271,6 +271,8 @@ OPTIONS: tuple[Option, ...] = (
            "again; see Batch mode", one_of("online", "batch")),
     Option("batch_timeout_s", "float", 86400.0, "mode='batch': seconds to wait for the jobs; rows still "
            "unanswered then are row errors, and the same call run again collects them", positive_number),
+    Option("batch_poll_s", "float", 5.0, "mode='batch': seconds before the first poll of a job; each wait is "
+           "1.5 times the one before, up to a minute", positive_number),
     Option("cache", "bool | path | url", True, "persistent SQLite cache ($DFLLM_CACHE_DIR or the user cache dir); "
            "False, a file path, or a URL / dfllm.FsspecCache (one object per answer on any fsspec path)",
            cache_problem),
@@ -327,6 +329,7 @@ class PredictOptions(TypedDict, total=False):
     errors: Literal["raise", "null"]
     mode: Literal["online", "batch"]
     batch_timeout_s: float
+    batch_poll_s: float
     cache: bool | str | Path | CacheLocation
     progress: bool | None
     usage_columns: bool
@@ -356,6 +359,7 @@ class Options:
     errors: Literal["raise", "null"] = "raise"
     mode: Literal["online", "batch"] = "online"
     batch_timeout_s: float = OPTION_BY_NAME["batch_timeout_s"].default
+    batch_poll_s: float = OPTION_BY_NAME["batch_poll_s"].default
     cache: bool | str | Path | CacheLocation = True
     progress: bool | None = None
     usage_columns: bool = False

@@ -60,6 +60,7 @@ def make_plan(df: Any, engine: Any, model: str | None, template: str | Template 
     problems += new_column_problems(target, columns, options, output,
                                     schema_unknown(option_problems, resolved.layers))
     problems += budget_problems(options)
+    problems += _mode_problems(options, resolved)
     raise_all(problems)
     assert parsed is not None and model is not None and target is not None
     plan = _plan(df, adapter, target, model, parsed, options, resolved, output)
@@ -96,6 +97,28 @@ def _resolve(engine: Any, model_options: Mapping[str, Any] | None, call_options:
         problems.append(exc)
     resolved.layers.append(call_options)
     return resolved
+
+
+def _mode_problems(options: Options, resolved: _Resolved) -> list[ConfigurationError]:
+    """mode='batch' needs an engine that declares the Batch API, and a SQLite cache to keep its jobs in."""
+    if options.mode != "batch":
+        return []
+    problems: list[ConfigurationError] = []
+    config = resolved.config
+    if config is not None:
+        takes, named = config.capabilities.batch_jobs, f"engine {config.name!r} (provider {config.provider.name!r})"
+    else:
+        takes = resolved.engine is not None and EngineInfo.of(resolved.engine).capabilities.batch_jobs
+        named = f"engine object {type(resolved.engine).__name__}"
+    if not takes:
+        problems.append(ParameterError(
+            f"mode='batch' needs a provider with OpenAI's Batch API, and the {named} has none. Use "
+            "mode='online', or an engine of provider 'openai' or 'openai_compatible' (a server with /v1/batches)."))
+    if options.cache_path() is None:
+        problems.append(ParameterError(
+            f"mode='batch' keeps its jobs in the SQLite cache, so that a re-run collects them instead of paying "
+            f"again; cache={options.cache!r} has none. Give cache=True (the default) or a file path."))
+    return problems
 
 
 def _plan(df: Any, adapter: frames.FrameAdapter, target: str, model: str, template: Template, options: Options,

@@ -31,9 +31,12 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 from dfllm._exceptions import AuthenticationError, ConfigurationError, EngineError, RateLimitError, SchemaError
 from dfllm.config.options import Options
 from dfllm.engines.base import Completion, EngineInfo, RateLimitState
+from dfllm.engines.http import OpenAICompatibleEngine
+from dfllm.engines.openai_batch import BatchClient
 from dfllm.engines.tasks import Message
 from dfllm.outputs.base import Output
 from dfllm.outputs.kinds import TextOutput
+from dfllm.runtime.batch import BatchDispatch
 from dfllm.runtime.bulk import gc_paused, gc_relaxed
 from dfllm.runtime.dispatch import (
     DEFAULT_COMPLETION_ESTIMATE,
@@ -45,6 +48,7 @@ from dfllm.runtime.dispatch import (
     Work,
     estimate_tokens,
 )
+from dfllm.runtime.jobs import JobStore, engine_tag
 from dfllm.runtime.limiter import (
     AdaptiveRate,
     Clock,
@@ -119,6 +123,7 @@ class Executor:
         self._output: Output = output or TextOutput()
         self._kind: TaskKind[Any, Any] = spec
         self._options = options
+        self._prices = options.prices  # what each answer received costs; None: no prices given
         self.stats = stats
         self._clock = clock
         self._sleep = sleep
@@ -206,7 +211,7 @@ class Executor:
                 self._settle(work[i], outcome, cache, progress)
                 results[i] = outcome
 
-            dispatch: Dispatch = self._pool_dispatch  # the one strategy built in (see dispatch.Dispatch)
+            dispatch = self._batch_dispatch() if self._options.mode == "batch" and n_pending else self._pool_dispatch
             with gc_relaxed():
                 await dispatch(pending, n_pending, work, settle)
             if self._abort is not None:
@@ -236,8 +241,7 @@ class Executor:
         self._unanswered -= 1
         if isinstance(outcome, Completion):
             self.stats.succeeded += 1
-            self.stats.prompt_tokens += outcome.prompt_tokens
-            self.stats.completion_tokens += outcome.completion_tokens
+            self.stats.add_usage(outcome, self._prices)
             if cache is not None:
                 cache.put(item.key, outcome)
         progress.advance()
@@ -255,6 +259,22 @@ class Executor:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
 
+    def _batch_dispatch(self) -> Dispatch:
+        """Provider batch jobs (``runtime/batch``), their records in the cache's database; the
+        output's check and the online re-ask loop are this executor's."""
+        path = self._options.cache_path()
+        info = EngineInfo.of(self._engine)
+        if not isinstance(self._engine, OpenAICompatibleEngine) or not info.capabilities.batch_jobs or path is None \
+                or info.identity is None:
+            raise ConfigurationError("mode='batch' needs an engine with the Batch API and a SQLite cache; "
+                                     "make_plan checks this before any request.")
+        options = self._options
+        return BatchDispatch(BatchClient(self._engine, timeout_s=options.timeout_s), JobStore(path),
+                             engine_tag(info.identity), self._kind, check=self._check, fit=self._until_it_fits,
+                             stats=self.stats, timeout_s=options.batch_timeout_s, poll_s=options.batch_poll_s,
+                             max_retries=options.max_retries, concurrency=self._pool, clock=self._clock,
+                             sleep=self._sleep)
+
     async def _worker(self, pending: Iterator[int], work: Sequence[Work], settle: Settle) -> None:
         for i in pending:
             if self._abort is not None:
@@ -269,12 +289,17 @@ class Executor:
         """
         started = self._clock()
         task = self._kind.build(item)
-        outcome = await self._attempt(task, started)
+        return await self._until_it_fits(task, await self._attempt(task, started), started)
+
+    async def _until_it_fits(self, task: Any, outcome: Outcome, started: float) -> Outcome:
+        """``outcome``, or while it does not fit the output, the task re-asked with the repair's turns
+        (an answer from a batch job comes here too)."""
         repairs = 0
         while self._output.checked and isinstance(outcome, Completion):
             problem = await self._check(outcome)
             if isinstance(problem, Completion):
                 return problem  # it fits, with its typed values
+            self.stats.add_usage(outcome, self._prices)  # paid for, though it did not fit
             turns = self._repair_turns(outcome, problem, repairs, started)
             if isinstance(turns, SchemaError):
                 return turns

@@ -1,0 +1,292 @@
+"""The second ``Dispatch``: a run's pending work as provider batch jobs, at half the price.
+
+Each step is small, and each keeps what was paid for:
+
+1. **attach**: jobs already submitted for these rows (by a run that was killed, or by another
+   process on the same cache) are taken over, never submitted again;
+2. **submit**: the rest, split at the provider's limits, each file's keys recorded in the cache's
+   database before it is uploaded, and its job id the moment the job exists;
+3. **poll**: every open job, backing off from ``batch_poll_s`` to ``POLL_MAX_S``; a poll that
+   fails for a transient reason is tried again at the next turn; ``batch_timeout_s`` bounds it
+   all (the jobs stay recorded: the same call run again collects them);
+4. **collect**: a finished job's output and error files, streamed line by line; each answer is
+   checked by the output as an online answer is, and settled (cached) at once;
+5. **again**: lines that failed for a transient reason, or that an expired or cancelled job
+   left unanswered, go in a new job, each row sent at most ``ROUNDS`` times;
+6. **repair**: answers that do not fit the schema are re-asked online, through the executor's
+   policies: a follow-up job would wait up to another day for each round of repairs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dfllm._exceptions import AuthenticationError, ConfigurationError, EngineError, SchemaError
+from dfllm.engines.base import Completion
+from dfllm.engines.openai_batch import (
+    MAX_FILE_BYTES,
+    MAX_REQUESTS_PER_FILE,
+    BatchClient,
+    BatchJob,
+    BatchJobError,
+    input_files,
+)
+from dfllm.prompt.keys import Key
+from dfllm.runtime.dispatch import Outcome, Settle, TaskKind, Work
+from dfllm.runtime.jobs import JobRecord, JobStore
+from dfllm.runtime.limiter import Clock, Sleep
+from dfllm.runtime.progress import RunStats
+
+Check = Callable[[Completion], Awaitable[Completion | SchemaError]]
+Fit = Callable[[Any, Outcome, float], Awaitable[Outcome]]
+
+
+@dataclass
+class _Open:
+    """A job this run waits on, and the keys of this run's rows it covers."""
+
+    submission: str
+    job_id: str
+    keys: set[Key]
+    job: BatchJob | None = None
+    collected: bool = False
+
+
+@dataclass
+class _Round:
+    """What one round of jobs left to do: rows to send again, answers to re-ask online."""
+
+    again: dict[Key, EngineError] = field(default_factory=dict)
+    repairs: list[tuple[Key, Completion]] = field(default_factory=list)
+
+
+class BatchDispatch:
+    """Submits, polls and collects; the executor gives it the output's check (``check``) and its
+    online re-ask loop (``fit``); ``settle`` stores, caches and counts each row once."""
+
+    POLL_MAX_S = 60.0
+    POLL_GROWTH = 1.5
+    ROUNDS = 3
+
+    def __init__(self, client: BatchClient, jobs: JobStore, engine: str, kind: TaskKind[Any, Any], *,
+                 check: Check, fit: Fit, stats: RunStats, timeout_s: float, poll_s: float, max_retries: int,
+                 concurrency: int,
+                 clock: Clock, sleep: Sleep, max_requests: int = MAX_REQUESTS_PER_FILE,
+                 max_bytes: int = MAX_FILE_BYTES) -> None:
+        self._client, self._jobs, self._engine, self._kind = client, jobs, engine, kind
+        self._check, self._fit, self.stats = check, fit, stats
+        self._timeout_s, self._max_retries, self._concurrency = timeout_s, max_retries, concurrency
+        self._poll_s = poll_s
+        self._clock, self._sleep = clock, sleep
+        self._limits = (max_requests, max_bytes)
+        self._where: dict[Key, int] = {}
+        self._settled: set[Key] = set()
+        self._work: Sequence[Work] = ()
+        self._settle: Settle = lambda i, outcome: None
+        self._probed = False
+
+    async def __call__(self, pending: Iterator[int], count: int, work: Sequence[Work], settle: Settle) -> None:
+        self._work, self._settle = work, settle
+        self._where = {work[i].key: i for i in pending}
+        deadline = self._clock() + self._timeout_s
+        try:
+            opened = await self._attach(set(self._where))
+            waiting = set(self._where) - {k for o in opened for k in o.keys}
+            for sent in range(1, self.ROUNDS + 1):
+                opened += await self._submit(waiting)
+                result = await self._poll(opened, deadline)
+                await self._repair(result.repairs)
+                if sent == self.ROUNDS or self._clock() >= deadline:
+                    self._settle_all(result.again.items())
+                    break
+                waiting, opened = set(result.again), []
+                self.stats.batch_resubmitted += len(waiting)
+                if not waiting:
+                    break
+            # Whatever path a row took, it ends settled (the executor counts on every row).
+            self._settle_all((k, BatchJobError("The batch jobs ended without an answer for this row."))
+                             for k in list(self._where) if k not in self._settled)
+        finally:
+            self._jobs.close()
+
+    # -- 1. attach ----------------------------------------------------------------------
+    async def _attach(self, wanted: set[Key]) -> list[_Open]:
+        """The recorded jobs that cover some of ``wanted``: each key taken by the oldest."""
+        opened: list[_Open] = []
+        for record in self._jobs.open_jobs(self._engine):
+            keys = {k for k in record.keys if k in wanted}
+            if not keys:
+                continue
+            job_id = record.job_id or await self._found(record)
+            if job_id is None:
+                continue
+            wanted -= keys
+            opened.append(_Open(record.submission, job_id, keys))
+        self.stats.batch_jobs_attached += len(opened)
+        return opened
+
+    async def _found(self, record: JobRecord) -> str | None:
+        """A job created before its id was recorded, found by its submission id; a submission
+        never created (nothing paid) is forgotten and its rows submitted again."""
+        job = await self._client.find(record.submission)
+        if job is None:
+            self._jobs.finished(record.submission)
+            return None
+        self._jobs.created(record.submission, job.id)
+        return job.id
+
+    # -- 2. submit ----------------------------------------------------------------------
+    async def _submit(self, keys: set[Key]) -> list[_Open]:
+        if not keys:
+            return []
+        await self._probe()
+        lines = ((k, self._client.engine.request_body(self._kind.build(self._work[self._where[k]])))
+                 for k in sorted(keys, key=self._where.__getitem__))
+        opened = []
+        for file_keys, content in input_files(lines, max_requests=self._limits[0], max_bytes=self._limits[1]):
+            submission = uuid.uuid4().hex
+            self._jobs.record(submission, self._engine, file_keys)  # before anything is paid for
+            file_id = await self._client.upload(f"dfllm-{submission}.jsonl", content)
+            job = await self._client.create(file_id, {"dfllm_submission": submission})
+            self._jobs.created(submission, job.id)
+            opened.append(_Open(submission, job.id, set(file_keys), job))
+            self.stats.batch_jobs += 1
+            self.stats.batch_lines += len(file_keys)
+        return opened
+
+    async def _probe(self) -> None:
+        """A server of OpenAI's API may lack the Batch API: asked once, before any upload."""
+        if self._probed:
+            return
+        try:
+            await self._client.engine.request_json("GET", "batches?limit=1", timeout_s=60.0)
+        except EngineError as exc:
+            if exc.status in (404, 405, 501):
+                raise ConfigurationError(
+                    f"{self._client.engine.base_url} has no Batch API (GET /batches answered HTTP {exc.status}), so "
+                    "mode='batch' cannot be used with it; nothing was uploaded. Use mode='online'.") from None
+            raise
+        self._probed = True
+
+    # -- 3. poll ------------------------------------------------------------------------
+    async def _poll(self, opened: list[_Open], deadline: float) -> _Round:
+        result = _Round()
+        live = list(opened)
+        delay, failures = self._poll_s, 0
+        while live:
+            for o in list(live):
+                try:
+                    o.job = await self._client.retrieve(o.job_id)
+                    failures = 0
+                except EngineError as exc:
+                    if isinstance(exc, AuthenticationError):
+                        raise
+                    if exc.retryable and failures < self._max_retries:
+                        failures += 1
+                        continue
+                    self._give_up(o, exc, result)
+                    live.remove(o)
+                    continue
+                if o.job.done:
+                    live.remove(o)
+                    await self._collect(o, o.job, result)
+            if not live:
+                break
+            if self._clock() >= deadline:
+                for o in live:
+                    self._timed_out(o)
+                break
+            await self._sleep(min(delay, max(0.0, deadline - self._clock())))
+            delay = min(delay * self.POLL_GROWTH, max(self.POLL_MAX_S, self._poll_s))
+        return result
+
+    def _give_up(self, o: _Open, error: EngineError, result: _Round) -> None:
+        """A job that cannot be read: its rows take the error; the record stays unless the job is
+        gone (404), so a re-run tries it again."""
+        if error.status == 404:
+            self._jobs.finished(o.submission)
+        self._settle_all((k, BatchJobError(f"Batch job {o.job_id} could not be read: {error}")) for k in o.keys)
+
+    def _timed_out(self, o: _Open) -> None:
+        status = o.job.status if o.job is not None else "unknown"
+        error = BatchJobError(
+            f"Batch job {o.job_id} was still {status} when batch_timeout_s={self._timeout_s:g} ran out. It is "
+            "recorded in the cache: run the same call again to collect it (nothing is submitted or paid twice).")
+        self._settle_all((k, error) for k in o.keys)
+
+    # -- 4. collect ---------------------------------------------------------------------
+    async def _collect(self, o: _Open, job: BatchJob, result: _Round) -> None:
+        """Every line of a finished job's files, settled; rows it left unanswered sent again
+        (expired, cancelled) or given its reason (a failed job)."""
+        seen: set[Key] = set()
+        for file_id in (job.output_file_id, job.error_file_id):
+            if file_id is not None and not await self._read(file_id, o, seen, result):
+                self._settle_all((k, BatchJobError(
+                    f"The files of batch job {job.id} could not be read; run the same call again to collect "
+                    "them (nothing is paid twice).")) for k in o.keys - seen)
+                return  # the record stays
+        for key in o.keys - seen:
+            self._unanswered(key, job, result)
+        self._jobs.finished(o.submission)
+
+    async def _read(self, file_id: str, o: _Open, seen: set[Key], result: _Round) -> bool:
+        """One result file into ``seen``, tried again from its start on a transient failure
+        (lines already settled are skipped); False when it could not be read."""
+        for attempt in range(self._max_retries + 1):
+            try:
+                async for line in self._client.results(file_id):
+                    if line is not None and line[0] in o.keys and line[0] not in seen:
+                        seen.add(line[0])
+                        await self._settle_line(line[0], line[1], result)
+                return True
+            except EngineError as exc:
+                if isinstance(exc, AuthenticationError) or not exc.retryable or attempt == self._max_retries:
+                    return False
+                await self._sleep(self._poll_s)
+        return False
+
+    async def _settle_line(self, key: Key, outcome: Completion | EngineError, result: _Round) -> None:
+        if isinstance(outcome, EngineError):
+            if outcome.retryable:
+                result.again[key] = outcome
+            else:
+                self._settle_all([(key, outcome)])
+            return
+        checked = await self._check(outcome)
+        if isinstance(checked, SchemaError) and checked.repairable:
+            result.repairs.append((key, outcome))
+        else:
+            self._settle_all([(key, checked)])
+
+    def _unanswered(self, key: Key, job: BatchJob, result: _Round) -> None:
+        if job.status == "failed":
+            reason = job.errors or "the provider gave no reason"
+            self._settle_all([(key, BatchJobError(f"Batch job {job.id} failed: {reason}"))])
+        else:
+            result.again[key] = BatchJobError(f"Batch job {job.id} ended {job.status} without answering this row.",
+                                              retryable=True)
+
+    # -- 6. repair ----------------------------------------------------------------------
+    async def _repair(self, repairs: list[tuple[Key, Completion]]) -> None:
+        """Answers that did not fit, re-asked online (the executor's policies, its concurrency)."""
+        if not repairs:
+            return
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def one(key: Key, answer: Completion) -> None:
+            async with gate:
+                task = self._kind.build(self._work[self._where[key]])
+                self._settle_all([(key, await self._fit(task, answer, self._clock()))])
+
+        await asyncio.gather(*(one(k, a) for k, a in repairs))
+
+    def _settle_all(self, outcomes: Iterable[tuple[Key, Outcome]]) -> None:
+        """Each row settled once: a later outcome for a settled row (a line seen twice) is dropped."""
+        for key, outcome in outcomes:
+            if key not in self._settled:
+                self._settled.add(key)
+                self._settle(self._where[key], outcome)
