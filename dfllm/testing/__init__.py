@@ -9,6 +9,17 @@ with FakeProvider(script=sequence([status(429, retry_after=0.05)])) as fake:
 ```
 """
 
+from dfllm.testing._batches import (
+    BatchCreateRecord,
+    BatchFate,
+    BatchOptions,
+    PollRecord,
+    cancel_job,
+    expire_job,
+    fail_job,
+    fail_lines,
+    on_route,
+)
 from dfllm.testing._behaviour import (
     Behaviour,
     RecordedRequest,
@@ -25,6 +36,7 @@ from dfllm.testing._behaviour import (
     sequence,
     status,
 )
+from dfllm.testing._files import DownloadRecord, UploadRecord
 from dfllm.testing._inthread import FakeProvider
 from dfllm.testing._limits import HEADER_STYLES, SHAPES, answer_headers, make_cap, refusal_headers
 from dfllm.testing._mock import FakeClock, MockEngine
@@ -35,22 +47,33 @@ __all__ = [
     "DEFAULT_MODELS",
     "HEADER_STYLES",
     "SHAPES",
+    "BatchCreateRecord",
+    "BatchFate",
+    "BatchOptions",
     "Behaviour",
+    "DownloadRecord",
     "FakeClock",
     "FakeProvider",
     "FakeProviderApp",
     "FakeProviderProcess",
     "MockEngine",
+    "PollRecord",
     "RecordedRequest",
+    "UploadRecord",
     "always",
     "answer",
     "answer_headers",
+    "cancel_job",
     "drop",
     "echo_headers",
     "every",
+    "expire_job",
+    "fail_job",
+    "fail_lines",
     "make_cap",
     "malformed",
     "ok",
+    "on_route",
     "per_prompt",
     "redirect",
     "refusal_headers",

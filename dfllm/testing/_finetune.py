@@ -1,4 +1,4 @@
-"""The fake provider's ``/v1/files`` and ``/v1/fine_tuning/jobs``, in OpenAI's shape.
+"""The fake provider's ``/v1/fine_tuning/jobs``, in OpenAI's shape (files: the shared ``_files`` store).
 
 A job moves queued -> running -> succeeded (or failed) one step per poll, so tests are
 deterministic and never wait on a clock. A base model listed in ``fail_models`` fails.
@@ -12,11 +12,13 @@ import ``_server`` (which mounts them).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from dfllm.testing._behaviour import RecordedRequest, Script
+from dfllm.testing._files import FileStore, StoredFile, refuse
 
 _STEPS = ("validating_files", "queued", "running", "succeeded")
 
@@ -34,65 +36,31 @@ class Host(Protocol):
 
 
 class FineTuneRoutes:
-    def __init__(self, app: Host) -> None:
+    def __init__(self, app: Host, files: FileStore) -> None:
         self.app = app
-        self.files: dict[str, dict[str, Any]] = {}
-        self.file_contents: dict[str, bytes] = {}
+        self.store = files
+        files.checks["fine-tune"] = _check_training_file
         self.jobs: dict[str, dict[str, Any]] = {}
         self.fail_models: set[str] = set()
         self.script: Script | None = None
 
+    @property
+    def files(self) -> dict[str, dict[str, Any]]:
+        """The file objects uploaded and not deleted, by id (the store's, shared with batches)."""
+        return {file_id: stored.entry for file_id, stored in self.store.live.items()}
+
+    @property
+    def file_contents(self) -> Mapping[str, bytes]:
+        return self.store.contents
+
     def add_to(self, router: web.UrlDispatcher) -> None:
-        router.add_post("/v1/files", self._upload)
         router.add_post("/v1/fine_tuning/jobs", self._create_job)
         router.add_get("/v1/fine_tuning/jobs/{job_id}", self._get_job)
         router.add_get("/v1/fine_tuning/jobs/{job_id}/events", self._events)
 
     async def _refusal(self, request: web.Request) -> tuple[RecordedRequest, web.Response | None]:
         """The request as recorded, and the answer that refuses it: a wrong key, or the script's status."""
-        recorded = await self.app._record(request)
-        if not self.app.authorized(request):
-            return recorded, self.app.unauthorized()
-        behaviour = self.script(recorded) if self.script else None
-        if behaviour is None or behaviour.kind not in ("status", "body"):
-            return recorded, None
-        if behaviour.kind == "body":
-            raw = behaviour.body if isinstance(behaviour.body, bytes) else json.dumps(behaviour.body).encode()
-            refused = web.Response(status=behaviour.status, body=raw, content_type="application/json")
-        else:
-            refused = _bad(f"Scripted failure {behaviour.status}.", status=behaviour.status)
-        refused.headers.update(behaviour.headers)
-        return recorded, refused
-
-    async def _upload(self, request: web.Request) -> web.Response:
-        _, refused = await self._refusal(request)
-        if refused is not None:
-            return refused
-        form = await request.post()
-        upload = form.get("file")
-        purpose = str(form.get("purpose", ""))
-        if upload is None or not hasattr(upload, "file"):
-            return _bad("Missing 'file' part.")
-        content = upload.file.read()
-        try:
-            lines = [json.loads(line) for line in content.decode().splitlines() if line.strip()]
-        except ValueError:
-            return _bad("The file is not valid JSONL.")
-        if purpose == "fine-tune" and not all(isinstance(x, dict) and "messages" in x for x in lines):
-            return _bad("Each line of a fine-tune file needs a 'messages' list.")
-        file_id = f"file-fake-{len(self.files) + 1}"
-        entry = {
-            "id": file_id,
-            "object": "file",
-            "bytes": len(content),
-            "created_at": 1700000000,
-            "filename": getattr(upload, "filename", "data.jsonl"),
-            "purpose": purpose,
-            "status": "processed",
-        }
-        self.files[file_id] = entry
-        self.file_contents[file_id] = content
-        return web.json_response(entry)
+        return await refuse(self.app, request, (self.script,))
 
     async def _create_job(self, request: web.Request) -> web.Response:
         recorded, refused = await self._refusal(request)
@@ -161,6 +129,16 @@ class FineTuneRoutes:
             job["fine_tuned_model"] = f"ft:{job['model']}{suffix}:{job['id']}"
             job["finished_at"] = 1700000100
             job["trained_tokens"] = 1000
+
+
+def _check_training_file(stored: StoredFile) -> str | None:
+    try:
+        lines = [json.loads(line) for line in stored.iter_lines() if line.strip()]
+    except ValueError:
+        return "The file is not valid JSONL."
+    if not all(isinstance(x, dict) and "messages" in x for x in lines):
+        return "Each line of a fine-tune file needs a 'messages' list."
+    return None
 
 
 def _bad(message: str, *, status: int = 400) -> web.Response:

@@ -14,11 +14,14 @@ import json
 import math
 import random
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
+from dfllm.testing._batches import BatchOptions, BatchRoutes
 from dfllm.testing._behaviour import Behaviour, RecordedRequest, Script
+from dfllm.testing._files import FileStore
 from dfllm.testing._finetune import FineTuneRoutes
 from dfllm.testing._limits import HEADER_STYLES, HeaderStyle, Shape, answer_headers, make_cap, refusal_headers
 from dfllm.testing._responders import RESPONDERS, Responder, conforming, requested_schema
@@ -46,6 +49,7 @@ class FakeProviderApp:
         random_seed: int | None = None,
         models: tuple[str, ...] = DEFAULT_MODELS,
         record: bool = True,
+        batch: BatchOptions | None = None,
     ) -> None:
         self.responder: Responder = RESPONDERS[responder] if isinstance(responder, str) else responder
         self.latency_s = latency_s
@@ -76,7 +80,11 @@ class FakeProviderApp:
         self.responses: list[tuple[float, int]] = []  # (time.monotonic(), status), when recording
         self.in_flight = 0
         self.peak_in_flight = 0
-        self.finetune = FineTuneRoutes(self)
+        batch = batch or BatchOptions()
+        self.files = FileStore(self, clock=batch.clock, record=record,
+                               scripts=lambda: (self.finetune.script, self.batches.script))
+        self.finetune = FineTuneRoutes(self, self.files)
+        self.batches = BatchRoutes(self, self.files, batch)
 
     # -- records ------------------------------------------------------------------------
     @property
@@ -88,6 +96,8 @@ class FakeProviderApp:
             "requests": self.count,
             "statuses": {str(k): v for k, v in sorted(self.status_counts.items())},
             "peak_in_flight": self.peak_in_flight,
+            **self.files.stats(),
+            **self.batches.stats(),
         }
 
     def reset(self) -> None:
@@ -105,7 +115,14 @@ class FakeProviderApp:
         app.router.add_get("/_stats", self._stats)
         app.router.add_post("/_reset", self._reset)
         self.finetune.add_to(app.router)
+        self.files.add_to(app.router)
+        self.batches.add_to(app.router)
+        app.on_cleanup.append(self._close_files)
         return app
+
+    async def _close_files(self, _app: web.Application) -> None:
+        self.batches.close()
+        self.files.close()
 
     # -- handlers -------------------------------------------------------------------------
     async def _record(self, request: web.Request) -> RecordedRequest:
@@ -191,19 +208,28 @@ class FakeProviderApp:
             return self._respond(response)
         body = recorded.body if isinstance(recorded.body, dict) else {}
         model = str(body.get("model", ""))
-        schema = requested_schema(body)
-        if behaviour.text is not None:
-            text = behaviour.text
-        elif schema is not None:  # as a schema-enforcing API does: a conforming object, whatever the responder
-            text = conforming(schema, recorded.prompt)
-        else:
-            text = self.responder(model, recorded.prompt)
+        text = self.answer_text(body, recorded.prompt, behaviour.text)
         response = web.Response(
             body=_completion_json(recorded.index, model, body.get("messages", []), text),
             content_type="application/json",
             headers=limit_headers,
         )
         return self._respond(response)
+
+    def answer_text(self, body: Mapping[str, Any], prompt: str, text: str | None) -> str:
+        """What an answered chat request says: the script's ``text``, else a conforming object
+        for a schema (as a schema-enforcing API does, whatever the responder), else the responder's."""
+        if text is not None:
+            return text
+        schema = requested_schema(body)
+        return conforming(schema, prompt) if schema is not None else self.responder(str(body.get("model", "")), prompt)
+
+    def completion(self, completion_id: str, body: Mapping[str, Any], prompt: str, text: str | None) -> dict[str, Any]:
+        """The chat completion an answered request gets, online or as a batch line."""
+        messages = body.get("messages")
+        messages = messages if isinstance(messages, list) else []
+        answer = self.answer_text(body, prompt, text)
+        return _completion(completion_id, str(body.get("model", "")), messages, answer)
 
     async def _models(self, request: web.Request) -> web.Response:
         await self._record(request)
@@ -236,11 +262,15 @@ def _tokens(text: str) -> int:
 
 
 def _completion_json(index: int, model: str, messages: list[Any], text: str) -> bytes:
+    return json.dumps(_completion(f"chatcmpl-fake-{index}", model, messages, text)).encode()
+
+
+def _completion(completion_id: str, model: str, messages: list[Any], text: str) -> dict[str, Any]:
     prompt_tokens = sum(_tokens(str(m.get("content", ""))) for m in messages if isinstance(m, dict))
     completion_tokens = _tokens(text)
-    return json.dumps(
+    return (
         {
-            "id": f"chatcmpl-fake-{index}",
+            "id": completion_id,
             "object": "chat.completion",
             "created": 1700000000,
             "model": model,
@@ -258,7 +288,7 @@ def _completion_json(index: int, model: str, messages: list[Any], text: str) -> 
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
-    ).encode()
+    )
 
 
 def _echo_headers(code: int, recorded: RecordedRequest) -> web.Response:
