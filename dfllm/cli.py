@@ -132,11 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"rows read, sent and written at a time (default {DEFAULT_BATCH_ROWS:,})")
     dry = predict.add_argument_group("dry run", "with --dry-run, only estimate: nothing is sent or written")
     dry.add_argument("--dry-run", action="store_true", help="print rows, cache hits, requests, tokens, "
-                     "time and cost; send nothing")
+                     "time and, with --price-prompt and --price-completion, the cost online and in batch mode; "
+                     "send nothing")
     dry.add_argument("--latency-s", type=float, default=1.0, help="seconds one request is assumed to take")
     dry.add_argument("--completion-tokens", type=int, help="answer tokens to assume per request")
-    dry.add_argument("--prompt-price", type=float, help="price per million prompt tokens")
-    dry.add_argument("--completion-price", type=float, help="price per million completion tokens")
 
     options = predict.add_argument_group("predict options", "from the option table (the README lists them too)")
     for option in OPTIONS:
@@ -314,8 +313,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.batch_rows <= 0:
         problems.append(f"--batch-rows must be a positive number of rows, got {args.batch_rows}.")
     if args.dry_run:
-        problems += assumption_problems(args.latency_s, args.completion_tokens, args.prompt_price,
-                                        args.completion_price, names=lambda name: "--" + name.replace("_", "-"))
+        problems += assumption_problems(args.latency_s, args.completion_tokens,
+                                        names=lambda name: "--" + name.replace("_", "-"))
     config = engine_config(args, problems)
     options = option_values(args, problems)
     source = None
@@ -361,8 +360,7 @@ def _template_fields(template: str) -> list[str]:
 
 
 def _dry_run(plan: Plan, source: Any, args: argparse.Namespace) -> int:
-    estimator = Estimator(plan, latency_s=args.latency_s, completion_tokens=args.completion_tokens,
-                          prompt_price=args.prompt_price, completion_price=args.completion_price)
+    estimator = Estimator(plan, latency_s=args.latency_s, completion_tokens=args.completion_tokens)
     try:
         for batch in source.batches():
             estimator.add(plan_batch(plan, batch))
@@ -412,11 +410,7 @@ async def _stream(plan: Plan, source: Any, sink: Any, stats: RunStats) -> None:
 
 
 def summary(stats: RunStats) -> str:
-    return (f"dfllm: {stats.rows:,} rows ({stats.skipped_null_rows:,} all-null), "
-            f"{stats.unique_prompts:,} unique prompts, {stats.cache_hits:,} cache hits, "
-            f"{stats.requests:,} requests, {stats.retries:,} retries, {stats.rate_limited:,} 429s, "
-            f"{stats.prompt_tokens:,}+{stats.completion_tokens:,} tokens, "
-            f"{stats.failed_rows:,} failed rows, {stats.elapsed_s:.1f} s")
+    return f"dfllm: {stats.summary()}"
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import pytest
 from dfllm import ConfigurationError, create_engine
 from dfllm.cli import PARSERS, build_parser
 from dfllm.config.options import OPTIONS
+from dfllm.runtime.cost import usd
 from dfllm.testing import DEFAULT_MODELS, FakeProvider, ok
 
 from .conftest import KEY
@@ -234,7 +235,7 @@ def test_dry_run_sends_nothing_and_counts_the_cache(tmp_path: Path) -> None:
     unique = len({r["t"] for r in t.to_pylist() if r["t"] is not None})
     src, dst = str(tmp_path / "in.parquet"), str(tmp_path / "out.parquet")
     with FakeProvider(responder="echo") as fake:
-        before = run(predict_args(fake, src, dst, "--dry-run", "--prompt-price", "1", "--completion-price", "2",
+        before = run(predict_args(fake, src, dst, "--dry-run", "--price-prompt", "1", "--price-completion", "2",
                                   "--completion-tokens", "3"), tmp_path)
         assert len(fake.requests) == 0
         assert run(predict_args(fake, src, dst), tmp_path).returncode == 0
@@ -244,7 +245,13 @@ def test_dry_run_sends_nothing_and_counts_the_cache(tmp_path: Path) -> None:
     assert before.returncode == 0 and after.returncode == 0
     assert f"requests to send     {unique:,}" in before.stdout
     assert f"completion tokens    {3 * unique:,}" in before.stdout
-    assert "cost" in before.stdout and "4 characters a token" in before.stdout
+    assert "4 characters a token" in before.stdout
+    # 1 and 2 USD per million prompt and completion tokens: online, and half in a batch job.
+    tokens = [int(line.split()[2].replace(",", "")) for line in before.stdout.splitlines()
+              if line.startswith(("prompt tokens", "completion tokens"))]
+    online = (tokens[0] * 1 + tokens[1] * 2) / 1e6
+    assert f"cost                 online {usd(online)}, batch {usd(online / 2)}" in before.stdout
+    assert "cost" not in after.stdout  # no prices, no cost
     assert f"cache hits           {unique:,}" in after.stdout and "requests to send     0" in after.stdout
     assert not (tmp_path / "other.parquet").exists()
 
@@ -289,11 +296,11 @@ def test_a_self_hosted_portkey_gateway_needs_no_key_and_bad_estimate_assumptions
     with FakeProvider() as fake:
         args = [sys.executable, "-m", "dfllm", "predict", str(tmp_path / "in.parquet"), str(tmp_path / "o.parquet"),
                 "--engine", "portkey", "--base-url", fake.base_url, "--model", "m", "--template", "{{t}}",
-                "--target", "y", "--dry-run", "--latency-s", "0", "--prompt-price", "-1"]
+                "--target", "y", "--dry-run", "--latency-s", "0", "--price-prompt", "-1"]
         done = run(args, tmp_path)
         assert fake.requests == []
     assert done.returncode == 2, done.stderr
-    assert "--latency-s must be a positive number" in done.stderr and "--prompt-price must be" in done.stderr
+    assert "--latency-s must be a positive number" in done.stderr and "price_prompt must be a price" in done.stderr
     assert "API key" not in done.stderr
 
 
@@ -403,7 +410,7 @@ def test_a_header_only_csv_writes_an_empty_output_with_the_answer_columns(tmp_pa
         assert written.schema == pq.read_table(tmp_path / "one.parquet").schema  # the answer columns, typed
     elif dst.endswith(".csv"):
         assert (tmp_path / dst).read_text().splitlines() == [
-            '"id","t","y","y_prompt_tokens","y_completion_tokens","y_error"']
+            '"id","t","y","y_prompt_tokens","y_cached_tokens","y_completion_tokens","y_error"']
     else:
         assert (tmp_path / dst).read_text() == ""
     assert "0 rows" in done.stderr

@@ -109,6 +109,11 @@ def make_executor(plan: Plan, engine: Engine, stats: RunStats, *, options: Optio
     its config and a custom object alike), within the plan's when it has one.
     """
     options = options or plan.options
+    hint = plan.template.prefix_cache_hint() if plan.template is not None else None
+    if hint is not None and hint not in stats.warnings:  # once a call, however many executors it makes
+        stats.warnings.append(hint)
+    if options.prices is not None and stats.cost_usd is None:
+        stats.cost_usd = 0.0  # with prices, a run all from the cache cost nothing, and says so
     caps = [c for c in (plan.info.max_concurrency, EngineInfo.of(engine).max_concurrency) if c is not None]
     return Executor(engine, options, stats, plan.spec, concurrency_cap=min(caps, default=None),
                     cacheable=plan.info.identity is not None, output=plan.output, gate=gate)

@@ -4,7 +4,10 @@ It plans the call exactly as ``predict`` does (same validation, same unique prom
 keys), looks the keys up in the cache, and counts the tokens of the prompts that would go out:
 with tiktoken where it is installed and its encoding loads, else four characters a token (and
 says so). Time comes from the limits the call sets and a latency you assume; cost only from
-prices you give (per million tokens), since any built-in price table would go stale.
+the prices the call gives (``price_prompt``, ``price_completion``: USD per million tokens),
+since any built-in price table would go stale. The cost is shown online and in batch mode side
+by side (``runtime.cost``: a batch job costs half), before any prompt-cache discount, which the
+provider decides.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dfllm.frames import lazy_predict_for
 from dfllm.plan import ALL_NULL, Plan, make_plan
 from dfllm.prompt.template import Template
 from dfllm.runtime.cache import Cache
+from dfllm.runtime.cost import usd
 from dfllm.runtime.stores import FsspecCache, Store
 
 _ASSUMED_COMPLETION_TOKENS = 256  # the executor's own assumption when nothing bounds an answer
@@ -44,7 +48,9 @@ class Estimate:
     latency_s: float
     wall_s: float
     bound_by: str
-    cost: float | None
+    cost_usd: float | None  # online, at the prices the call gave; None without prices
+    batch_cost_usd: float | None  # the same requests as a provider batch job (mode='batch')
+    hint: str | None = None  # how the template could use the provider's prompt cache better
 
     def __str__(self) -> str:
         lines = [
@@ -57,36 +63,35 @@ class Estimate:
             f"wall time            {_duration(self.wall_s)} (bound by {self.bound_by}; "
             f"{self.latency_s:g} s latency assumed)",
         ]
-        if self.cost is not None:
-            lines.append(f"cost                 {self.cost:,.4f} (at the prices given per million tokens)")
-        else:
-            lines.append("cost                 give prices per million tokens to see it")
+        if self.cost_usd is not None and self.batch_cost_usd is not None:
+            lines.append(f"cost                 online {usd(self.cost_usd)}, batch {usd(self.batch_cost_usd)} "
+                         "(at the prices given; before prompt-cache discounts)")
+        if self.hint is not None:
+            lines.append(f"prompt cache         {self.hint}")
         return "\n".join(lines)
 
 
 def estimate(df: Any, engine: Any, model: str | None = None, template: str | Template | None = None,
              target: str | None = None, *, latency_s: float = 1.0, completion_tokens: int | None = None,
-             prompt_price: float | None = None, completion_price: float | None = None,
              **options: Unpack[PredictOptions]) -> Estimate:
     """Rows, unique prompts, cache hits, requests, tokens, time and cost of a ``predict`` call.
 
     Same arguments as ``predict``, plus: ``latency_s``, the seconds one request is assumed to
     take; ``completion_tokens``, the answer length to assume per request (default: the longest
-    choice, else ``max_tokens``, else 256); ``prompt_price`` and ``completion_price``, per
-    million tokens, in your currency. Sends no request.
+    choice, else ``max_tokens``, else 256). With ``price_prompt`` and ``price_completion``
+    (options, USD per million tokens) the cost online and as a batch job. Sends no request.
     """
     if lazy_predict_for(df) is not None:
         raise ParameterError(f"estimate reads an eager frame; collect or compute a sample of the "
                              f"{type(df).__name__} first, e.g. lf.head(10_000).collect().")
-    problems = assumption_problems(latency_s, completion_tokens, prompt_price, completion_price)
+    problems = assumption_problems(latency_s, completion_tokens)
     try:
         plan = make_plan(df, engine, model, template, target, options)
     except ConfigurationError as exc:
         raise ConfigurationError([*exc.problems, *problems]) from None
     if problems:
         raise ParameterError(problems)
-    estimator = Estimator(plan, latency_s=latency_s, completion_tokens=completion_tokens,
-                          prompt_price=prompt_price, completion_price=completion_price)
+    estimator = Estimator(plan, latency_s=latency_s, completion_tokens=completion_tokens)
     try:
         estimator.add(plan)
         return estimator.result()
@@ -94,8 +99,7 @@ def estimate(df: Any, engine: Any, model: str | None = None, template: str | Tem
         estimator.close()
 
 
-def assumption_problems(latency_s: Any, completion_tokens: Any, prompt_price: Any, completion_price: Any,
-                        names: Callable[[str], str] = str) -> list[str]:
+def assumption_problems(latency_s: Any, completion_tokens: Any, names: Callable[[str], str] = str) -> list[str]:
     """What is wrong with the estimate's own assumptions, all at once (``names``: how to call them)."""
     def number(value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -106,24 +110,18 @@ def assumption_problems(latency_s: Any, completion_tokens: Any, prompt_price: An
     if completion_tokens is not None and (isinstance(completion_tokens, bool) or not isinstance(
             completion_tokens, int) or completion_tokens <= 0):
         problems.append(f"{names('completion_tokens')} must be a positive integer, got {completion_tokens!r}.")
-    for name, price in (("prompt_price", prompt_price), ("completion_price", completion_price)):
-        if price is not None and (not number(price) or price < 0):
-            problems.append(f"{names(name)} must be a price per million tokens, 0 or more, got {price!r}.")
     return problems
 
 
 class Estimator:
     """Accumulates an estimate over batches of one call (the command's ``--dry-run`` on a file)."""
 
-    def __init__(self, plan: Plan, *, latency_s: float = 1.0, completion_tokens: int | None = None,
-                 prompt_price: float | None = None, completion_price: float | None = None) -> None:
-        problems = assumption_problems(latency_s, completion_tokens, prompt_price, completion_price)
+    def __init__(self, plan: Plan, *, latency_s: float = 1.0, completion_tokens: int | None = None) -> None:
+        problems = assumption_problems(latency_s, completion_tokens)
         if problems:
             raise ParameterError(problems)
         self._plan = plan
         self._latency_s = latency_s
-        self._prompt_price = prompt_price
-        self._completion_price = completion_price
         self._count, self._tokenizer = token_counter(plan.spec.model)
         self._per_answer, self._completion_basis = self._completion_estimate(completion_tokens)
         self._cache = existing_store(plan.options.cache) if plan.info.identity is not None else None
@@ -170,13 +168,14 @@ class Estimator:
         bound_by = min(rates, key=lambda name: rates[name])
         if not options.rpm:
             bound_by += "; no rpm given, so the provider's own limits may slow it further"
-        cost = None
-        if self._prompt_price is not None or self._completion_price is not None:
-            cost = (self.prompt_tokens * (self._prompt_price or 0.0)
-                    + completion * (self._completion_price or 0.0)) / 1e6
+        prices = options.prices
+        online = prices.cost(self.prompt_tokens, completion) if prices is not None else None
+        batch = prices.cost(self.prompt_tokens, completion, batch=True) if prices is not None else None
+        template = self._plan.template
         return Estimate(self.rows, self.skipped, self.unique, self.hits, self.requests, self.prompt_tokens,
                         completion, self._tokenizer, self._completion_basis, self._latency_s,
-                        self._seconds(min(rates.values())), bound_by, cost)
+                        self._seconds(min(rates.values())), bound_by, online, batch,
+                        template.prefix_cache_hint() if template is not None else None)
 
     def _seconds(self, rate: float) -> float:
         """At the binding rate, but never less than the round trips the concurrency allows."""

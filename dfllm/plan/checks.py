@@ -8,6 +8,7 @@ from typing import Any
 from dfllm._exceptions import ConfigurationError, ParameterError, TemplateError
 from dfllm.config.engines import EngineConfig
 from dfllm.config.options import Options, completion_budget
+from dfllm.engines.base import USAGE_FIELDS
 from dfllm.outputs.base import Output
 from dfllm.prompt.template import Template, surrogate_problem
 
@@ -79,7 +80,7 @@ def raise_all(problems: list[ConfigurationError]) -> None:
 def new_columns(target: str, options: Options, output: Output) -> list[str]:
     names = output.columns(target)
     if options.usage_columns:
-        names += [f"{target}_prompt_tokens", f"{target}_completion_tokens"]
+        names += [f"{target}_{name}" for name in USAGE_FIELDS]
     if options.errors == "null":
         names.append(f"{target}_error")
     return names

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dfllm._exceptions import BatchError, DfllmError, TemplateError
-from dfllm.engines.base import Completion
+from dfllm.engines.base import USAGE_FIELDS, Completion
 from dfllm.frames import Column, ColumnType
 from dfllm.plan.base import ALL_NULL, UNSENDABLE, Plan
 from dfllm.runtime.executor import Outcome
@@ -21,7 +21,7 @@ def write_back(plan: Plan, outcomes: list[Outcome], stats: RunStats) -> Any:
         stats.errors[type(exc).__name__] = stats.errors.get(type(exc).__name__, 0) + 1
     columns = plan.output.write(target, answers)
     if options.usage_columns:
-        for name in ("prompt_tokens", "completion_tokens"):
+        for name in USAGE_FIELDS:
             columns[f"{target}_{name}"] = Column([
                 getattr(outcomes[i], name) if i >= 0 and isinstance(outcomes[i], Completion) else None
                 for i in plan.row_work

@@ -29,6 +29,8 @@ _CONTAINERS = (list, tuple, dict, set, frozenset)
 # How bytes, bytearray and memoryview start in a container's repr: after "[", "(", "{", "=" or a space.
 _BYTES_REPR = re.compile(r"[\[({ =]b['\"]")
 _MEMORYVIEW_REPR = "<memory at 0x"
+# Fixed text after a row's first cell from which the template is worth reordering for the prompt cache.
+PREFIX_CACHE_HINT_CHARS = 200
 
 
 def lone_surrogate(text: str) -> str | None:
@@ -176,6 +178,23 @@ class Template:
             "or add the columns to the frame."
         )
         raise TemplateError(problems)
+
+    def prefix_cache_hint(self) -> str | None:
+        """A hint when a long fixed instruction follows the row's cells, or None.
+
+        Providers serve a prompt's repeated beginning from their prompt cache, at a discount
+        (OpenAI: prompts of 1,024 tokens or more, in 128-token steps); the cache ends at the
+        first character that differs, the row's first cell. dfllm sends ``system`` (and a
+        schema's instruction) before the template, so only the template's own order is the caller's.
+        """
+        after = "".join(self._pieces[2::2]).strip()
+        if not self.fields or len(after) < PREFIX_CACHE_HINT_CHARS:
+            return None
+        first = self._pieces[1]
+        return (f"The template has {len(after):,} characters of fixed text after its first placeholder "
+                f"{{{{{first}}}}}: providers cache only a prompt's repeated beginning, so that text is paid at the "
+                "full price on every row. Put the instructions first and the {{column}} placeholders at the end, "
+                "or pass the instructions as system=..., which is sent before the template.")
 
     def render(self, row: Mapping[str, Any]) -> str:
         """Fill the placeholders from ``row``. Null cells render as empty text."""

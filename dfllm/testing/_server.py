@@ -24,6 +24,7 @@ from dfllm.testing._behaviour import Behaviour, RecordedRequest, Script
 from dfllm.testing._files import FileStore
 from dfllm.testing._finetune import FineTuneRoutes
 from dfllm.testing._limits import HEADER_STYLES, HeaderStyle, Shape, answer_headers, make_cap, refusal_headers
+from dfllm.testing._prompt_cache import PromptCache
 from dfllm.testing._responders import RESPONDERS, Responder, conforming, requested_schema
 
 DEFAULT_MODELS = ("gpt-4o-mini", "mistral-7b", "mistralai/Mistral-7B-Instruct-v0.1", "claude-2.1")
@@ -50,6 +51,7 @@ class FakeProviderApp:
         models: tuple[str, ...] = DEFAULT_MODELS,
         record: bool = True,
         batch: BatchOptions | None = None,
+        prompt_cache_min_tokens: int | None = 32,
     ) -> None:
         self.responder: Responder = RESPONDERS[responder] if isinstance(responder, str) else responder
         self.latency_s = latency_s
@@ -85,6 +87,8 @@ class FakeProviderApp:
                                scripts=lambda: (self.finetune.script, self.batches.script))
         self.finetune = FineTuneRoutes(self, self.files)
         self.batches = BatchRoutes(self, self.files, batch)
+        # usage.prompt_tokens_details.cached_tokens: a prompt's beginning sent before (see _prompt_cache).
+        self.prompt_cache = PromptCache(prompt_cache_min_tokens)
 
     # -- records ------------------------------------------------------------------------
     @property
@@ -106,6 +110,7 @@ class FakeProviderApp:
         self.count = 0
         self.status_counts.clear()
         self.peak_in_flight = self.in_flight
+        self.prompt_cache.clear()
 
     def build(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024**2)
@@ -210,7 +215,7 @@ class FakeProviderApp:
         model = str(body.get("model", ""))
         text = self.answer_text(body, recorded.prompt, behaviour.text)
         response = web.Response(
-            body=_completion_json(recorded.index, model, body.get("messages", []), text),
+            body=_completion_json(recorded.index, model, body.get("messages", []), text, self.prompt_cache),
             content_type="application/json",
             headers=limit_headers,
         )
@@ -229,7 +234,7 @@ class FakeProviderApp:
         messages = body.get("messages")
         messages = messages if isinstance(messages, list) else []
         answer = self.answer_text(body, prompt, text)
-        return _completion(completion_id, str(body.get("model", "")), messages, answer)
+        return _completion(completion_id, str(body.get("model", "")), messages, answer, self.prompt_cache)
 
     async def _models(self, request: web.Request) -> web.Response:
         await self._record(request)
@@ -261,13 +266,16 @@ def _tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4))
 
 
-def _completion_json(index: int, model: str, messages: list[Any], text: str) -> bytes:
-    return json.dumps(_completion(f"chatcmpl-fake-{index}", model, messages, text)).encode()
+def _completion_json(index: int, model: str, messages: list[Any], text: str,
+                     prompt_cache: PromptCache | None = None) -> bytes:
+    return json.dumps(_completion(f"chatcmpl-fake-{index}", model, messages, text, prompt_cache)).encode()
 
 
-def _completion(completion_id: str, model: str, messages: list[Any], text: str) -> dict[str, Any]:
+def _completion(completion_id: str, model: str, messages: list[Any], text: str,
+                prompt_cache: PromptCache | None = None) -> dict[str, Any]:
     prompt_tokens = sum(_tokens(str(m.get("content", ""))) for m in messages if isinstance(m, dict))
     completion_tokens = _tokens(text)
+    cached_tokens = prompt_cache.serve(messages, prompt_tokens) if prompt_cache is not None else 0
     return (
         {
             "id": completion_id,
@@ -286,6 +294,7 @@ def _completion(completion_id: str, model: str, messages: list[Any], text: str) 
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": cached_tokens},
             },
         }
     )

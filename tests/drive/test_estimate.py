@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 import dfllm
+from dfllm.runtime.cost import usd
 from dfllm.testing import FakeProvider
 
 
@@ -54,13 +55,42 @@ def test_wall_time_is_bound_by_the_tightest_limit(engine: str) -> None:
     assert by_tpm.wall_s == pytest.approx(360.0) and by_tpm.bound_by.startswith("tpm")
 
 
-def test_cost_only_from_prices_given(engine: str) -> None:
+def test_cost_only_from_prices_given_online_and_batch_side_by_side(engine: str) -> None:
     none = dfllm.estimate(frame(), engine, "m", "{{t}}", "y")
-    assert none.cost is None and "give prices" in str(none)
-    est = dfllm.estimate(frame(), engine, "m", "{{t}}", "y", choices=["yes", "no"], prompt_price=2.0,
-                         completion_price=10.0)
+    assert none.cost_usd is None and none.batch_cost_usd is None and "cost" not in str(none)
+    est = dfllm.estimate(frame(), engine, "m", "{{t}}", "y", choices=["yes", "no"], price_prompt=2.0,
+                         price_completion=10.0)
     assert est.completion_basis == "the longest choice"
-    assert est.cost == pytest.approx((est.prompt_tokens * 2.0 + est.completion_tokens * 10.0) / 1e6)
+    assert est.cost_usd == pytest.approx((est.prompt_tokens * 2.0 + est.completion_tokens * 10.0) / 1e6)
+    assert est.cost_usd is not None and est.batch_cost_usd == pytest.approx(est.cost_usd / 2)
+    assert f"cost                 online {usd(est.cost_usd)}, batch {usd(est.cost_usd / 2)}" in str(est)
+
+
+def test_prices_set_on_the_engine_reach_the_estimate_and_a_call_overrides_them(fake: FakeProvider) -> None:
+    dfllm.create_engine("priced", "openai", api_key="k", base_url=fake.base_url, price_prompt=1.0,
+                        price_completion=4.0)
+    on_engine = dfllm.estimate(frame(), "priced", "m", "{{t}}", "y", max_tokens=10)
+    assert on_engine.cost_usd == pytest.approx((on_engine.prompt_tokens * 1.0 + 60 * 4.0) / 1e6)
+    per_call = dfllm.estimate(frame(), "priced", "m", "{{t}}", "y", max_tokens=10, price_completion=0.0)
+    assert per_call.cost_usd == pytest.approx(on_engine.prompt_tokens * 1.0 / 1e6)
+
+
+def test_a_price_alone_is_a_configuration_error_not_a_cost_too_low(engine: str) -> None:
+    with pytest.raises(dfllm.ConfigurationError) as info:
+        dfllm.estimate(frame(), engine, "m", "{{t}}", "y", price_prompt=0.15)
+    assert "price_prompt given without price_completion" in str(info.value)
+    with pytest.raises(dfllm.ConfigurationError) as info:
+        dfllm.estimate(frame(), engine, "m", "{{t}}", "y", price_prompt=-1, price_completion=float("nan"))
+    assert "price_prompt must be a price" in str(info.value) and "price_completion must be a price" in str(info.value)
+
+
+def test_a_long_instruction_after_the_cells_is_named_with_its_fix(engine: str) -> None:
+    instruction = "Answer with one word from the list of labels we agreed on. " * 5
+    est = dfllm.estimate(frame(), engine, "m", "Review: {{t}}\n" + instruction, "y")
+    assert est.hint is not None and "after its first placeholder {{t}}" in est.hint
+    assert "prompt cache         The template has" in str(est)
+    first = dfllm.estimate(frame(), engine, "m", instruction + "\nReview: {{t}}", "y")
+    assert first.hint is None and "prompt cache" not in str(first)
 
 
 def test_bad_options_are_configuration_errors_before_anything(fake: FakeProvider, engine: str) -> None:
@@ -86,6 +116,7 @@ def test_an_estimate_of_a_few_rows_takes_at_least_one_round_trip(engine: str) ->
     estimate = dfllm.estimate(pd.DataFrame({"t": ["a", "b"]}), engine, "m", "{{t}}", "y", latency_s=1.5)
     assert estimate.wall_s >= 1.5
     with pytest.raises(dfllm.ConfigurationError) as info:
-        dfllm.estimate(pd.DataFrame({"t": ["a"]}), engine, "m", "{{t}}", "y", latency_s=0, prompt_price=-1)
-    assert "latency_s must be" in str(info.value) and "prompt_price must be" in str(info.value)
+        dfllm.estimate(pd.DataFrame({"t": ["a"]}), engine, "m", "{{t}}", "y", latency_s=0, price_prompt=-1,
+                       price_completion=1)
+    assert "latency_s must be" in str(info.value) and "price_prompt must be" in str(info.value)
 

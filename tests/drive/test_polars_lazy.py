@@ -23,7 +23,8 @@ def test_sink_parquet_sends_only_at_collect_and_answers_every_row(tmp_path: Path
     lf = source(tmp_path, 1000).llm.predict(engine, "m", "say {{t}}", "y", batch_rows=128, concurrency=8,  # type: ignore[attr-defined]
                                             stats=stats, usage_columns=True)
     assert lf.collect_schema() == pl.Schema({"id": pl.Int64, "t": pl.String, "y": pl.String,
-                                             "y_prompt_tokens": pl.Int64, "y_completion_tokens": pl.Int64})
+                                             "y_prompt_tokens": pl.Int64, "y_cached_tokens": pl.Int64,
+                                             "y_completion_tokens": pl.Int64})
     lf.explain()
     assert fake.chat_requests == []
     lf.sink_parquet(tmp_path / "out.parquet")
