@@ -11,6 +11,7 @@ import contextlib
 
 from aiohttp import web
 
+from dfllm.testing._batches import BatchOptions, fail_lines
 from dfllm.testing._limits import HEADER_STYLES, SHAPES
 from dfllm.testing._server import FakeProviderApp
 
@@ -29,6 +30,13 @@ async def _serve(args: argparse.Namespace) -> None:
         random_429=args.random_429,
         random_seed=args.random_seed,
         record=False,  # a long benchmark must not grow the server's memory
+        batch=BatchOptions(
+            polls_to_complete=args.batch_polls_to_complete,
+            max_requests=args.batch_max_requests,
+            max_bytes=args.batch_max_bytes,
+            line_script=fail_lines(share=args.batch_fail_share, seed=args.random_seed or 0, times=1)
+            if args.batch_fail_share else None,
+        ),
     )
     runner = web.AppRunner(app.build(), access_log=None)
     await runner.setup()
@@ -58,6 +66,12 @@ def main() -> None:
     parser.add_argument("--random-429", type=float, default=0.0,
                         help="share of requests answered 429 + Retry-After: 1 regardless of the cap")
     parser.add_argument("--random-seed", type=int, default=None)
+    parser.add_argument("--batch-polls-to-complete", type=int, default=3,
+                        help="retrieves a batch job takes from creation to completed")
+    parser.add_argument("--batch-max-requests", type=int, default=50_000, help="requests per batch input file")
+    parser.add_argument("--batch-max-bytes", type=int, default=200_000_000, help="bytes per batch input file")
+    parser.add_argument("--batch-fail-share", type=float, default=0.0,
+                        help="share of batch lines answered 500 the first time they are submitted")
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--responder", default="smart", choices=["echo", "sentiment", "smart"])
     args = parser.parse_args()

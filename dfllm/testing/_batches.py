@@ -167,6 +167,7 @@ class _Job:
         self.files: dict[str, tuple[IO[bytes], list[int]]] = {"output": (spool(), [0, 0]),
                                                                 "error": (spool(), [0, 0])}
         self.random = random.Random(f"{seed}:{obj['id']}")
+        self.tokens = {"input": 0, "cached": 0, "output": 0}  # of the answered lines, for the batch's usage
         self.lock = asyncio.Lock()
 
     @property
@@ -265,6 +266,7 @@ class BatchRoutes:
             "completion_window": "24h", "status": "validating", "output_file_id": None, "error_file_id": None,
             "created_at": now, "expires_at": now + 24 * 3600, **dict.fromkeys(stamps),
             "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": body.get("metadata"),
+            "usage": None,
         }
 
     def _fate(self, obj: Mapping[str, Any]) -> BatchFate | None:
@@ -297,11 +299,12 @@ class BatchRoutes:
         job = self._jobs.get(request.match_info["batch_id"])
         if job is None:
             return error_response(404, f"No such Batch object: {request.match_info['batch_id']}", param="batch_id")
-        if job.obj["status"] in _TERMINAL:
-            return error_response(400, f"Cannot cancel a batch with status '{job.obj['status']}'.")
-        if job.obj["status"] != "cancelling":
-            job.obj["status"] = "cancelling"
-            job.obj["cancelling_at"] = int(self.options.clock())
+        async with job.lock:  # not while a poll answers lines: its status would overwrite this one
+            if job.obj["status"] in _TERMINAL:
+                return error_response(400, f"Cannot cancel a batch with status '{job.obj['status']}'.")
+            if job.obj["status"] != "cancelling":
+                job.obj["status"] = "cancelling"
+                job.obj["cancelling_at"] = int(self.options.clock())
         self.cancels.append(job.id)
         return web.json_response(job.obj)
 
@@ -433,6 +436,7 @@ class BatchRoutes:
                                 "code": "scripted"}}
         else:
             answer = self.host.completion(f"chatcmpl-{line_id}", body, recorded.prompt, behaviour.text)
+            _add_usage(job.tokens, answer.get("usage"))
         response = {"status_code": code, "request_id": f"req_{line_id}", "body": answer}
         return 200 <= code < 300, _output_line(line_id, custom_id, response, None)
 
@@ -455,6 +459,10 @@ class BatchRoutes:
             else:
                 data.close()
         job.files = {}
+        tokens = job.tokens
+        obj["usage"] = {"input_tokens": tokens["input"], "input_tokens_details": {"cached_tokens": tokens["cached"]},
+                        "output_tokens": tokens["output"], "output_tokens_details": {"reasoning_tokens": 0},
+                        "total_tokens": tokens["input"] + tokens["output"]}
         obj["status"] = final
         obj[f"{final}_at"] = int(self.options.clock())
 
@@ -500,6 +508,15 @@ def _line_problem(raw: bytes, endpoint: str, seen: set[str], models: set[Any]) -
     if len(models) > 1:
         return _job_error("mismatched_model", "All requests in a batch must use the same model.")
     return None
+
+
+def _add_usage(tokens: dict[str, int], usage: Any) -> None:
+    if not isinstance(usage, Mapping):
+        return
+    details = usage.get("prompt_tokens_details")
+    tokens["input"] += int(usage.get("prompt_tokens", 0))
+    tokens["output"] += int(usage.get("completion_tokens", 0))
+    tokens["cached"] += int(details.get("cached_tokens", 0)) if isinstance(details, Mapping) else 0
 
 
 def _job_error(code: str, message: str) -> dict[str, Any]:

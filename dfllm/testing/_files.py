@@ -9,6 +9,7 @@ server's memory flat. A purpose may register a check (fine-tuning does) that ref
 Records, to assert from: ``uploads`` (``UploadRecord``: file id, filename, purpose, bytes, line
 count) and ``downloads`` (``DownloadRecord``: file id, bytes sent), in arrival order.
 ``contents`` reads any file's bytes by id, even after a DELETE while the server records.
+A deleted file's bytes are kept (closed with the server) since a running job may still read them.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ class FileStore:
         self.record = record
         self.scripts = scripts
         self.live: dict[str, StoredFile] = {}
-        self._deleted: dict[str, StoredFile] = {}  # kept for the records while recording
+        self._deleted: dict[str, StoredFile] = {}  # a running job may still read one
         self.checks: dict[str, UploadCheck] = {}
         self.uploads: list[UploadRecord] = []
         self.downloads: list[DownloadRecord] = []
@@ -146,7 +147,7 @@ class FileStore:
 
     def get(self, file_id: str) -> StoredFile | None:
         """Any file ever stored, deleted ones included while recording (tests read these)."""
-        return self.live.get(file_id) or self._deleted.get(file_id)
+        return self.live.get(file_id) or (self._deleted.get(file_id) if self.record else None)
 
     @property
     def contents(self) -> Mapping[str, bytes]:
@@ -246,10 +247,7 @@ class FileStore:
         stored = self.live.pop(request.match_info["file_id"], None)
         if stored is None:
             return _no_such_file(request.match_info["file_id"])
-        if self.record:
-            self._deleted[stored.id] = stored
-        else:
-            stored.close()
+        self._deleted[stored.id] = stored
         return web.json_response({"id": stored.id, "object": "file", "deleted": True})
 
 

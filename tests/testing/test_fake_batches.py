@@ -19,6 +19,7 @@ from dfllm.testing import (
     DownloadRecord,
     FakeClock,
     FakeProvider,
+    FakeProviderProcess,
     PollRecord,
     UploadRecord,
     answer,
@@ -121,6 +122,9 @@ def test_the_sdk_uploads_creates_polls_and_downloads_a_job_that_completes_in_thr
         assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"] == "positive"
     assert done.output_file_id is not None
     assert client.files.retrieve(done.output_file_id).purpose == "batch_output"
+    usage = [line["response"]["body"]["usage"] for line in output]
+    assert done.usage is not None and (done.usage.input_tokens, done.usage.output_tokens) == (
+        sum(u["prompt_tokens"] for u in usage), sum(u["completion_tokens"] for u in usage))
     # Records, from the server's side; no chat completion was requested.
     assert fake.app.files.uploads == [UploadRecord(uploaded.id, "requests.jsonl", "batch", len(data), 4)]
     assert [c.batch_id for c in fake.app.batches.creates] == [batch.id]
@@ -461,3 +465,15 @@ def test_the_chat_script_answers_batch_lines_too_and_chat_requests_stay_empty() 
         sdk.close()
         assert fake.chat_requests == []
     assert [(e["custom_id"], e["response"]["status_code"]) for e in errors] == [("key-2", 503)]
+
+
+def test_the_fake_in_its_own_process_takes_the_batch_options_and_counts_in_its_stats() -> None:
+    with FakeProviderProcess(batch_polls_to_complete=1, batch_fail_share=0.5, random_seed=3) as fake:
+        sdk = openai.OpenAI(api_key="k", base_url=fake.base_url, max_retries=0)
+        done = sdk.batches.retrieve(submit(sdk, sentiment_lines(40)))
+        file_lines(sdk, done.error_file_id)
+        sdk.close()
+        stats = fake.stats()
+    assert done.status == "completed" and 10 <= counts(done)[2] <= 30
+    assert {k: stats[k] for k in ("uploads", "batch_creates", "batch_polls", "downloads", "batch_lines")} == {
+        "uploads": 1, "batch_creates": 1, "batch_polls": 1, "downloads": 1, "batch_lines": 40}
