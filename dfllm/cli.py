@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -312,6 +313,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     problems += in_problems + out_problems
     if args.batch_rows <= 0:
         problems.append(f"--batch-rows must be a positive number of rows, got {args.batch_rows}.")
+    if args.option_mode == "batch" and args.input == files.STDIO:
+        problems.append("--mode batch reads the input twice (to submit the jobs, then to write their answers), "
+                        "and standard input can be read once: give the input as a file path.")
     if args.dry_run:
         problems += assumption_problems(args.latency_s, args.completion_tokens,
                                         names=lambda name: "--" + name.replace("_", "-"))
@@ -329,7 +333,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise _Problems(problems)
         if args.dry_run:
             return _dry_run(plan, source, args)
-        return _run(plan, source, args.output, out_fmt)
+        assert in_fmt is not None  # the source was opened in it
+        again = functools.partial(files.read_again, args.input, in_fmt, max(args.batch_rows, 1))
+        return _run(plan, source, args.output, out_fmt, again)
     finally:
         if source is not None:
             source.close()
@@ -370,7 +376,7 @@ def _dry_run(plan: Plan, source: Any, args: argparse.Namespace) -> int:
     return OK
 
 
-def _run(plan: Plan, source: Any, output: str, out_fmt: str) -> int:
+def _run(plan: Plan, source: Any, output: str, out_fmt: str, again: Callable[[], Iterable[Any]]) -> int:
     from dfllm.frames.files import Sink  # optional: see cmd_predict
 
     stats = RunStats()
@@ -381,7 +387,7 @@ def _run(plan: Plan, source: Any, output: str, out_fmt: str) -> int:
         raise _Problems([f"Cannot write {output!r} as {out_fmt}: {exc}"]) from exc
     committed = False
     try:
-        asyncio.run(_stream(plan, source, sink, stats))
+        asyncio.run(_stream(plan, source, sink, stats, again))
         sink.commit()
         committed = True
     except BatchError as exc:
@@ -403,8 +409,12 @@ def _run(plan: Plan, source: Any, output: str, out_fmt: str) -> int:
     return ROWS_FAILED if stats.failed_rows else OK
 
 
-async def _stream(plan: Plan, source: Any, sink: Any, stats: RunStats) -> None:
+async def _stream(plan: Plan, source: Any, sink: Any, stats: RunStats, again: Callable[[], Iterable[Any]]) -> None:
+    """The file through the runner, batch by batch; in batch mode, passes over it first (``again``
+    reads it from its start) submit and collect the jobs."""
     async with BatchRunner(plan, stats, total_rows=source.total_rows) as runner:
+        if plan.options.mode == "batch":
+            await runner.submit_all(again)
         for batch in source.batches():
             sink.write(await runner.predict(batch))
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from dfllm.drive.eager import make_executor
 from dfllm.engines.base import Engine
 from dfllm.plan import ALL_NULL, Plan, plan_batch, write_back
+from dfllm.runtime.batch import BatchDispatch
 from dfllm.runtime.executor import Executor
 from dfllm.runtime.progress import RunStats, interactive
 from dfllm.runtime.sync import LoopThread
@@ -105,6 +107,19 @@ class BatchRunner:
                 stats.errors[name] = stats.errors.get(name, 0) + count
             self._rows_before += len(batch.row_work)
             self._show(self._rows_before)
+
+    async def submit_all(self, batches: Callable[[], Iterable[Any]]) -> None:
+        """mode='batch': pass over the stream (``batches()`` reads it from the start) submitting what
+        the cache lacks as provider batch jobs, then wait for them; again for rows to send again
+        (a transient failure, an expired job), at most ``BatchDispatch.ROUNDS`` passes. Answers go
+        to the cache: the write pass (``predict`` per batch) reads them, never sending a request."""
+        executor = self._executor
+        assert executor is not None, "use BatchRunner as 'async with'"
+        for sent in range(1, BatchDispatch.ROUNDS + 1):
+            for df in batches():
+                await executor.submit_batch(plan_batch(self.plan, df).work)
+            if not await executor.collect_batches(final=sent == BatchDispatch.ROUNDS):
+                return
 
     async def _tick(self, rows: int, unique: int) -> None:
         """Move the bar within a batch, by the share of its unique prompts answered so far."""

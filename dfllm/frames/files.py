@@ -90,6 +90,16 @@ class Source:
             self._handle.close()
 
 
+def read_again(path: str, fmt: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The file's batches read from its start, closed when done: a pass over it that a first
+    pass (batch mode submitting its jobs) has already made. Not for standard input."""
+    source = open_source(path, fmt, batch_rows)
+    try:
+        yield from source.batches()
+    finally:
+        source.close()
+
+
 def open_source(path: str, fmt: str, batch_rows: int) -> Source:
     if fmt == "parquet":
         parquet = pq.ParquetFile(path)

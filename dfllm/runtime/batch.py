@@ -61,7 +61,7 @@ class _Round:
     """What one round of jobs left to do: rows to send again, answers to re-ask online."""
 
     again: dict[Key, EngineError] = field(default_factory=dict)
-    repairs: list[tuple[Key, Completion]] = field(default_factory=list)
+    repairs: list[tuple[Key, Completion, SchemaError]] = field(default_factory=list)
 
 
 class BatchDispatch:
@@ -83,35 +83,99 @@ class BatchDispatch:
         self._poll_s = poll_s
         self._clock, self._sleep = clock, sleep
         self._limits = (max_requests, max_bytes)
-        self._where: dict[Key, int] = {}
+        self._work_of: dict[Key, Work] = {}  # the rows being submitted, by key
         self._settled: set[Key] = set()
-        self._work: Sequence[Work] = ()
-        self._settle: Settle = lambda i, outcome: None
+        self._sink: Callable[[Key, Outcome], None] = lambda key, outcome: None
         self._probed = False
+        # Across the batches of a stream (files, LazyFrames): the jobs waited on, the keys they
+        # cover, and the rows no job will answer, with why.
+        self._open: list[_Open] = []
+        self._covered: set[Key] = set()
+        self.failed: dict[Key, Outcome] = {}
+        self._deadline: float | None = None
+        self._unsent: list[tuple[Key, bytes]] = []
+        self._unsent_bytes = 0
+
+    def close(self) -> None:
+        self._jobs.close()
 
     async def __call__(self, pending: Iterator[int], count: int, work: Sequence[Work], settle: Settle) -> None:
-        self._work, self._settle = work, settle
-        self._where = {work[i].key: i for i in pending}
+        """One frame's rows, from submission to the last answer (the eager drivers)."""
+        where = {work[i].key: i for i in pending}
+        self._work_of = {key: work[i] for key, i in where.items()}
+        self._sink = lambda key, outcome: settle(where[key], outcome)
         deadline = self._clock() + self._timeout_s
-        try:
-            opened = await self._attach(set(self._where))
-            waiting = set(self._where) - {k for o in opened for k in o.keys}
-            for sent in range(1, self.ROUNDS + 1):
-                opened += await self._submit(waiting)
-                result = await self._poll(opened, deadline)
-                await self._repair(result.repairs)
-                if sent == self.ROUNDS or self._clock() >= deadline:
-                    self._settle_all(result.again.items())
-                    break
-                waiting, opened = set(result.again), []
-                self.stats.batch_resubmitted += len(waiting)
-                if not waiting:
-                    break
-            # Whatever path a row took, it ends settled (the executor counts on every row).
-            self._settle_all((k, BatchJobError("The batch jobs ended without an answer for this row."))
-                             for k in list(self._where) if k not in self._settled)
-        finally:
-            self._jobs.close()
+        opened = await self._attach(set(where))
+        waiting = set(where) - {k for o in opened for k in o.keys}
+        for sent in range(1, self.ROUNDS + 1):
+            opened += await self._submit(waiting)
+            result = await self._poll(opened, deadline)
+            await self._repair(result.repairs)
+            if sent == self.ROUNDS or self._clock() >= deadline:
+                self._settle_all(result.again.items())
+                break
+            waiting, opened = set(result.again), []
+            self.stats.batch_resubmitted += len(waiting)
+            if not waiting:
+                break
+        # Whatever path a row took, it ends settled (the executor counts on every row).
+        self._settle_all((k, BatchJobError("The batch jobs ended without an answer for this row."))
+                         for k in list(where) if k not in self._settled)
+
+    # -- a stream: submit every batch, collect once, write every batch ------------------
+    async def submit(self, work: Sequence[Work], misses: Iterable[int]) -> int:
+        """A stream's batch: its misses not yet covered (nor known to fail) attached or submitted,
+        without waiting for them. The rows newly submitted."""
+        if self._deadline is None:
+            self._deadline = self._clock() + self._timeout_s
+        self._work_of = {work[i].key: work[i] for i in misses
+                         if work[i].key not in self._covered and work[i].key not in self.failed}
+        attached = await self._attach(set(self._work_of))
+        self._open += attached
+        self._covered.update(k for o in attached for k in o.keys)
+        fresh = self._lines(set(self._work_of) - self._covered)
+        self._covered.update(k for k, _ in fresh)
+        # Held until a file is full: a stream's small batches make a few large jobs, not many small.
+        self._unsent += fresh
+        self._unsent_bytes += sum(len(body) for _, body in fresh)
+        if len(self._unsent) >= self._limits[0] or self._unsent_bytes >= self._limits[1]:
+            await self._flush()
+        return len(fresh)
+
+    async def _flush(self) -> None:
+        lines, self._unsent, self._unsent_bytes = self._unsent, [], 0
+        self._open += await self._send(lines)
+
+    async def collect(self, keep: Callable[[Key, Completion], None], *, final: bool) -> int:
+        """Wait for every job submitted so far; each answer that fits is given to ``keep`` (the
+        cache), every other outcome remembered in ``failed``. Rows to send again are forgotten
+        (the next pass over the stream submits them) unless ``final``: their number is returned.
+        Answers that do not fit are not re-asked here (the rows are gone from memory): they are
+        ``failed`` with the reason."""
+
+        def sink(key: Key, outcome: Outcome) -> None:
+            if isinstance(outcome, Completion):
+                keep(key, outcome)
+            else:
+                self.failed[key] = outcome
+
+        self._sink, self._settled = sink, set()
+        assert self._deadline is not None, "submit before collect"
+        await self._flush()
+        result = await self._poll(self._open, self._deadline)
+        self._settle_all((key, problem) for key, _, problem in result.repairs)
+        again = 0
+        if final or self._clock() >= self._deadline:
+            self._settle_all(result.again.items())
+        else:
+            again = len(result.again)
+            self.stats.batch_resubmitted += again
+        self._open, self._covered = [], set()
+        return again
+
+    def outcome_of(self, key: Key) -> Outcome:
+        """A stream's row that the cache does not hold after collecting: why no job answered it."""
+        return self.failed.get(key) or BatchJobError("The batch jobs ended without an answer for this row.")
 
     # -- 1. attach ----------------------------------------------------------------------
     async def _attach(self, wanted: set[Key]) -> list[_Open]:
@@ -141,11 +205,17 @@ class BatchDispatch:
 
     # -- 2. submit ----------------------------------------------------------------------
     async def _submit(self, keys: set[Key]) -> list[_Open]:
-        if not keys:
+        """``keys``' rows in jobs now, in the rows' order, split at the provider's limits."""
+        return await self._send(self._lines(keys))
+
+    def _lines(self, keys: set[Key]) -> list[tuple[Key, bytes]]:
+        order = [k for k in self._work_of if k in keys]  # the rows' order: a job's lines read as the frame does
+        return [(k, self._client.engine.request_body(self._kind.build(self._work_of[k]))) for k in order]
+
+    async def _send(self, lines: list[tuple[Key, bytes]]) -> list[_Open]:
+        if not lines:
             return []
         await self._probe()
-        lines = ((k, self._client.engine.request_body(self._kind.build(self._work[self._where[k]])))
-                 for k in sorted(keys, key=self._where.__getitem__))
         opened = []
         for file_keys, content in input_files(lines, max_requests=self._limits[0], max_bytes=self._limits[1]):
             submission = uuid.uuid4().hex
@@ -258,7 +328,7 @@ class BatchDispatch:
             return
         checked = await self._check(outcome)
         if isinstance(checked, SchemaError) and checked.repairable:
-            result.repairs.append((key, outcome))
+            result.repairs.append((key, outcome, checked))
         else:
             self._settle_all([(key, checked)])
 
@@ -271,7 +341,7 @@ class BatchDispatch:
                                               retryable=True)
 
     # -- 6. repair ----------------------------------------------------------------------
-    async def _repair(self, repairs: list[tuple[Key, Completion]]) -> None:
+    async def _repair(self, repairs: list[tuple[Key, Completion, SchemaError]]) -> None:
         """Answers that did not fit, re-asked online (the executor's policies, its concurrency)."""
         if not repairs:
             return
@@ -279,14 +349,14 @@ class BatchDispatch:
 
         async def one(key: Key, answer: Completion) -> None:
             async with gate:
-                task = self._kind.build(self._work[self._where[key]])
+                task = self._kind.build(self._work_of[key])
                 self._settle_all([(key, await self._fit(task, answer, self._clock()))])
 
-        await asyncio.gather(*(one(k, a) for k, a in repairs))
+        await asyncio.gather(*(one(k, a) for k, a, _ in repairs))
 
     def _settle_all(self, outcomes: Iterable[tuple[Key, Outcome]]) -> None:
         """Each row settled once: a later outcome for a settled row (a line seen twice) is dropped."""
         for key, outcome in outcomes:
             if key not in self._settled:
                 self._settled.add(key)
-                self._settle(self._where[key], outcome)
+                self._sink(key, outcome)

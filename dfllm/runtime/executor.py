@@ -36,6 +36,7 @@ from dfllm.engines.openai_batch import BatchClient
 from dfllm.engines.tasks import Message
 from dfllm.outputs.base import Output
 from dfllm.outputs.kinds import TextOutput
+from dfllm.prompt.keys import Key
 from dfllm.runtime.batch import BatchDispatch
 from dfllm.runtime.bulk import gc_paused, gc_relaxed
 from dfllm.runtime.dispatch import (
@@ -145,6 +146,8 @@ class Executor:
         self._abort: AuthenticationError | None = None
         self._cache: Store | None = None
         self._entered = False
+        self._batch: BatchDispatch | None = None  # mode='batch': one for the executor's life
+        self._collected = False  # a stream's jobs are collected: its write pass reads the cache only
 
     async def __aenter__(self) -> Executor:
         """Open the cache once for several ``run`` calls (batches of one pipeline share it)."""
@@ -155,6 +158,9 @@ class Executor:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._entered = False
+        if self._batch is not None:
+            self._batch.close()
+            self._batch = None
         cache, self._cache = self._cache, None
         if cache is not None:
             await asyncio.to_thread(cache.close)
@@ -211,7 +217,7 @@ class Executor:
                 self._settle(work[i], outcome, cache, progress)
                 results[i] = outcome
 
-            dispatch = self._batch_dispatch() if self._options.mode == "batch" and n_pending else self._pool_dispatch
+            dispatch = self._dispatch() if n_pending else self._pool_dispatch
             with gc_relaxed():
                 await dispatch(pending, n_pending, work, settle)
             if self._abort is not None:
@@ -241,7 +247,7 @@ class Executor:
         self._unanswered -= 1
         if isinstance(outcome, Completion):
             self.stats.succeeded += 1
-            self.stats.add_usage(outcome, self._prices)
+            self.stats.add_usage(outcome, self._prices, batch=self._options.mode == "batch")
             if cache is not None:
                 cache.put(item.key, outcome)
         progress.advance()
@@ -259,9 +265,18 @@ class Executor:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
 
-    def _batch_dispatch(self) -> Dispatch:
+    def _dispatch(self) -> Dispatch:
+        """The worker pool online; in batch mode the jobs, or once a stream's jobs are collected,
+        what they left (``_from_jobs``)."""
+        if self._options.mode != "batch":
+            return self._pool_dispatch
+        return self._from_jobs if self._collected else self._batches()
+
+    def _batches(self) -> BatchDispatch:
         """Provider batch jobs (``runtime/batch``), their records in the cache's database; the
         output's check and the online re-ask loop are this executor's."""
+        if self._batch is not None:
+            return self._batch
         path = self._options.cache_path()
         info = EngineInfo.of(self._engine)
         if not isinstance(self._engine, OpenAICompatibleEngine) or not info.capabilities.batch_jobs or path is None \
@@ -269,11 +284,41 @@ class Executor:
             raise ConfigurationError("mode='batch' needs an engine with the Batch API and a SQLite cache; "
                                      "make_plan checks this before any request.")
         options = self._options
-        return BatchDispatch(BatchClient(self._engine, timeout_s=options.timeout_s), JobStore(path),
-                             engine_tag(info.identity), self._kind, check=self._check, fit=self._until_it_fits,
-                             stats=self.stats, timeout_s=options.batch_timeout_s, poll_s=options.batch_poll_s,
-                             max_retries=options.max_retries, concurrency=self._pool, clock=self._clock,
-                             sleep=self._sleep)
+        self._batch = BatchDispatch(
+            BatchClient(self._engine, timeout_s=options.timeout_s), JobStore(path), engine_tag(info.identity),
+            self._kind, check=self._check, fit=self._until_it_fits, stats=self.stats,
+            timeout_s=options.batch_timeout_s, poll_s=options.batch_poll_s, max_retries=options.max_retries,
+            concurrency=self._pool, clock=self._clock, sleep=self._sleep)
+        return self._batch
+
+    async def submit_batch(self, work: Sequence[Work]) -> int:
+        """A stream's batch in batch mode: what the cache lacks is submitted (or attached to a job
+        already submitted), not waited for. The rows newly submitted."""
+        assert self._cache is not None, "batch mode runs inside 'async with' on a SQLite cache"
+        results: list[Outcome | None] = [None] * len(work)
+        self._look_up(work, results, self._cache, Progress(False, len(work), RunStats()))
+        return await self._batches().submit(work, (i for i, r in enumerate(results) if r is None))
+
+    async def collect_batches(self, *, final: bool) -> int:
+        """Wait for the stream's jobs; their answers go to the cache, which the write pass reads.
+        The rows to submit again in another pass (none when ``final``)."""
+        cache = self._cache
+        assert cache is not None
+
+        def keep(key: Key, completion: Completion) -> None:
+            self.stats.succeeded += 1
+            self.stats.add_usage(completion, self._prices, batch=True)
+            cache.put(key, completion)
+
+        again = await self._batches().collect(keep, final=final)
+        self._collected = again == 0
+        return again
+
+    async def _from_jobs(self, pending: Iterator[int], count: int, work: Sequence[Work], settle: Settle) -> None:
+        """A stream's write pass: a row the cache lacks gets why no job answered it."""
+        assert self._batch is not None
+        for i in pending:
+            settle(i, self._batch.outcome_of(work[i].key))
 
     async def _worker(self, pending: Iterator[int], work: Sequence[Work], settle: Settle) -> None:
         for i in pending:
