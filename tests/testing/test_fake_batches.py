@@ -120,6 +120,7 @@ def test_the_sdk_uploads_creates_polls_and_downloads_a_job_that_completes_in_thr
         assert line["response"]["status_code"] == 200 and line["response"]["request_id"]
         body = line["response"]["body"]
         assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"] == "positive"
+        assert body["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
     assert done.output_file_id is not None
     assert client.files.retrieve(done.output_file_id).purpose == "batch_output"
     usage = [line["response"]["body"]["usage"] for line in output]
@@ -177,6 +178,7 @@ def test_a_line_gets_the_body_the_same_request_gets_online() -> None:
         assert {k: v for k, v in body.items() if k != "id"} == want, custom_id
     assert json.loads(got["schema"]["choices"][0]["message"]["content"])["label"] in ("a", "b", "c")
     assert got["scripted"]["choices"][0]["message"]["content"] == "hello there"
+    assert got["schema"]["usage"]["prompt_tokens_details"]["cached_tokens"] > 0  # the shared system prompt
 
 
 def test_answered_lines_come_back_shuffled_and_the_same_way_each_run() -> None:
