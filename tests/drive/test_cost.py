@@ -85,3 +85,17 @@ def test_a_long_instruction_after_the_cells_is_warned_once_a_call(fake: FakeProv
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # instructions first: no hint
         dfllm.predict(DF, engine, "m", INSTRUCTION + "\nReview: {{t}}", "y")
+
+
+def test_a_batch_job_costs_half_of_the_same_tokens_online() -> None:
+    prices = {"price_prompt": 0.15, "price_completion": 0.6}
+    with FakeProvider(prompt_cache_min_tokens=None) as fake:  # no prompt cache: the same tokens either way
+        dfllm.create_engine("b", "openai", api_key="k", base_url=fake.base_url)
+        online = dfllm.RunStats()
+        dfllm.predict(DF, "b", "m", TEMPLATE, "y", stats=online, cache=False, **prices)  # type: ignore[arg-type]
+        batch = dfllm.RunStats()
+        dfllm.predict(DF, "b", "m", TEMPLATE, "y", stats=batch, mode="batch", batch_poll_s=0.01,
+                      **prices)  # type: ignore[arg-type]
+        assert len(fake.chat_requests) == 4 and len(fake.app.batches.creates) == 1
+    assert (batch.prompt_tokens, batch.completion_tokens) == (online.prompt_tokens, online.completion_tokens)
+    assert online.cost_usd is not None and batch.cost_usd == pytest.approx(online.cost_usd / 2)

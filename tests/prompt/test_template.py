@@ -243,3 +243,21 @@ def test_a_list_cell_holding_bytes_stops_predict_before_any_request() -> None:
         with pytest.raises(TemplateError, match="Column 't' holds bytes inside its lists or dicts"):
             df.llm.predict("nested-bytes", "m", "{{t}}", "y")
         assert fake.requests == []
+
+
+@pytest.mark.parametrize(("text", "hinted"), [
+    ("Review: {{t}}\n" + "x" * 199, False),  # under the bound
+    ("Review: {{t}}\n" + "x" * 200, True),
+    ("{{a}} " + "x" * 150 + " {{b}} " + "y" * 60, True),  # fixed text between and after the cells adds up
+    ("x" * 5000 + " {{t}}", False),  # instructions first: what the prefix cache wants
+    (" " * 500 + "{{t}}" + " \n" * 300, False),  # only whitespace after the cell
+])
+def test_a_long_fixed_text_after_the_first_cell_gets_a_prefix_cache_hint(text: str, hinted: bool) -> None:
+    hint = Template(text).prefix_cache_hint()
+    assert (hint is not None) == hinted
+    if hint is not None:
+        assert "after its first placeholder" in hint and "system=" in hint
+
+
+def test_a_constant_template_has_no_cells_and_no_hint() -> None:
+    assert Template("x" * 1000, constant=True).prefix_cache_hint() is None

@@ -68,3 +68,22 @@ def test_always_script_applies_to_every_request() -> None:
             with pytest.raises(openai.InternalServerError):
                 client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
         client.close()
+
+
+def _cached_tokens(fake: FakeProvider, texts: tuple[str, ...]) -> list[int]:
+    system = "Label the review. " * 20  # 360 characters, sent first each time
+    client = openai.OpenAI(api_key="k", base_url=fake.base_url, max_retries=0)
+    found = []
+    for text in texts:
+        usage = client.chat.completions.create(model="m", messages=[
+            {"role": "system", "content": system}, {"role": "user", "content": text}]).usage
+        assert usage is not None and usage.prompt_tokens_details is not None
+        found.append(usage.prompt_tokens_details.cached_tokens or 0)
+    return found
+
+
+def test_openai_sdk_reads_the_cached_tokens_of_a_prefix_sent_before() -> None:
+    with FakeProvider() as fake:
+        assert _cached_tokens(fake, ("good", "bad")) == [0, 80]  # 5 whole 64-character blocks of the system prompt
+    with FakeProvider(prompt_cache_min_tokens=None) as fake:
+        assert _cached_tokens(fake, ("good", "bad")) == [0, 0]
