@@ -145,6 +145,13 @@ def predict(ddf: dd.DataFrame, engine: Any, model: str | None = None, template: 
         call_options = {**engine.options, **call_options}
     meta_frame = ddf._meta
     plan = make_plan(meta_frame, engine, model, template, target, call_options)  # every problem, no request
+    if plan.options.mode == "batch":
+        # A job per partition would each wait up to a day on a worker, holding its slot, and a
+        # partition retried by Dask would submit again: batch jobs are a driver-side flow.
+        raise ParameterError(
+            "mode='batch' is not supported on Dask frames. Write the frame to Parquet (ddf.to_parquet) and run "
+            "`dfllm predict in.parquet out.parquet --mode batch ...`, or compute it to pandas and call "
+            "dfllm.predict(df, ..., mode='batch'); nothing was sent.")
     if plan.config is None:
         raise ParameterError(
             "On Dask, engine must be an engine name, a provider name or a model from create_model: its "

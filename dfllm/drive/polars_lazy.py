@@ -106,6 +106,8 @@ def _batches(lf: pl.LazyFrame, plan: Plan, stats: RunStats | None, batch_rows: i
     runner = BackgroundRunner(plan, stats if stats is not None else RunStats())
     left = n_rows
     try:
+        if plan.options.mode == "batch":  # jobs for every batch first; then each batch from the cache
+            runner.submit_all(lambda: lf.collect_batches(chunk_size=batch_rows))
         for batch in lf.collect_batches(chunk_size=batch_rows):
             out = runner.predict(batch)
             if after is not None:

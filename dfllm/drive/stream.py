@@ -160,6 +160,10 @@ class BackgroundRunner:
     def predict(self, df: Any) -> Any:
         return self._loop.submit(self._runner.predict(df))
 
+    def submit_all(self, batches: Callable[[], Iterable[Any]]) -> None:
+        """mode='batch': ``BatchRunner.submit_all`` on the runner's loop."""
+        self._loop.submit(self._runner.submit_all(batches))
+
     def close(self) -> None:
         try:
             self._loop.submit(self._runner.__aexit__(None, None, None))

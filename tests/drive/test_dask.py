@@ -390,13 +390,15 @@ def test_the_verbs_on_dask_are_lazy_and_answer_like_pandas(client: Any) -> None:
         assert kept.compute()["n"].tolist() == expected_kept["n"].tolist()
 
 
-def test_stats_and_storage_credentials_are_refused_before_a_graph_is_built(tmp_path: Path) -> None:
+def test_stats_storage_credentials_and_batch_mode_are_refused_before_a_graph_is_built(tmp_path: Path) -> None:
     dfllm.create_engine("t", "openai", api_key=KEY, base_url="http://127.0.0.1:9/v1")
     ddf = dd.from_pandas(frame(4), npartitions=2)
     with pytest.raises(dfllm.ParameterError, match="stats= cannot be filled on Dask"):
         dfllm.predict(ddf, "t", MODEL, "{{text}}", "y", stats=dfllm.RunStats())
     with pytest.raises(dfllm.ParameterError, match="would put them"):
         ddf.llm.predict("t", MODEL, "{{text}}", "y", cache=FsspecCache(str(tmp_path), key="AKIA-secret"))
+    with pytest.raises(dfllm.ParameterError, match="mode='batch' is not supported on Dask"):
+        ddf.llm.predict("t", MODEL, "{{text}}", "y", mode="batch")
 
 
 def test_without_rpm_the_cluster_spends_a_fixed_window_it_learns_from_headers(client: Any) -> None:

@@ -96,3 +96,14 @@ def test_predict_on_a_lazy_frame_is_lazy(engine: str, fake: FakeProvider) -> Non
     assert isinstance(lazy, pl.LazyFrame) and fake.requests == []
     assert lazy.collect()["y"].to_list() == ["positive", "negative"]
 
+
+
+def test_batch_mode_answers_a_lazy_frame_by_jobs_at_collect(tmp_path: Path, fake: FakeProvider, engine: str) -> None:
+    lf = source(tmp_path, 600).llm.predict(engine, "m", "say {{t}}", "y", batch_rows=128,  # type: ignore[attr-defined]
+                                           mode="batch", batch_poll_s=0.01)
+    assert fake.app.batches.creates == []  # lazy: nothing submitted before collect
+    out = lf.collect()
+    assert out["y"].to_list() == [None if i % 9 == 4 else f"m says: say r{i % 250}" for i in range(600)]
+    # One job for every batch of the frame, each unique prompt once; no chat request.
+    assert len(fake.app.batches.creates) == 1 and fake.chat_requests == []
+    assert len(list(fake.app.batches.submitted(fake.app.batches.creates[0].batch_id))) == 250
