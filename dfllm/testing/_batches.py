@@ -17,7 +17,8 @@ the responder, a conforming object for a schema, the prompt cache's ``cached_tok
 and ``answer(...)`` give that body, ``status(code)`` a failed line with an error body,
 ``respond(code, body)`` that body, ``drop()`` a line with no response and an ``error``, and
 ``malformed()`` a line of the output file that is not JSON. Answered lines are shuffled in
-blocks (deterministically): OpenAI does not keep the input's order either.
+blocks (deterministically): OpenAI does not keep the input's order either. A finished job's
+``usage`` sums its answered lines' tokens (cached ones in ``input_tokens_details``).
 
 Scripting a whole job: ``BatchOptions.fates``, a list (the n-th job created gets the n-th fate)
 or a callable of the new batch object, returning ``fail_job(...)``, ``expire_job(after_lines)``

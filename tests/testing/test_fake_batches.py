@@ -219,6 +219,15 @@ def test_a_client_cancel_is_cancelling_then_cancelled_with_the_answered_lines_ke
         client.batches.cancel(batch_id)
 
 
+def test_a_job_whose_input_file_is_deleted_while_it_runs_still_completes(
+        fake: FakeProvider, client: openai.OpenAI) -> None:
+    batch_id = submit(client, sentiment_lines(6))
+    assert client.batches.retrieve(batch_id).status == "in_progress"
+    client.files.delete(fake.app.batches.jobs[batch_id]["input_file_id"])
+    done = poll_until_done(client, batch_id)[-1]
+    assert done.status == "completed" and len(file_lines(client, done.output_file_id)) == 6
+
+
 # -- files ----------------------------------------------------------------------------------------
 def test_content_is_streamed_in_chunks_and_a_deleted_file_is_gone() -> None:
     big = jsonl(sentiment_lines(20_000))  # over the megabyte a file keeps in memory
