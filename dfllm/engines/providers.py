@@ -141,7 +141,10 @@ PROVIDERS: dict[str, Provider] = {
             default_model="claude-2.1",
             upstream_param="provider",
             upstream_config_param="config",
-            # The gateway passes OpenAI's response_format through to OpenAI unchanged.
+            # The gateway passes OpenAI's response_format through to OpenAI unchanged. No Batch API:
+            # the open-source gateway (1.15.2) passes uploads and jobs through but answers 500 to every
+            # /files/{id}/content, so a job's answers could not be read after it was paid for
+            # (tests/engines/test_portkey_gateway_batches.py).
             upstream_capabilities={"openai": _JSON_SCHEMA},
             # A virtual key stands for a provider and its key: where it routes is not visible here.
             upstream_hiding_params=("virtual_key",),
