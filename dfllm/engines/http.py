@@ -106,6 +106,10 @@ class OpenAICompatibleEngine:
         raw, headers = await self._send("POST", self._url, request.timeout_s, self._body(request))
         return parse_completion(raw, headers, self.base_url, self._scrub)
 
+    def request_body(self, task: ChatTask) -> bytes:
+        """The JSON body ``complete`` would send for ``task`` (a batch job's line carries it)."""
+        return self._body(task)
+
     def _body(self, task: ChatTask) -> bytes:
         """``{"model", "messages", **params}`` as JSON, in OpenAI's dialect (``openai_chat``). Every
         task of a call shares one params dict and schema (with a schema, a large response_format):
