@@ -38,10 +38,12 @@ from dfllm.config.models import Model, create_model
 from dfllm.config.options import PredictOptions
 from dfllm.drive.eager import apredict, last_run, predict
 from dfllm.drive.estimate import Estimate, estimate
+from dfllm.drive.jobs import BatchHandle, JobStatus, submit
 from dfllm.drive.verbs import classify as _classify
 from dfllm.drive.verbs import extract as _extract
 from dfllm.drive.verbs import filter as _filter
 from dfllm.engines.base import Capabilities, Completion, Engine, Request
+from dfllm.engines.openai_batch import BatchJobError
 from dfllm.engines.providers import Provider, register_provider
 from dfllm.frames.accessor import Drivers as _Drivers
 from dfllm.frames.accessor import use_drivers as _use_drivers
@@ -53,6 +55,8 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BatchError",
+    "BatchHandle",
+    "BatchJobError",
     "CacheError",
     "Capabilities",
     "Completion",
@@ -65,6 +69,7 @@ __all__ = [
     "FineTuneError",
     "FsspecCache",
     "IncompleteAnswerError",
+    "JobStatus",
     "LabelError",
     "MissingAPIKeyError",
     "Model",
@@ -94,6 +99,7 @@ __all__ = [
     "list_models",
     "predict",
     "register_provider",
+    "submit",
 ]
 
 _use_drivers(_Drivers(predict, apredict, _classify, _extract, _filter, finetune))

@@ -142,6 +142,11 @@ class BatchDispatch:
             await self._flush()
         return len(fresh)
 
+    async def flush(self) -> list[str]:
+        """Send what ``submit`` holds; the ids of every job this dispatch waits on (``dfllm.submit``)."""
+        await self._flush()
+        return [o.job_id for o in self._open]
+
     async def _flush(self) -> None:
         lines, self._unsent, self._unsent_bytes = self._unsent, [], 0
         self._open += await self._send(lines)

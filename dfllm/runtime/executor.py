@@ -299,6 +299,12 @@ class Executor:
         self._look_up(work, results, self._cache, Progress(False, len(work), RunStats()))
         return await self._batches().submit(work, (i for i, r in enumerate(results) if r is None))
 
+    async def submit_jobs(self, work: Sequence[Work]) -> list[str]:
+        """``work``'s cache misses as batch jobs, sent now and not waited for; the ids of the jobs
+        that cover them (``dfllm.submit``: the same call later attaches to them)."""
+        await self.submit_batch(work)
+        return await self._batches().flush()
+
     async def collect_batches(self, *, final: bool) -> int:
         """Wait for the stream's jobs; their answers go to the cache, which the write pass reads.
         The rows to submit again in another pass (none when ``final``)."""
