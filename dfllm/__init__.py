@@ -38,7 +38,7 @@ from dfllm.config.models import Model, create_model
 from dfllm.config.options import PredictOptions
 from dfllm.drive.eager import apredict, last_run, predict
 from dfllm.drive.estimate import Estimate, estimate
-from dfllm.drive.jobs import BatchHandle, JobStatus, submit
+from dfllm.drive.jobs import BatchHandle, JobStatus, RecordedJob, batch_jobs, submit
 from dfllm.drive.verbs import classify as _classify
 from dfllm.drive.verbs import extract as _extract
 from dfllm.drive.verbs import filter as _filter
@@ -77,6 +77,7 @@ __all__ = [
     "PredictOptions",
     "Provider",
     "RateLimitError",
+    "RecordedJob",
     "RedirectError",
     "RefusalError",
     "Request",
@@ -89,6 +90,7 @@ __all__ = [
     "TransportError",
     "UnknownEngineError",
     "apredict",
+    "batch_jobs",
     "create_engine",
     "create_model",
     "drop_engine",

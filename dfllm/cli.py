@@ -23,6 +23,7 @@ import functools
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from dfllm.config.catalog import list_models
 from dfllm.config.engines import EngineConfig, configure, connection_params, hidden_name_problem, is_plain_name
 from dfllm.config.options import OPTION_NAMES, OPTIONS, Option
 from dfllm.drive.estimate import Estimator, assumption_problems
+from dfllm.drive.jobs import batch_jobs
 from dfllm.drive.stream import BatchRunner
 from dfllm.engines.providers import PROVIDERS, Provider, needs_key
 from dfllm.plan import Plan, make_plan, plan_batch, write_back
@@ -154,11 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
     engines.set_defaults()
     models = commands.add_parser("models", help="list the models an engine offers")
     _add_engine_arguments(models)
+    batches = commands.add_parser(
+        "batches", help="list (and cancel) the batch jobs dfllm has in flight for a cache",
+        description="The provider batch jobs that --mode batch submitted and no run has collected yet. With "
+                    "--engine (and --base-url, --param as for predict), only that engine's, each with its state "
+                    "asked of the provider. Run the same predict command again to collect them.")
+    _add_engine_arguments(batches, required=False)
+    batches.add_argument("--cache", default=None, help="the SQLite cache file (default: dfllm's own)")
+    batches.add_argument("--cancel", metavar="JOB_ID", help="cancel this job, or 'all' (needs --engine)")
     return parser
 
 
-def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--engine", required=True, help=f"a provider: {', '.join(PROVIDERS)}")
+def _add_engine_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument("--engine", required=required, help=f"a provider: {', '.join(PROVIDERS)}")
     parser.add_argument("--base-url", help="the API's root URL, e.g. http://127.0.0.1:8000/v1")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a provider parameter, e.g. virtual_key=... for Portkey (repeatable)")
@@ -261,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_engines()
         if args.command == "models":
             return cmd_models(args)
+        if args.command == "batches":
+            return cmd_batches(args)
         return cmd_predict(args)
     except _Problems as exc:
         _print_problems(exc.problems)
@@ -301,6 +313,29 @@ def cmd_models(args: argparse.Namespace) -> int:
     except DfllmError as exc:
         print(f"dfllm: {exc}", file=sys.stderr)
         return STOPPED
+    return OK
+
+
+def cmd_batches(args: argparse.Namespace) -> int:
+    problems: list[str] = []
+    config = engine_config(args, problems) if args.engine is not None else None
+    if args.cancel is not None and args.engine is None:
+        problems.append("--cancel needs --engine (and --base-url, --param) of the provider the jobs were sent to.")
+    if problems:
+        raise _Problems(problems)
+    try:
+        jobs = batch_jobs(args.cache if args.cache is not None else True, config, cancel=args.cancel)
+    except DfllmError as exc:
+        print(f"dfllm: {exc}", file=sys.stderr)
+        return STOPPED
+    for job in jobs:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created))
+        state = job.state
+        told = "" if state is None else \
+            f"  {state.status}  {state.completed:,}/{state.total:,} done, {state.failed:,} failed"
+        print(f"{job.job_id or '(id not recorded)'}  {job.rows:,} rows  submitted {when}{told}")
+    if not jobs:
+        print("dfllm: no batch jobs in flight for this cache.", file=sys.stderr)
     return OK
 
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from dfllm.testing import BatchOptions, FakeProvider, fail_lines, status
 
-from .test_cli import env_for, expected, predict_args, read, run, table
+from .test_cli import dfllm_cmd, env_for, expected, predict_args, read, run, table
 
 BATCH = ("--mode", "batch", "--batch-rows", "100", "--no-progress")
 
@@ -79,3 +79,26 @@ def test_batch_mode_from_standard_input_is_refused_before_any_request(tmp_path: 
                    tmp_path, input="t\nhello\n")
         assert fake.app.requests == []
     assert done.returncode == 2 and "standard input can be read once" in done.stderr
+
+
+def test_batches_lists_the_jobs_in_flight_and_cancels_them(tmp_path: Path) -> None:
+    t = table(40)
+    pq.write_table(t, tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    cache = str(tmp_path / "cache" / "responses.sqlite3")
+    with FakeProvider(responder="echo", batch=BatchOptions(polls_to_complete=50)) as fake:
+        late = run(predict_args(fake, str(tmp_path / "in.parquet"), str(out), *BATCH, "--batch-poll-s", "0.01",
+                                "--batch-timeout-s", "0.05"), tmp_path)
+        assert late.returncode == 1  # rows without answers yet: their errors say to run again
+        listed = run(dfllm_cmd("batches", "--cache", cache), tmp_path)
+        asked = run(dfllm_cmd("batches", "--cache", cache, "--engine", "openai", "--base-url", fake.base_url),
+                    tmp_path)
+        cancelled = run(dfllm_cmd("batches", "--cache", cache, "--engine", "openai", "--base-url", fake.base_url,
+                                  "--cancel", "all"), tmp_path)
+        refused = run(dfllm_cmd("batches", "--cache", cache, "--cancel", "all"), tmp_path)
+        job_id = fake.app.batches.creates[0].batch_id
+        assert fake.app.batches.cancels == [job_id]
+    assert listed.returncode == 0 and listed.stdout.startswith(f"{job_id}  ") and "rows  submitted" in listed.stdout
+    assert asked.returncode == 0 and "in_progress" in asked.stdout
+    assert cancelled.returncode == 0 and "cancelling" in cancelled.stdout
+    assert refused.returncode == 2 and "--cancel needs --engine" in refused.stderr

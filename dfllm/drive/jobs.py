@@ -11,17 +11,21 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from typing_extensions import Unpack
 
 from dfllm._exceptions import ParameterError
+from dfllm.config.engines import EngineConfig, resolve_engine
 from dfllm.config.options import PredictOptions
 from dfllm.drive.eager import make_executor, predict
 from dfllm.engines.http import OpenAICompatibleEngine
 from dfllm.engines.openai_batch import BatchClient, BatchJob
 from dfllm.plan import Plan, make_plan
 from dfllm.prompt.template import Template
+from dfllm.runtime.jobs import JobStore, engine_tag
+from dfllm.runtime.location import sqlite_path
 from dfllm.runtime.progress import RunStats
 from dfllm.runtime.sync import run_sync
 
@@ -114,3 +118,61 @@ async def _submit(plan: Plan) -> list[str]:
     finally:
         if opened is not None:
             await opened.aclose()
+
+
+@dataclass(frozen=True)
+class RecordedJob:
+    """A job dfllm submitted and has not collected yet, as the cache's records hold it; ``state`` is
+    the provider's account when an engine was given to ask it."""
+
+    job_id: str | None  # None: killed before the job's id was recorded (the next run looks for it)
+    rows: int
+    created: float  # seconds since the epoch
+    state: JobStatus | None = None
+
+
+def batch_jobs(cache: bool | str | Path = True, engine: Any = None, *,
+               cancel: str | None = None) -> list[RecordedJob]:
+    """The batch jobs in flight for ``cache`` (submitted, not yet collected), oldest first.
+
+    With ``engine`` (a name from ``create_engine``, a provider name or an engine config), only its
+    jobs, each with its state asked of the provider; ``cancel`` (a job id, or ``"all"``) cancels
+    those jobs first. The records stay until a run collects the jobs: run the same call again, and
+    it sends the rows a cancelled job left unanswered in a new one.
+    """
+    path = sqlite_path(cache)
+    if path is None:
+        raise ParameterError(f"Batch jobs are recorded in a SQLite cache; cache={cache!r} is none.")
+    if cancel is not None and engine is None:
+        raise ParameterError("cancel= needs the engine the jobs were sent to (engine=).")
+    if not path.exists():
+        return []
+    store = JobStore(path)
+    try:
+        if engine is None:
+            return [RecordedJob(r.job_id, len(r.keys), r.created) for r in store.open_jobs()]
+        return run_sync(_ask(store, resolve_engine(engine), cancel))
+    finally:
+        store.close()
+
+
+async def _ask(store: JobStore, engine: Any, cancel: str | None) -> list[RecordedJob]:
+    if not isinstance(engine, EngineConfig):
+        raise ParameterError("engine= must name an engine (create_engine) or a provider: its jobs are found "
+                             "by its identity.")
+    runner = engine.connect()
+    try:
+        if not isinstance(runner, OpenAICompatibleEngine) or runner.identity is None:
+            raise ParameterError(f"Engine {engine.name!r} has no Batch API.")
+        client = BatchClient(runner)
+        jobs = []
+        for record in store.open_jobs(engine_tag(runner.identity)):
+            state = None
+            if record.job_id is not None:
+                wanted = cancel is not None and cancel in ("all", record.job_id)
+                job = await (client.cancel(record.job_id) if wanted else client.retrieve(record.job_id))
+                state = JobStatus(job.id, job.status, job.completed, job.failed, job.total)
+            jobs.append(RecordedJob(record.job_id, len(record.keys), record.created, state))
+        return jobs
+    finally:
+        await runner.aclose()
