@@ -115,6 +115,8 @@ class BatchRunner:
         to the cache: the write pass (``predict`` per batch) reads them, never sending a request."""
         executor = self._executor
         assert executor is not None, "use BatchRunner as 'async with'"
+        if self._bar is not None:
+            executor.on_jobs = self._bar.set_postfix_str
         for sent in range(1, BatchDispatch.ROUNDS + 1):
             for df in batches():
                 await executor.submit_batch(plan_batch(self.plan, df).work)

@@ -94,6 +94,7 @@ class BatchDispatch:
         self.failed: dict[Key, Outcome] = {}
         self._deadline: float | None = None
         self._unsent: list[tuple[Key, bytes]] = []
+        self.report: Callable[[str], None] = lambda text: None  # the jobs' states, after each round of polls
         self._unsent_bytes = 0
 
     def close(self) -> None:
@@ -271,6 +272,7 @@ class BatchDispatch:
                     await self._collect(o, o.job, result)
             if not live:
                 break
+            self.report(_states(o.job for o in opened))
             if self._clock() >= deadline:
                 for o in live:
                     self._timed_out(o)
@@ -365,3 +367,12 @@ class BatchDispatch:
             if key not in self._settled:
                 self._settled.add(key)
                 self._sink(key, outcome)
+
+
+def _states(jobs: Iterable[BatchJob | None]) -> str:
+    """``"2 jobs: in_progress 31,000/50,000 done, 12 failed"``: what a bar shows while it waits."""
+    known = [j for j in jobs if j is not None]
+    states = sorted({j.status for j in known})
+    done, failed, total = (sum(j.completed for j in known), sum(j.failed for j in known),
+                           sum(j.total for j in known))
+    return f"{len(known)} job{'s' * (len(known) != 1)}: {', '.join(states)} {done:,}/{total:,} done, {failed:,} failed"

@@ -25,7 +25,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from dfllm._exceptions import AuthenticationError, ConfigurationError, EngineError, RateLimitError, SchemaError
@@ -148,6 +148,7 @@ class Executor:
         self._entered = False
         self._batch: BatchDispatch | None = None  # mode='batch': one for the executor's life
         self._collected = False  # a stream's jobs are collected: its write pass reads the cache only
+        self.on_jobs: Callable[[str], None] = lambda text: None  # batch jobs' states while they are waited on
 
     async def __aenter__(self) -> Executor:
         """Open the cache once for several ``run`` calls (batches of one pipeline share it)."""
@@ -206,6 +207,7 @@ class Executor:
         results: list[Outcome | None] = [None] * len(work)
         cache = self._cache
         progress = Progress(self._options.progress, len(work), self.stats)
+        self.on_jobs = progress.note
         try:
             hits = self._look_up(work, results, cache, progress) if cache is not None else 0
             # Pending positions as one lazy iterator: a queue that costs no memory per row.
@@ -289,6 +291,7 @@ class Executor:
             self._kind, check=self._check, fit=self._until_it_fits, stats=self.stats,
             timeout_s=options.batch_timeout_s, poll_s=options.batch_poll_s, max_retries=options.max_retries,
             concurrency=self._pool, clock=self._clock, sleep=self._sleep)
+        self._batch.report = lambda text: self.on_jobs(text)
         return self._batch
 
     async def submit_batch(self, work: Sequence[Work]) -> int:

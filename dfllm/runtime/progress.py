@@ -103,6 +103,11 @@ class Progress:
                 s = self._stats
                 bar.set_postfix(cached=s.cache_hits, retries=s.retries, r429=s.rate_limited, refresh=False)
 
+    def note(self, text: str) -> None:
+        """Say what the run waits on (a batch job's state and counts) beside the bar."""
+        if self._bar is not None:
+            self._bar.set_postfix_str(text)
+
     def close(self) -> None:
         if self._bar is not None:
             s = self._stats

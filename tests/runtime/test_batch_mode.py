@@ -188,3 +188,10 @@ def test_the_key_is_in_no_uploaded_file_and_no_job_record(tmp_path: Path) -> Non
     with sqlite3.connect(cache) as db:
         rows = db.execute("SELECT * FROM dfllm_batch_jobs").fetchall()
     assert rows and KEY not in repr(rows)
+
+
+def test_the_bar_shows_the_jobs_state_and_counts_while_it_waits(capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeProvider(api_key=KEY, batch=BatchOptions(polls_to_complete=4)) as fake:
+        predict(fake, [f"row {i}" for i in range(10)], progress=True)
+    shown = capsys.readouterr().err
+    assert "1 job: in_progress" in shown and "1 job: finalizing 10/10 done, 0 failed" in shown
