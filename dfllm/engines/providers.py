@@ -86,7 +86,7 @@ PROVIDERS: dict[str, Provider] = {
             key_params=("api_key",),
             key_required=False,
             # vLLM, llama.cpp's server, Ollama and SGLang all take OpenAI's json_schema response_format;
-            # vLLM and gateways such as LiteLLM serve /v1/batches, the others answer 404.
+            # Some such servers and gateways serve /v1/batches; dfllm asks before uploading.
             capabilities=_JSON_SCHEMA_AND_BATCH,
         ),
         Provider(
