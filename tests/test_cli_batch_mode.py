@@ -31,6 +31,7 @@ def test_a_file_in_batch_mode_is_answered_by_jobs_not_chat_requests_and_written_
         assert fake.chat_requests == []
     assert done.returncode == 0, done.stderr
     assert read(out) == expected(t)
+    assert f"1 batch job ({len(uniques):,} lines), 0 collected from earlier runs, 0 requests" in done.stderr
     # One job for the whole file (five read batches), each unique prompt once.
     assert len(fake.app.batches.creates) == 1 and len(submitted) == len(set(submitted)) == len(uniques)
 

@@ -67,10 +67,19 @@ class RunStats:
         cached = f" ({self.cached_prompt_tokens:,} prompt-cached)" if self.cached_prompt_tokens else ""
         cost = f", {usd(self.cost_usd)}" if self.cost_usd is not None else ""
         return (f"{self.rows:,} rows ({self.skipped_null_rows:,} all-null), "
-                f"{self.unique_prompts:,} unique prompts, {self.cache_hits:,} cache hits, "
+                f"{self.unique_prompts:,} unique prompts, {self.cache_hits:,} cache hits, {self._jobs()}"
                 f"{self.requests:,} requests, {self.retries:,} retries, {self.rate_limited:,} 429s, "
                 f"{self.prompt_tokens:,}+{self.completion_tokens:,} tokens{cached}, "
                 f"{self.failed_rows:,} failed rows, {self.elapsed_s:.1f} s{cost}")
+
+    def _jobs(self) -> str:
+        """Batch mode's part of the summary: jobs submitted and collected, lines sent and sent again."""
+        if not (self.batch_jobs or self.batch_jobs_attached):
+            return ""
+        again = f", {self.batch_resubmitted:,} sent again" if self.batch_resubmitted else ""
+        jobs = "batch job" if self.batch_jobs == 1 else "batch jobs"
+        return (f"{self.batch_jobs:,} {jobs} ({self.batch_lines:,} lines{again}), "
+                f"{self.batch_jobs_attached:,} collected from earlier runs, ")
 
 
 def interactive() -> bool:
