@@ -1,0 +1,102 @@
+"""Image cells: formats known by their bytes, identity by content (never by path), problems named
+before any request, downscaling, and OpenAI's image token arithmetic."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+
+from dfllm.prompt.images import ImageProblem, identify, image_tokens, load, media_type
+
+
+def png(width: int = 4, height: int = 3, colour: str = "red") -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+def decoded(url: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+
+
+@pytest.mark.parametrize(("fmt", "media"), [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("GIF", "image/gif"),
+                                            ("WEBP", "image/webp")])
+def test_formats_are_known_by_their_first_bytes(fmt: str, media: str) -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (2, 2)).save(out, format=fmt)
+    assert media_type(out.getvalue()[:16]) == media
+    assert identify(out.getvalue()).media_type == media
+
+
+def test_the_same_picture_at_two_paths_is_one_image_and_an_edited_file_a_new_one(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(png())
+    (tmp_path / "b.png").write_bytes(png())
+    first, second = identify(tmp_path / "a.png"), identify(str(tmp_path / "b.png"))
+    assert first.digest == second.digest == identify(png()).digest
+    (tmp_path / "a.png").write_bytes(png(colour="blue"))
+    assert identify(tmp_path / "a.png").digest != first.digest
+    assert str(tmp_path) not in first.digest  # the key never holds the path
+
+
+def test_urls_are_passed_as_given_and_data_urls_checked() -> None:
+    assert load(identify("https://example.com/cat.png")) == "https://example.com/cat.png"
+    url = "data:image/png;base64," + base64.b64encode(png()).decode()
+    assert load(identify(url)) == url
+    with pytest.raises(ImageProblem, match="says image/jpeg but holds image/png"):
+        identify(url.replace("image/png", "image/jpeg"))
+
+
+@pytest.mark.parametrize(("cell", "reason"), [
+    (b"GIF00 not an image", "not a PNG, JPEG, WEBP or GIF"),
+    ("missing.png", "cannot be read"),
+    (3.5, "got a float"),
+    ("data:text/plain;base64,aGk=", "data: URL must be"),
+])
+def test_a_cell_that_is_not_an_image_is_a_named_problem(cell: object, reason: str, tmp_path: Path) -> None:
+    with pytest.raises(ImageProblem, match=reason):
+        identify(cell)
+
+
+def test_an_image_over_the_limit_is_refused_without_reading_it(tmp_path: Path) -> None:
+    (tmp_path / "big.png").write_bytes(png() + b"\0" * 2000)
+    with pytest.raises(ImageProblem, match="over the provider's"):
+        identify(tmp_path / "big.png", max_bytes=1000)
+
+
+def test_paths_must_stay_under_the_root_symlinks_followed(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "secret.png"
+    root.mkdir()
+    outside.write_bytes(png())
+    (root / "ok.png").write_bytes(png())
+    os.symlink(outside, root / "link.png")
+    assert identify("ok.png", root=root).media_type == "image/png"
+    for escaping in ("link.png", "../secret.png", str(outside)):
+        with pytest.raises(ImageProblem, match="outside --image-root"):
+            identify(escaping, root=root)
+
+
+def test_a_pillow_image_is_sent_as_png() -> None:
+    image = Image.new("RGB", (5, 6), "green")
+    assert decoded(load(identify(image))).size == (5, 6)
+
+
+@given(st.integers(1, 3000), st.integers(1, 3000), st.integers(16, 1024))
+def test_downscaling_keeps_the_longer_side_within_max_side(width: int, height: int, side: int) -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), "white").save(out, format="PNG")
+    sent = decoded(load(identify(out.getvalue()), max_side=side))
+    assert max(sent.size) <= max(side, 1) and (max(width, height) > side or sent.size == (width, height))
+
+
+@pytest.mark.parametrize(("width", "height", "detail", "tokens"), [
+    (1024, 1024, "high", 765), (2048, 4096, "high", 1105), (4096, 8192, "low", 85), (512, 512, "high", 255),
+])
+def test_image_tokens_follow_openais_tile_arithmetic(width: int, height: int, detail: str, tokens: int) -> None:
+    assert image_tokens(width, height, detail) == tokens
