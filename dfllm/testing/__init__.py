@@ -36,7 +36,9 @@ from dfllm.testing._behaviour import (
     sequence,
     status,
 )
+from dfllm.testing._embeddings import EmbeddingOptions, EmbeddingRecord, fake_embedding, normalise_text
 from dfllm.testing._files import DownloadRecord, UploadRecord
+from dfllm.testing._images import ImagePart, image_tokens
 from dfllm.testing._inthread import FakeProvider
 from dfllm.testing._limits import HEADER_STYLES, SHAPES, answer_headers, make_cap, refusal_headers
 from dfllm.testing._mock import FakeClock, MockEngine
@@ -52,10 +54,13 @@ __all__ = [
     "BatchOptions",
     "Behaviour",
     "DownloadRecord",
+    "EmbeddingOptions",
+    "EmbeddingRecord",
     "FakeClock",
     "FakeProvider",
     "FakeProviderApp",
     "FakeProviderProcess",
+    "ImagePart",
     "MockEngine",
     "PollRecord",
     "RecordedRequest",
@@ -70,8 +75,11 @@ __all__ = [
     "expire_job",
     "fail_job",
     "fail_lines",
+    "fake_embedding",
+    "image_tokens",
     "make_cap",
     "malformed",
+    "normalise_text",
     "ok",
     "on_route",
     "per_prompt",

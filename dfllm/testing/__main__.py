@@ -1,5 +1,8 @@
 """``python -m dfllm.testing --latency-ms 50 [--rpm 3000 --rpm-shape fixed] [--random-429 0.05]``: a fake provider.
 
+Images and embeddings: ``--no-images`` (a text-only model), ``--max-image-bytes``,
+``--embedding-dimension 256 --embedding-similarity words``.
+
 Prints its base URL on the first line of stdout, then serves on 127.0.0.1 until terminated.
 """
 
@@ -12,7 +15,10 @@ import contextlib
 from aiohttp import web
 
 from dfllm.testing._batches import BatchOptions, fail_lines
+from dfllm.testing._embeddings import SIMILARITIES, EmbeddingOptions
+from dfllm.testing._images import MAX_IMAGE_BYTES
 from dfllm.testing._limits import HEADER_STYLES, SHAPES
+from dfllm.testing._responders import BODY_RESPONDERS, RESPONDERS
 from dfllm.testing._server import FakeProviderApp
 
 
@@ -30,6 +36,9 @@ async def _serve(args: argparse.Namespace) -> None:
         random_429=args.random_429,
         random_seed=args.random_seed,
         record=False,  # a long benchmark must not grow the server's memory
+        images=not args.no_images,
+        max_image_bytes=args.max_image_bytes,
+        embeddings=EmbeddingOptions(dimension=args.embedding_dimension, similarity=args.embedding_similarity),
         batch=BatchOptions(
             polls_to_complete=args.batch_polls_to_complete,
             max_requests=args.batch_max_requests,
@@ -73,7 +82,12 @@ def main() -> None:
     parser.add_argument("--batch-fail-share", type=float, default=0.0,
                         help="share of batch lines answered 500 the first time they are submitted")
     parser.add_argument("--api-key", default=None)
-    parser.add_argument("--responder", default="smart", choices=["echo", "sentiment", "smart"])
+    parser.add_argument("--responder", default="smart", choices=sorted([*RESPONDERS, *BODY_RESPONDERS]))
+    parser.add_argument("--no-images", action="store_true", help="a text-only model: image parts answered 400")
+    parser.add_argument("--max-image-bytes", type=int, default=MAX_IMAGE_BYTES, help="a data URL's decoded bytes")
+    parser.add_argument("--embedding-dimension", type=int, default=8, help="the full length of a vector")
+    parser.add_argument("--embedding-similarity", choices=SIMILARITIES, default="none",
+                        help="which texts get near vectors: none, equal once normalised, sharing words")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args))

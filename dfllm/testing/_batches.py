@@ -11,8 +11,9 @@ polls take it through ``in_progress`` (request counts growing), ``finalizing`` a
 answered lines kept in the output file; lines not yet answered are in neither file. A job whose
 ``expires_at`` (24 h after creation, on ``BatchOptions.clock``) has passed expires at its next poll.
 
-Each line is answered as the same request sent online would be (``FakeProviderApp.completion``:
-the responder, a conforming object for a schema, the prompt cache's ``cached_tokens``), after
+Each line is answered as the same request sent online would be (``FakeProviderApp.answer_request``:
+the responder, a conforming object for a schema, the prompt cache's ``cached_tokens``, a 400 for
+an image the model refuses; for ``/v1/embeddings`` jobs the vectors or the 400), after
 ``BatchOptions.line_script`` and then the server's chat ``script`` have their say: ``ok(text)``
 and ``answer(...)`` give that body, ``status(code)`` a failed line with an error body,
 ``respond(code, body)`` that body, ``drop()`` a line with no response and an ``error``, and
@@ -49,7 +50,7 @@ from aiohttp import web
 from dfllm.testing._behaviour import Behaviour, RecordedRequest, Script, status
 from dfllm.testing._files import FileStore, Host, StoredFile, error_response, refuse, spool
 
-ENDPOINTS = ("/v1/chat/completions",)
+ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
 _TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 _BLOCK = 1000  # lines answered, shuffled and written together
 _MAX_ERRORS = 100  # a failed job names at most this many bad lines
@@ -149,12 +150,12 @@ class PollRecord:
 
 
 class ChatHost(Host, Protocol):
-    """What batches use of the server: its chat script and the completion an online request gets."""
+    """What batches use of the server: its chat script and the answer an online request gets."""
 
     script: Script | None
 
-    def completion(self, completion_id: str, body: Mapping[str, Any], prompt: str,
-                   text: str | None) -> dict[str, Any]: ...
+    def answer_request(self, recorded: RecordedRequest, completion_id: str,
+                       text: str | None) -> tuple[int, dict[str, Any]]: ...
 
 
 class _Job:
@@ -436,8 +437,9 @@ class BatchRoutes:
             answer = {"error": {"message": f"Scripted failure {code}.", "type": "scripted", "param": None,
                                 "code": "scripted"}}
         else:
-            answer = self.host.completion(f"chatcmpl-{line_id}", body, recorded.prompt, behaviour.text)
-            _add_usage(job.tokens, answer.get("usage"))
+            code, answer = self.host.answer_request(recorded, f"chatcmpl-{line_id}", behaviour.text)
+            if code == 200:
+                _add_usage(job.tokens, answer.get("usage"))
         response = {"status_code": code, "request_id": f"req_{line_id}", "body": answer}
         return 200 <= code < 300, _output_line(line_id, custom_id, response, None)
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
+
+from dfllm.testing._images import ImagePart, content_text, image_parts
 
 
 @dataclass(frozen=True)
@@ -24,12 +27,17 @@ class RecordedRequest:
 
     @property
     def prompt(self) -> str:
-        """The last user message of a chat request ("" otherwise)."""
+        """The last user message of a chat request, its text parts joined ("" otherwise)."""
         try:
             users = [m["content"] for m in self.body["messages"] if m.get("role") == "user"]
         except (TypeError, KeyError, AttributeError):
             return ""
-        return str(users[-1]) if users else ""
+        return content_text(users[-1]) if users else ""
+
+    @cached_property
+    def images(self) -> tuple[ImagePart, ...]:
+        """The image parts of a chat request's messages, decoded once (see ``_images``)."""
+        return image_parts(self.body)
 
 
 _MISSING: Any = object()

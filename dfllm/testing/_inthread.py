@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from dfllm.testing._behaviour import RecordedRequest
+from dfllm.testing._embeddings import EmbeddingRecord
 from dfllm.testing._server import FakeProviderApp
 
 
@@ -37,6 +38,10 @@ class FakeProvider:
     @property
     def chat_requests(self) -> list[RecordedRequest]:
         return self.app.chat_requests
+
+    @property
+    def embedding_requests(self) -> list[EmbeddingRecord]:
+        return self.app.embedding_requests
 
     @property
     def peak_in_flight(self) -> int:

@@ -7,14 +7,32 @@ fake's tokens are 4 characters; a block is 16 of them (OpenAI: 128 tokens, from 
 
 from __future__ import annotations
 
+import hashlib
+import math
 from typing import Any
 
 BLOCK_CHARS = 64  # 16 of the fake's 4-character tokens
 
 
+def text_tokens(text: str) -> int:
+    """The fake's token estimate of a text: 4 characters a token, at least 1."""
+    return max(1, math.ceil(len(text) / 4))
+
+
 def prompt_text(messages: list[Any]) -> str:
     """The messages as the cache reads them: each role and text in order, unambiguously joined."""
-    return "".join(f"{m.get('role', '')}\x00{m.get('content', '')}\x00" for m in messages if isinstance(m, dict))
+    return "".join(f"{m.get('role', '')}\x00{_content(m.get('content', ''))}\x00" for m in messages
+                   if isinstance(m, dict))
+
+
+def _content(content: Any) -> str:
+    """A content part list as text parts and a short mark per image (its URL's hash), so the same
+    picture at the same place is the same prefix without its base64 in the cache's text."""
+    if not isinstance(content, list):
+        return str(content)
+    return "".join(str(part.get("text", "")) if part.get("type") == "text"
+                   else f"\x01{hashlib.sha256(repr(part).encode()).hexdigest()[:16]}\x01"
+                   for part in content if isinstance(part, dict))
 
 
 class PromptCache:

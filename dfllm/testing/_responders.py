@@ -7,6 +7,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dfllm.testing._images import describe_images
+
 Responder = Callable[[str, str], str]  # (model, prompt) -> answer
 
 _POSITIVE = {"love", "great", "good", "excellent", "amazing", "happy", "wonderful", "best", "like"}
@@ -43,6 +45,11 @@ def smart(model: str, prompt: str) -> str:
 
 
 RESPONDERS: dict[str, Responder] = {"echo": echo, "sentiment": sentiment, "smart": smart}
+
+BodyResponder = Callable[[Mapping[str, Any]], str]  # (the request's JSON body) -> answer
+# Responders that read more than the prompt's text: "image" describes each image of the last user
+# message ("4x3 red; url https://..."), so a test sees which picture reached which request.
+BODY_RESPONDERS: dict[str, BodyResponder] = {"image": describe_images}
 
 
 def requested_schema(body: Any) -> Mapping[str, Any] | None:

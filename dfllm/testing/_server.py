@@ -1,6 +1,8 @@
 """The fake provider: a real OpenAI-compatible HTTP server on 127.0.0.1.
 
-It answers ``POST /v1/chat/completions`` and ``GET /v1/models`` in OpenAI's shape, plays a
+It answers ``POST /v1/chat/completions`` (text or content parts with images: see ``_images``),
+``POST /v1/embeddings`` (deterministic vectors: see ``_embeddings``) and ``GET /v1/models`` in
+OpenAI's shape, plays a
 per-request script (latency, 429 with Retry-After, 5xx, 401, malformed JSON, dropped
 connections), answers a request with a JSON Schema ``response_format`` with a conforming
 object, can enforce an RPM cap the client does not know, and records every request so tests
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import random
 import time
 from collections.abc import Mapping
@@ -21,11 +22,20 @@ from aiohttp import web
 
 from dfllm.testing._batches import BatchOptions, BatchRoutes
 from dfllm.testing._behaviour import Behaviour, RecordedRequest, Script
+from dfllm.testing._embeddings import EmbeddingOptions, EmbeddingRecord, embed, embedding_record
 from dfllm.testing._files import FileStore
 from dfllm.testing._finetune import FineTuneRoutes
+from dfllm.testing._images import MAX_IMAGE_BYTES, content_text, refusal
 from dfllm.testing._limits import HEADER_STYLES, HeaderStyle, Shape, answer_headers, make_cap, refusal_headers
-from dfllm.testing._prompt_cache import PromptCache
-from dfllm.testing._responders import RESPONDERS, Responder, conforming, requested_schema
+from dfllm.testing._prompt_cache import PromptCache, text_tokens
+from dfllm.testing._responders import (
+    BODY_RESPONDERS,
+    RESPONDERS,
+    BodyResponder,
+    Responder,
+    conforming,
+    requested_schema,
+)
 
 DEFAULT_MODELS = ("gpt-4o-mini", "mistral-7b", "mistralai/Mistral-7B-Instruct-v0.1", "claude-2.1")
 
@@ -52,8 +62,16 @@ class FakeProviderApp:
         record: bool = True,
         batch: BatchOptions | None = None,
         prompt_cache_min_tokens: int | None = 32,
+        images: bool = True,
+        max_image_bytes: int = MAX_IMAGE_BYTES,
+        embeddings: EmbeddingOptions | None = None,
     ) -> None:
-        self.responder: Responder = RESPONDERS[responder] if isinstance(responder, str) else responder
+        self.responder, self.body_responder = _responders(responder)
+        self.images = images  # False: a text-only model, a request with an image part gets a 400
+        self.max_image_bytes = max_image_bytes
+        self.embeddings = embeddings or EmbeddingOptions()
+        self.embedding_requests: list[EmbeddingRecord] = []  # when recording
+        self.embedding_inputs = 0  # inputs of answered embedding requests, recording or not
         self.latency_s = latency_s
         self.script = script
         self.api_key = api_key
@@ -61,12 +79,7 @@ class FakeProviderApp:
         # The cap's shape (see _limits): a token bucket, or a sliding or fixed window of rpm_window_s.
         self._cap = make_cap(rpm_shape, rpm, rpm_burst, rpm_window_s) if rpm else None
         self.rpm_window_s = rpm_window_s
-        if ratelimit_headers is True or ratelimit_headers is False:
-            ratelimit_headers = "openai" if ratelimit_headers else "none"
-        if ratelimit_headers not in HEADER_STYLES:
-            raise ValueError(f"ratelimit_headers must be True, False or one of {HEADER_STYLES}, "
-                             f"got {ratelimit_headers!r}")
-        self.ratelimit_headers: HeaderStyle = ratelimit_headers
+        self.ratelimit_headers = _header_style(ratelimit_headers)
         # A lying header: x-ratelimit-limit-requests says the cap * scale (other units, another
         # provider's numbers behind a gateway); remaining and reset stay the cap's truth.
         self.advertised_rpm_scale = advertised_rpm_scale
@@ -98,6 +111,7 @@ class FakeProviderApp:
     def stats(self) -> dict[str, Any]:
         return {
             "requests": self.count,
+            "embedding_inputs": self.embedding_inputs,
             "statuses": {str(k): v for k, v in sorted(self.status_counts.items())},
             "peak_in_flight": self.peak_in_flight,
             **self.files.stats(),
@@ -107,6 +121,8 @@ class FakeProviderApp:
     def reset(self) -> None:
         self.requests.clear()
         self.responses.clear()
+        self.embedding_requests.clear()
+        self.embedding_inputs = 0
         self.count = 0
         self.status_counts.clear()
         self.peak_in_flight = self.in_flight
@@ -114,7 +130,8 @@ class FakeProviderApp:
 
     def build(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024**2)
-        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/chat/completions", self._serve)
+        app.router.add_post("/v1/embeddings", self._serve)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/models/{model:.+}", self._model)
         app.router.add_get("/_stats", self._stats)
@@ -165,16 +182,26 @@ class FakeProviderApp:
     def unauthorized(self) -> web.Response:
         return self._respond(_error(401, "Incorrect API key provided.", "invalid_api_key"))
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        """A chat or embeddings request: the same auth, limits and script, then its own answer."""
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             recorded = await self._record(request)
-            return await self._chat_answer(request, recorded)
+            if not recorded.path.endswith("/embeddings"):
+                return await self._answer(request, recorded)
+            embedding = embedding_record(recorded.index, recorded.body)
+            if self.record:
+                self.embedding_requests.append(embedding)
+            response = await self._answer(request, recorded)
+            embedding.status = response.status
+            if response.status == 200:
+                self.embedding_inputs += len(embedding.inputs)
+            return response
         finally:
             self.in_flight -= 1
 
-    async def _chat_answer(self, request: web.Request, recorded: RecordedRequest) -> web.StreamResponse:
+    async def _answer(self, request: web.Request, recorded: RecordedRequest) -> web.StreamResponse:
         if not self.authorized(request):
             return self.unauthorized()
         limit_headers: dict[str, str] = {}
@@ -200,7 +227,8 @@ class FakeProviderApp:
             self.status_counts[499] = self.status_counts.get(499, 0) + 1  # nginx's "client closed"
             raise asyncio.CancelledError  # aiohttp drops the handler; the client sees a reset
         if behaviour.kind == "malformed":
-            return self._respond(web.Response(status=200, text='{"choices": [', content_type="application/json"))
+            garbled = '{"data": [' if recorded.path.endswith("/embeddings") else '{"choices": ['
+            return self._respond(web.Response(status=200, text=garbled, content_type="application/json"))
         if behaviour.kind == "body":
             raw = behaviour.body if isinstance(behaviour.body, bytes) else json.dumps(behaviour.body).encode()
             return self._respond(web.Response(status=behaviour.status, body=raw, headers=behaviour.headers,
@@ -211,30 +239,38 @@ class FakeProviderApp:
             response = _error(behaviour.status, f"Scripted failure {behaviour.status}.", "scripted")
             response.headers.update(behaviour.headers)
             return self._respond(response)
-        body = recorded.body if isinstance(recorded.body, dict) else {}
-        model = str(body.get("model", ""))
-        text = self.answer_text(body, recorded.prompt, behaviour.text)
-        response = web.Response(
-            body=_completion_json(recorded.index, model, body.get("messages", []), text, self.prompt_cache),
-            content_type="application/json",
-            headers=limit_headers,
-        )
-        return self._respond(response)
+        code, answer = self.answer_request(recorded, f"chatcmpl-fake-{recorded.index}", behaviour.text)
+        return self._respond(web.json_response(answer, status=code, headers=limit_headers))
 
     def answer_text(self, body: Mapping[str, Any], prompt: str, text: str | None) -> str:
         """What an answered chat request says: the script's ``text``, else a conforming object
         for a schema (as a schema-enforcing API does, whatever the responder), else the responder's."""
         if text is not None:
             return text
+        if self.body_responder is not None:  # a schema's strings then carry what it read ("4x3 red")
+            prompt = self.body_responder(body)
         schema = requested_schema(body)
-        return conforming(schema, prompt) if schema is not None else self.responder(str(body.get("model", "")), prompt)
+        if schema is not None:
+            return conforming(schema, prompt)
+        return prompt if self.body_responder is not None else self.responder(str(body.get("model", "")), prompt)
 
-    def completion(self, completion_id: str, body: Mapping[str, Any], prompt: str, text: str | None) -> dict[str, Any]:
-        """The chat completion an answered request gets, online or as a batch line."""
+    def answer_request(self, recorded: RecordedRequest, completion_id: str,
+                       text: str | None) -> tuple[int, dict[str, Any]]:
+        """(status, JSON body) a request not failed by the script gets, online or as a batch line:
+        embeddings, a 400 for an image part the model refuses, or the chat completion."""
+        if recorded.path.endswith("/embeddings"):
+            return embed(recorded.body, self.embeddings)
+        body = recorded.body if isinstance(recorded.body, dict) else {}
+        model = str(body.get("model", ""))
+        refused = refusal(recorded.images, model=model, images=self.images, max_image_bytes=self.max_image_bytes)
+        if refused is not None:
+            message, param, code = refused
+            return 400, {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
         messages = body.get("messages")
         messages = messages if isinstance(messages, list) else []
-        answer = self.answer_text(body, prompt, text)
-        return _completion(completion_id, str(body.get("model", "")), messages, answer, self.prompt_cache)
+        answer = self.answer_text(body, recorded.prompt, text)
+        images = sum(part.tokens() for part in recorded.images)
+        return 200, _completion(completion_id, model, messages, answer, self.prompt_cache, images)
 
     async def _models(self, request: web.Request) -> web.Response:
         await self._record(request)
@@ -258,23 +294,31 @@ class FakeProviderApp:
         return web.json_response({"ok": True})
 
 
+def _responders(responder: str | Responder) -> tuple[Responder, BodyResponder | None]:
+    """(the prompt's responder, the body's): "image" answers from the request's images."""
+    if isinstance(responder, str) and responder in BODY_RESPONDERS:
+        return RESPONDERS["echo"], BODY_RESPONDERS[responder]  # the prompt's is never asked then
+    return (RESPONDERS[responder] if isinstance(responder, str) else responder), None
+
+
+def _header_style(ratelimit_headers: bool | HeaderStyle) -> HeaderStyle:
+    if ratelimit_headers is True or ratelimit_headers is False:
+        ratelimit_headers = "openai" if ratelimit_headers else "none"
+    if ratelimit_headers not in HEADER_STYLES:
+        raise ValueError(f"ratelimit_headers must be True, False or one of {HEADER_STYLES}, "
+                         f"got {ratelimit_headers!r}")
+    return ratelimit_headers
+
+
 def _model_entry(model: str) -> dict[str, Any]:
     return {"id": model, "object": "model", "created": 1700000000, "owned_by": "dfllm-fake"}
 
 
-def _tokens(text: str) -> int:
-    return max(1, math.ceil(len(text) / 4))
-
-
-def _completion_json(index: int, model: str, messages: list[Any], text: str,
-                     prompt_cache: PromptCache | None = None) -> bytes:
-    return json.dumps(_completion(f"chatcmpl-fake-{index}", model, messages, text, prompt_cache)).encode()
-
-
 def _completion(completion_id: str, model: str, messages: list[Any], text: str,
-                prompt_cache: PromptCache | None = None) -> dict[str, Any]:
-    prompt_tokens = sum(_tokens(str(m.get("content", ""))) for m in messages if isinstance(m, dict))
-    completion_tokens = _tokens(text)
+                prompt_cache: PromptCache | None = None, image_tokens: int = 0) -> dict[str, Any]:
+    prompt_tokens = image_tokens + sum(text_tokens(content_text(m.get("content"))) for m in messages
+                                       if isinstance(m, dict))
+    completion_tokens = text_tokens(text)
     cached_tokens = prompt_cache.serve(messages, prompt_tokens) if prompt_cache is not None else 0
     return (
         {
