@@ -266,6 +266,10 @@ OPTIONS: tuple[Option, ...] = (
            "server-requested waits included", positive_number),
     Option("errors", "str", "raise", "'raise': one BatchError after all rows, with the partial frame as "
            "err.partial; 'null': null answer plus a {target}_error column", one_of("raise", "null")),
+    Option("image_detail", "str", "auto", "{{image:column}} cells: OpenAI's detail, 'low' (85 tokens an image), "
+           "'high' (tiles of 512 px) or 'auto'", one_of("low", "high", "auto")),
+    Option("max_image_side", "int", None, "{{image:column}} cells: downscale (Pillow) so the longer side is at most "
+           "this many pixels before sending, which cuts image tokens", positive_int, default_text="none"),
     Option("mode", "str", "online", "'online': one request per unique prompt, now; 'batch': one provider batch "
            "job (OpenAI's Batch API, half the price, answers within 24 h), resumed by running the same call "
            "again; see Batch mode", one_of("online", "batch")),
@@ -327,6 +331,8 @@ class PredictOptions(TypedDict, total=False):
     max_retries: int
     max_retry_time_s: float
     errors: Literal["raise", "null"]
+    image_detail: Literal["low", "high", "auto"]
+    max_image_side: int | None
     mode: Literal["online", "batch"]
     batch_timeout_s: float
     batch_poll_s: float
@@ -357,6 +363,8 @@ class Options:
     max_retries: int = OPTION_BY_NAME["max_retries"].default
     max_retry_time_s: float = OPTION_BY_NAME["max_retry_time_s"].default
     errors: Literal["raise", "null"] = "raise"
+    image_detail: Literal["low", "high", "auto"] = "auto"
+    max_image_side: int | None = None
     mode: Literal["online", "batch"] = "online"
     batch_timeout_s: float = OPTION_BY_NAME["batch_timeout_s"].default
     batch_poll_s: float = OPTION_BY_NAME["batch_poll_s"].default

@@ -90,6 +90,7 @@ class Capabilities:
     choices: bool = False  # constrains decoding to one of the labels
     json_schema: bool = False  # enforces a JSON Schema (OpenAI's strict response_format, a grammar)
     json_mode: bool = False  # guarantees syntactically valid JSON, without a schema
+    images: bool = False  # takes image parts in a message (a vision model behind an API that carries them)
     batch_jobs: bool = False  # takes OpenAI's Batch API (/files, /batches): mode='batch' at half the price
 
 

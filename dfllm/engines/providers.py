@@ -62,9 +62,10 @@ class Provider:
 
 
 _JSON_SCHEMA = Capabilities(json_schema=True, json_mode=True)
-# OpenAI's Batch API (/files, /batches). A server of the same API may lack it: dfllm asks
-# /batches before uploading anything, and says so clearly when it answers 404.
-_JSON_SCHEMA_AND_BATCH = Capabilities(json_schema=True, json_mode=True, batch_jobs=True)
+# OpenAI's whole API: schemas, the Batch API (/files, /batches) and image parts. A server of the same
+# API may lack the Batch API (dfllm asks /batches before uploading anything, and says so clearly
+# when it answers 404) or serve a text-only model (which answers each row with images a 400).
+_OPENAI_API = Capabilities(json_schema=True, json_mode=True, batch_jobs=True, images=True)
 
 PROVIDERS: dict[str, Provider] = {
     p.name: p
@@ -74,7 +75,7 @@ PROVIDERS: dict[str, Provider] = {
             base_url="https://api.openai.com/v1",
             key_env="OPENAI_API_KEY",
             key_params=("openai_api_key", "api_key"),
-            capabilities=_JSON_SCHEMA_AND_BATCH,
+            capabilities=_OPENAI_API,
             finetunable_models=("gpt-4o-mini-2024-07-18", "gpt-4o-2024-08-06", "gpt-4.1-mini-2025-04-14",
                                 "gpt-4.1-2025-04-14", "gpt-3.5-turbo-0125"),
         ),
@@ -87,7 +88,7 @@ PROVIDERS: dict[str, Provider] = {
             key_required=False,
             # vLLM, llama.cpp's server, Ollama and SGLang all take OpenAI's json_schema response_format;
             # Some such servers and gateways serve /v1/batches; dfllm asks before uploading.
-            capabilities=_JSON_SCHEMA_AND_BATCH,
+            capabilities=_OPENAI_API,
         ),
         Provider(
             name="mindsdb_inference",

@@ -7,20 +7,47 @@ OpenAI's ``/chat/completions`` body, the local engine to llama.cpp). A task kind
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 from dfllm._exceptions import ParameterError
+from dfllm.prompt.images import ImageRef, load
 
 AnswerFormat = Literal["text", "json_schema", "json_object"]
 
 
 @dataclass(frozen=True, slots=True)
 class TextPart:
-    """A piece of a message's content that is text (room for image parts beside it)."""
+    """A piece of a message's content that is text."""
 
     text: str
+
+    def wire(self) -> dict[str, Any]:
+        return {"type": "text", "text": self.text}
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """A piece of a message's content that is an image: the cell's image as planned (``image``),
+    read and encoded only when the task is sent (``loaded``), at ``detail`` (``"low"``,
+    ``"high"`` or ``"auto"``), downscaled to ``max_side`` pixels when given."""
+
+    image: ImageRef
+    detail: str = "auto"
+    max_side: int | None = None
+    url: str | None = None  # the data: (or http) URL, once loaded
+
+    def loaded(self) -> ImagePart:
+        return self if self.url is not None else replace(self, url=load(self.image, max_side=self.max_side))
+
+    def wire(self) -> dict[str, Any]:
+        """OpenAI's image content part (the image read now if it was not loaded before)."""
+        return {"type": "image_url", "image_url": {"url": self.loaded().url, "detail": self.detail}}
+
+
+Part = TextPart | ImagePart
 
 
 class Message(dict[str, Any]):
@@ -33,8 +60,12 @@ class Message(dict[str, Any]):
 
     __slots__ = ()
 
-    def __init__(self, role: str, parts: Iterable[TextPart]) -> None:
-        super().__init__(role=role, content="".join(part.text for part in parts))
+    def __init__(self, role: str, parts: Iterable[Part]) -> None:
+        parts = tuple(parts)
+        if all(isinstance(part, TextPart) for part in parts):
+            super().__init__(role=role, content="".join(part.text for part in parts))  # type: ignore[union-attr]
+        else:  # a message with images keeps its parts; the wire form is made when it is sent
+            super().__init__(role=role, content=list(parts))
 
     @classmethod
     def of_text(cls, role: str, text: str) -> Message:
@@ -62,12 +93,31 @@ class Message(dict[str, Any]):
         return str(self["role"])
 
     @property
-    def parts(self) -> tuple[TextPart, ...]:
-        return (TextPart(self.text()),)
+    def parts(self) -> tuple[Part, ...]:
+        content = self["content"]
+        return tuple(content) if isinstance(content, list) else (TextPart(str(content)),)
+
+    @property
+    def has_images(self) -> bool:
+        return isinstance(self["content"], list)
 
     def text(self) -> str:
-        """The message's text."""
-        return str(self["content"])
+        """The message's text (its text parts, joined)."""
+        content = self["content"]
+        if isinstance(content, list):
+            return "".join(part.text for part in content if isinstance(part, TextPart))
+        return str(content)
+
+    def wire(self) -> dict[str, Any]:
+        """OpenAI's form: text content as a string, content with images as a list of parts."""
+        content = self["content"]
+        return {"role": self.role, "content": [part.wire() for part in content] if isinstance(content, list)
+                else content}
+
+    def loaded(self) -> Message:
+        """The message with its images read and encoded (what a worker thread does before sending)."""
+        return Message(self.role, (p.loaded() if isinstance(p, ImagePart) else p for p in self.parts)) \
+            if self.has_images else self
 
 
 class Messages(list[Message]):
@@ -129,9 +179,21 @@ class ChatTask:
         setattr_(self, "answer_format", answer_format)
         setattr_(self, "schema_name", schema_name)
 
-    def openai_messages(self) -> list[dict[str, str]]:
-        """The messages as OpenAI's text-only ``[{"role", "content"}]``."""
-        return [{"role": m.role, "content": m.text()} for m in self.messages]
+    def openai_messages(self) -> list[dict[str, Any]]:
+        """The messages as OpenAI's ``[{"role", "content"}]``: content text, or a list of parts with images."""
+        return [m.wire() for m in self.messages]
+
+    @property
+    def has_images(self) -> bool:
+        return any(m.has_images for m in self.messages)
+
+    def loaded(self) -> ChatTask:
+        """The task with every image read and encoded: done off the event loop before sending."""
+        if not self.has_images:
+            return self
+        task = copy.copy(self)
+        object.__setattr__(task, "messages", Messages(m.loaded() for m in self.messages))
+        return task
 
 
 # The name engines have taken their argument by since before tasks (the README's custom engines).

@@ -21,6 +21,8 @@ import hashlib
 import io
 import math
 import os
+import re
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,3 +205,37 @@ def _pillow_png(image: Any) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()
+
+
+class ImageTable:
+    """A plan's images: each rendered prompt holds a marker per image (``marker``), which a task's
+    build turns back into an image part (``split``). A marker names the image by its digest, with
+    a nonce drawn per plan so that no cell's text can pose as one; the cache key reads the prompt
+    without the nonce (``keyed``), so a key is the same from one plan to the next."""
+
+    def __init__(self, *, root: Path | None = None, max_bytes: int = MAX_IMAGE_BYTES) -> None:
+        self.root, self.max_bytes = root, max_bytes
+        self.nonce = secrets.token_hex(8)
+        self._refs: dict[str, ImageRef] = {}
+        self._marker = re.compile("\0" + self.nonce + r":([^\0]+)\0")
+
+    def marker(self, value: Any) -> str:
+        """The marker of one image cell (``ImageProblem`` when it cannot be sent)."""
+        image = identify(value, root=self.root, max_bytes=self.max_bytes)
+        self._refs.setdefault(image.digest, image)
+        return f"\0{self.nonce}:{image.digest}\0"
+
+    def keyed(self, prompt: str) -> str:
+        return prompt.replace("\0" + self.nonce + ":", "\0image:") if "\0" in prompt else prompt
+
+    def split(self, prompt: str) -> Iterator[str | ImageRef]:
+        """The prompt's text and images, in order (empty text between images left out)."""
+        pieces = self._marker.split(prompt)
+        for i, piece in enumerate(pieces):
+            if i % 2:
+                yield self._refs[piece]
+            elif piece:
+                yield piece
+
+    def __len__(self) -> int:
+        return len(self._refs)

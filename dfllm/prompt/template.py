@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dfllm._exceptions import TemplateError, did_you_mean
+from dfllm.prompt.images import ImageProblem, ImageTable, cells
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 _SINGLE_BRACED = re.compile(r"(?<!\{)\{\s*([^{}\s\"':,][^{}\"':,]*?)\s*\}(?!\})")
@@ -29,6 +30,7 @@ _CONTAINERS = (list, tuple, dict, set, frozenset)
 # How bytes, bytearray and memoryview start in a container's repr: after "[", "(", "{", "=" or a space.
 _BYTES_REPR = re.compile(r"[\[({ =]b['\"]")
 _MEMORYVIEW_REPR = "<memory at 0x"
+_IMAGE = "image:"  # {{image:column}}: the column's image (or list of images) at that point
 # Fixed text after a row's first cell from which the template is worth reordering for the prompt cache.
 PREFIX_CACHE_HINT_CHARS = 200
 
@@ -141,9 +143,16 @@ class Template:
             )
         self.text = text
         self.constant = constant
-        # Alternating literal text and field names: literals at even positions.
-        self._pieces: list[str] = _PLACEHOLDER.split(text)
+        # Alternating literal text and field names: literals at even positions. ``{{image:c}}``
+        # puts column c's image (or images) there: the name is c, the slot an image slot.
+        pieces = _PLACEHOLDER.split(text)
+        self._images: tuple[bool, ...] = tuple(name.startswith(_IMAGE) for name in pieces[1::2])
+        pieces[1::2] = [name[len(_IMAGE):].strip() if image else name
+                        for name, image in zip(pieces[1::2], self._images, strict=True)]
+        self._pieces: list[str] = pieces
         self.fields: tuple[str, ...] = tuple(dict.fromkeys(self._pieces[1::2]))
+        self.image_fields: tuple[str, ...] = tuple(dict.fromkeys(
+            name for name, image in zip(self._pieces[1::2], self._images, strict=True) if image))
         problems = _problems(text, self._pieces, constant)
         if problems:
             raise TemplateError(problems)
@@ -205,49 +214,77 @@ class Template:
             out.append(pieces[i + 1])
         return "".join(out)
 
-    def render_columns(self, columns: Mapping[str, Sequence[Any]],
-                       n_rows: int) -> Iterator[str | UnsendableRow | None]:
+    def render_columns(self, columns: Mapping[str, Sequence[Any]], n_rows: int,
+                       images: ImageTable | None = None) -> Iterator[str | UnsendableRow | None]:
         """Render row after row from column lists. Yields None for a row whose fields are all null,
-        an ``UnsendableRow`` for a row with a cell no request can carry (a lone surrogate).
+        an ``UnsendableRow`` for a row with a cell no request can carry (a lone surrogate, an image
+        that cannot be sent).
 
-        A constant template (no fields) renders the same prompt for every row. A column holding
-        ``bytes`` is a ``TemplateError`` (every such column named) before the first row.
+        A constant template (no fields) renders the same prompt for every row. A text column holding
+        ``bytes`` is a ``TemplateError`` (every such column named) before the first row. Image
+        columns become markers of ``images`` (see ``ImageTable``), each image identified now.
         """
         if not self.fields:
             yield from [self.text] * n_rows
             return
-        # One C-level pass per column: the set of cell types, not a check per cell.
-        kinds = {f: set(map(type, columns[f])) for f in self.fields}
+        text_fields = [f for f in self.fields if f not in self.image_fields]
         nulls = {f: [is_null(v) for v in columns[f]] for f in self.fields}
         texts = {f: ["" if null else str(v) for v, null in zip(columns[f], nulls[f], strict=True)]
-                 for f in self.fields}
-        problems = [_binary_problem(f, columns[f]) for f in self.fields
-                    if any(issubclass(kind, _BINARY) for kind in kinds[f])]
-        # Bytes inside a list or dict show in its text as b'..': cells are looked into one by one
-        # only in a column of containers whose text has that mark (searched at C speed).
-        problems += [problem for f in self.fields if any(map(_is_container, kinds[f]))
-                     and _may_hold_bytes("\0".join(texts[f]))
-                     and (problem := _nested_binary_problem(f, columns[f]))]
-        if problems:
-            raise TemplateError(problems)
+                 for f in text_fields}
+        _raise_binary_problems(text_fields, columns, texts)
+        marked = {f: _image_markers(f, columns[f], nulls[f], images) for f in self.image_fields}
         skip = [all(row) for row in zip(*nulls.values(), strict=True)]
         # One C-level %-format per row; the literals' own '%' signs are escaped first.
         layout = "%s".join(literal.replace("%", "%%") for literal in self._pieces[0::2])
-        slots = [texts[name] for name in self._pieces[1::2]]
+        slots = [marked[name][0] if image else texts[name]
+                 for name, image in zip(self._pieces[1::2], self._images, strict=True)]
+        bad_images = {row: problem for f in self.image_fields for row, problem in marked[f][1].items()}
         # Rows are looked at one by one only when some cell holds a lone surrogate (searched at C speed).
-        suspect = any(_SURROGATE.search(text) for text in ("".join(texts[f]) for f in self.fields)
+        suspect = any(_SURROGATE.search(text) for text in ("".join(texts[f]) for f in text_fields)
                       if not text.isascii())
-        for values, all_null in zip(zip(*slots, strict=True), skip, strict=True):
+        for row, (values, all_null) in enumerate(zip(zip(*slots, strict=True), skip, strict=True)):
             if all_null:
                 yield None
-                continue
-            prompt = layout % values
-            yield self._unsendable(values) if suspect and _SURROGATE.search(prompt) else prompt
+            elif row in bad_images:
+                yield UnsendableRow(bad_images[row])
+            else:
+                prompt = layout % values
+                yield self._unsendable(values) if suspect and _SURROGATE.search(prompt) else prompt
 
     def _unsendable(self, values: Sequence[str]) -> UnsendableRow:
         problems = [surrogate_problem(f"The cell of column {name!r}", value)
                     for name, value in zip(self._pieces[1::2], values, strict=True)]
         return UnsendableRow(" ".join(dict.fromkeys(p for p in problems if p)))
+
+
+def _raise_binary_problems(fields: Sequence[str], columns: Mapping[str, Sequence[Any]],
+                           texts: Mapping[str, Sequence[str]]) -> None:
+    """A ``TemplateError`` naming every text column that holds bytes (sent as their repr)."""
+    # One C-level pass per column: the set of cell types, not a check per cell.
+    kinds = {f: set(map(type, columns[f])) for f in fields}
+    problems = [_binary_problem(f, columns[f]) for f in fields if any(issubclass(kind, _BINARY) for kind in kinds[f])]
+    # Bytes inside a list or dict show in its text as b'..': cells are looked into one by one
+    # only in a column of containers whose text has that mark (searched at C speed).
+    problems += [problem for f in fields if any(map(_is_container, kinds[f]))
+                 and _may_hold_bytes("\0".join(texts[f]))
+                 and (problem := _nested_binary_problem(f, columns[f]))]
+    if problems:
+        raise TemplateError(problems)
+
+
+def _image_markers(name: str, values: Sequence[Any], nulls: Sequence[bool],
+                   images: ImageTable | None) -> tuple[list[str], dict[int, str]]:
+    """An image column's markers, row by row, and the rows whose image cannot be sent, with why."""
+    assert images is not None, "a template with image placeholders renders with an ImageTable"
+    markers: list[str] = []
+    problems: dict[int, str] = {}
+    for row, (value, null) in enumerate(zip(values, nulls, strict=True)):
+        try:
+            markers.append("" if null else "".join(images.marker(v) for v in cells(value) if not is_null(v)))
+        except ImageProblem as exc:
+            markers.append("")
+            problems[row] = f"The image in column {name!r} cannot be sent: {exc}."
+    return markers, problems
 
 
 def _binary_problem(name: str, values: Sequence[Any]) -> str:

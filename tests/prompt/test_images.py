@@ -7,9 +7,10 @@ import base64
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -87,6 +88,7 @@ def test_a_pillow_image_is_sent_as_png() -> None:
     assert decoded(load(identify(image))).size == (5, 6)
 
 
+@settings(deadline=None, max_examples=25)
 @given(st.integers(1, 3000), st.integers(1, 3000), st.integers(16, 1024))
 def test_downscaling_keeps_the_longer_side_within_max_side(width: int, height: int, side: int) -> None:
     out = io.BytesIO()
@@ -100,3 +102,25 @@ def test_downscaling_keeps_the_longer_side_within_max_side(width: int, height: i
 ])
 def test_image_tokens_follow_openais_tile_arithmetic(width: int, height: int, detail: str, tokens: int) -> None:
     assert image_tokens(width, height, detail) == tokens
+
+
+def test_an_image_placeholder_puts_the_cells_images_at_its_place_between_the_text() -> None:
+    from dfllm.prompt.images import ImageRef, ImageTable
+    from dfllm.prompt.template import Template, UnsendableRow
+
+    template = Template("What is in {{image:photo}} and {{image:more}}? Caption: {{caption}}")
+    assert template.fields == ("photo", "more", "caption") and template.image_fields == ("photo", "more")
+    table = ImageTable()
+    red, blue = png(colour="red"), png(colour="blue")
+    columns: dict[str, list[Any]] = {"photo": [red, None, b"not an image", red], "more": [[blue, red], None, None, []],
+               "caption": ["a", None, "c", "d"]}
+    first, skipped, bad, last = template.render_columns(columns, 4, table)
+    assert skipped is None  # every field null: the template's null rule
+    assert isinstance(bad, UnsendableRow) and "column 'photo'" in bad.problem and "not a PNG" in bad.problem
+    assert isinstance(first, str) and isinstance(last, str)
+    parts = list(table.split(first))
+    assert parts[0] == "What is in " and parts[2] == " and " and parts[-1] == "? Caption: a"
+    images = [p for p in parts if isinstance(p, ImageRef)]
+    assert [i.source for i in images] == [red, blue, red] and len(table) == 2  # one entry per picture
+    assert table.nonce not in table.keyed(first)  # the cache key is the same from one plan to the next
+    assert ImageTable().keyed(first) == first  # another plan's markers are text to this one
