@@ -66,9 +66,11 @@ def cells(value: Any) -> Iterator[Any]:
         yield value
 
 
-def identify(value: Any, *, root: Path | None = None, max_bytes: int = MAX_IMAGE_BYTES) -> ImageRef:
+def identify(value: Any, *, root: Path | None = None, max_bytes: int = MAX_IMAGE_BYTES,
+             paths: bool = True) -> ImageRef:
     """The ``ImageRef`` of one image cell, reading a file only to hash it; ``ImageProblem`` if it
-    cannot be sent. ``root``: local paths must resolve inside it (the command's ``--image-root``)."""
+    cannot be sent. ``root``: local paths must resolve inside it (the command's ``--image-root``);
+    ``paths=False``: no local path is read at all (the command without ``--image-root``)."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
         return ImageRef(data, _digest(data), _checked_type(data, "the bytes", max_bytes))
@@ -81,6 +83,9 @@ def identify(value: Any, *, root: Path | None = None, max_bytes: int = MAX_IMAGE
         data, kind = _data_url(value)
         return ImageRef(value, _digest(data), _checked_type(data, "the data: URL", max_bytes, kind))
     if isinstance(value, (str, Path)):
+        if not paths and root is None:
+            raise ImageProblem(f"{str(value)!r} is a local path, and the command reads image files only under "
+                               "--image-root DIR: give it the folder the images are in")
         path = _local(Path(value), root)
         data = _read(path, max_bytes)
         return ImageRef(path, _digest(data), _checked_type(data, f"{str(path)!r}", max_bytes))
@@ -213,15 +218,15 @@ class ImageTable:
     a nonce drawn per plan so that no cell's text can pose as one; the cache key reads the prompt
     without the nonce (``keyed``), so a key is the same from one plan to the next."""
 
-    def __init__(self, *, root: Path | None = None, max_bytes: int = MAX_IMAGE_BYTES) -> None:
-        self.root, self.max_bytes = root, max_bytes
+    def __init__(self, *, root: Path | None = None, max_bytes: int = MAX_IMAGE_BYTES, paths: bool = True) -> None:
+        self.root, self.max_bytes, self.paths = root, max_bytes, paths
         self.nonce = secrets.token_hex(8)
         self._refs: dict[str, ImageRef] = {}
         self._marker = re.compile("\0" + self.nonce + r":([^\0]+)\0")
 
     def marker(self, value: Any) -> str:
         """The marker of one image cell (``ImageProblem`` when it cannot be sent)."""
-        image = identify(value, root=self.root, max_bytes=self.max_bytes)
+        image = identify(value, root=self.root, max_bytes=self.max_bytes, paths=self.paths)
         self._refs.setdefault(image.digest, image)
         return f"\0{self.nonce}:{image.digest}\0"
 
@@ -239,3 +244,31 @@ class ImageTable:
 
     def __len__(self) -> int:
         return len(self._refs)
+
+
+def tokens_of(image: ImageRef, detail: str, max_side: int | None = None) -> int:
+    """The image tokens ``image`` is estimated to cost at ``detail``, after downscaling to
+    ``max_side``; its size is read from its header (Pillow opens lazily), never the whole file."""
+    if detail == "low":
+        return image_tokens(None, None, "low")
+    dims = _dimensions(image)
+    if dims is not None and max_side is not None and max(dims) > max_side:
+        scale = max_side / max(dims)
+        dims = (max(1, round(dims[0] * scale)), max(1, round(dims[1] * scale)))
+    width, height = dims or (None, None)
+    return image_tokens(width, height, detail)
+
+
+def _dimensions(image: ImageRef) -> tuple[int, int] | None:
+    if image.media_type is None:  # a URL: the provider reads it; its size is unknown here
+        return None
+    if isinstance(image.source, Path):
+        try:
+            from PIL import Image
+
+            with Image.open(image.source) as opened:
+                return opened.size
+        except Exception:  # an estimate goes on without it
+            return None
+    data = _data_url(image.source)[0] if isinstance(image.source, str) else image.source
+    return size(data)

@@ -124,3 +124,14 @@ def test_an_image_placeholder_puts_the_cells_images_at_its_place_between_the_tex
     assert [i.source for i in images] == [red, blue, red] and len(table) == 2  # one entry per picture
     assert table.nonce not in table.keyed(first)  # the cache key is the same from one plan to the next
     assert ImageTable().keyed(first) == first  # another plan's markers are text to this one
+
+
+def test_an_estimate_reads_an_images_size_from_its_header_and_counts_its_downscaled_tiles(tmp_path: Path) -> None:
+    from dfllm.prompt.images import tokens_of
+
+    (tmp_path / "wide.png").write_bytes(png(2048, 1024))
+    image = identify(tmp_path / "wide.png")
+    assert tokens_of(image, "high") == image_tokens(2048, 1024, "high") == 170 * 6 + 85  # 1536 x 768: 3 x 2 tiles
+    assert tokens_of(image, "high", max_side=512) == image_tokens(512, 256, "high") == 255
+    assert tokens_of(image, "low") == 85
+    assert tokens_of(identify("https://example.com/a.png"), "high") == image_tokens(None, None, "high")
