@@ -7,6 +7,12 @@ with FakeProvider(script=sequence([status(429, retry_after=0.05)])) as fake:
     ...
     assert len(fake.chat_requests) == 3
 ```
+
+Images: ``FakeProvider(responder="image")`` answers ``"4x3 red"`` per image of a request and
+records each as an ``ImagePart`` (``fake.chat_requests[0].images``); ``images=False`` is a text-only
+model. Embeddings: ``/v1/embeddings`` answers ``fake_embedding(text, dim)``, with
+``EmbeddingOptions`` (dimension, which texts are near, OpenAI's limits, a poisoned input), and
+records ``fake.embedding_requests``.
 """
 
 from dfllm.testing._batches import (
