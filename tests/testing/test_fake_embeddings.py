@@ -225,7 +225,7 @@ def test_auth_rate_limits_and_random_429s_apply_to_embeddings() -> None:
     with FakeProvider(api_key="right") as fake:
         assert post(fake.base_url, body, {"Authorization": "Bearer wrong"})[0] == 401
         assert post(fake.base_url, body, {"Authorization": "Bearer right"})[0] == 200
-    with FakeProvider(rpm=60, rpm_burst=2) as fake:
+    with FakeProvider(rpm=1, rpm_burst=2) as fake:
         assert [code for code, _ in asyncio.run(post_all(fake.base_url, [body] * 3))].count(429) == 1
         assert sorted(r.status or 0 for r in fake.embedding_requests) == [200, 200, 429]
     with FakeProvider(random_429=1.0, random_seed=1) as fake:
