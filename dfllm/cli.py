@@ -99,6 +99,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "int": int,
     "float": float,
     "str": str,
+    "path": str,
     "bool": _bool,
     "bool | path": _bool_or_path,
     "bool | path | url": _bool_or_path,
@@ -386,7 +387,10 @@ def _plan(source: Any, config: EngineConfig | None, args: argparse.Namespace, op
         # The input's columns are unknown: check everything else against the template's own fields.
         schema = pa.schema([(name, pa.string()) for name in _template_fields(args.template)])
     try:
-        plan = make_plan(schema.empty_table(), engine, args.model, args.template, args.target, options)
+        # Image cells that are paths are read only under --image-root: a file's cells must not send
+        # whatever files they name.
+        plan = make_plan(schema.empty_table(), engine, args.model, args.template, args.target, options,
+                         local_images=args.option_image_root is not None)
     except ConfigurationError as exc:
         problems += exc.problems
         return None

@@ -179,6 +179,14 @@ def _progress(name: str, value: Any) -> str | None:
 MAX_REPAIRS = 10
 
 
+def _folder(name: str, value: Any) -> str | None:
+    if not isinstance(value, (str, Path)) or not str(value).strip():
+        return f"{name} must be a folder path (str or pathlib.Path), got {value!r}."
+    if not Path(value).expanduser().is_dir():
+        return f"{name}={str(value)!r} is not a folder: give the folder the image files are in."
+    return None
+
+
 def _max_repairs(name: str, value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REPAIRS:
         return (f"{name} must be an integer from 0 to {MAX_REPAIRS}, got {value!r}: each re-ask sends the "
@@ -270,6 +278,9 @@ OPTIONS: tuple[Option, ...] = (
            "'high' (tiles of 512 px) or 'auto'", one_of("low", "high", "auto")),
     Option("max_image_side", "int", None, "{{image:column}} cells: downscale (Pillow) so the longer side is at most "
            "this many pixels before sending, which cuts image tokens", positive_int, default_text="none"),
+    Option("image_root", "path", None, "{{image:column}} cells that are local paths must be under this folder "
+           "(symlinks followed); the command reads local image paths only when it is given", _folder,
+           default_text="any path (the command: none)"),
     Option("mode", "str", "online", "'online': one request per unique prompt, now; 'batch': one provider batch "
            "job (OpenAI's Batch API, half the price, answers within 24 h), resumed by running the same call "
            "again; see Batch mode", one_of("online", "batch")),
@@ -333,6 +344,7 @@ class PredictOptions(TypedDict, total=False):
     errors: Literal["raise", "null"]
     image_detail: Literal["low", "high", "auto"]
     max_image_side: int | None
+    image_root: str | Path | None
     mode: Literal["online", "batch"]
     batch_timeout_s: float
     batch_poll_s: float
@@ -365,6 +377,7 @@ class Options:
     errors: Literal["raise", "null"] = "raise"
     image_detail: Literal["low", "high", "auto"] = "auto"
     max_image_side: int | None = None
+    image_root: str | Path | None = None
     mode: Literal["online", "batch"] = "online"
     batch_timeout_s: float = OPTION_BY_NAME["batch_timeout_s"].default
     batch_poll_s: float = OPTION_BY_NAME["batch_poll_s"].default

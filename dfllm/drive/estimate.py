@@ -23,6 +23,7 @@ from dfllm._exceptions import ConfigurationError, ParameterError
 from dfllm.config.options import Options, PredictOptions, completion_budget
 from dfllm.frames import lazy_predict_for
 from dfllm.plan import ALL_NULL, Plan, make_plan
+from dfllm.prompt.images import tokens_of
 from dfllm.prompt.template import Template
 from dfllm.runtime.cache import Cache
 from dfllm.runtime.cost import usd
@@ -154,7 +155,15 @@ class Estimator:
             if item.key in found:
                 continue
             self.requests += 1
-            self.prompt_tokens += system_tokens + self._count(item.prompt) + _TOKENS_PER_MESSAGE
+            self.prompt_tokens += system_tokens + self._prompt_tokens(plan, item.prompt) + _TOKENS_PER_MESSAGE
+
+    def _prompt_tokens(self, plan: Plan, prompt: str) -> int:
+        """The prompt's text tokens, and its images' by OpenAI's tile arithmetic (an estimate)."""
+        images = plan.spec.images
+        if images is None or "\0" not in prompt:
+            return self._count(prompt)
+        return sum(self._count(piece) if isinstance(piece, str) else
+                   tokens_of(piece, plan.spec.image_detail, plan.spec.max_image_side) for piece in images.split(prompt))
 
     def result(self) -> Estimate:
         options = self._plan.options

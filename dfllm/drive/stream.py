@@ -102,6 +102,8 @@ class BatchRunner:
         try:
             return write_back(batch, outcomes, batch_stats)
         finally:
+            if batch.spec.images is not None:
+                batch.spec.images.forget()
             stats.failed_rows += batch_stats.failed_rows
             for name, count in batch_stats.errors.items():
                 stats.errors[name] = stats.errors.get(name, 0) + count
@@ -120,6 +122,8 @@ class BatchRunner:
         for sent in range(1, BatchDispatch.ROUNDS + 1):
             for df in batches():
                 await executor.submit_batch(plan_batch(self.plan, df).work)
+                if self.plan.spec.images is not None:  # the batch's lines are written: its images can go
+                    self.plan.spec.images.forget()
             if not await executor.collect_batches(final=sent == BatchDispatch.ROUNDS):
                 return
 

@@ -29,24 +29,33 @@ _YES_NO = ["yes", "no"]
 
 
 def classify(df: Any, column: str, labels: Sequence[str], *, engine: Any = "local", model: str | None = None,
-             target: str | None = None, **options: Unpack[PredictOptions]) -> Any:
-    """A copy of ``df`` with ``target`` (default ``{column}_label``): one of ``labels`` per row."""
+             target: str | None = None, image: bool = False, **options: Unpack[PredictOptions]) -> Any:
+    """A copy of ``df`` with ``target`` (default ``{column}_label``): one of ``labels`` per row.
+    ``image=True``: ``column`` holds images (see image cells), each classified as a picture."""
     shown = ", ".join(str(label) for label in labels) if _is_labels(labels) else repr(labels)
-    template = (f"Classify the text into exactly one of these labels: {shown}. Answer with the label only."
-                f"\n\nText: {{{{{column}}}}}")
+    what, cell = _subject(column, image)
+    template = (f"Classify the {what} into exactly one of these labels: {shown}. Answer with the label only."
+                f"\n\n{what.capitalize()}: {cell}")
     call: dict[str, Any] = {**options, "choices": list(labels) if _is_labels(labels) else labels}
     return predict(df, engine, model, template, target or f"{column}_label", **call)
 
 
 def extract(df: Any, column: str, fields: Any, *, engine: Any = "local", model: str | None = None,
-            target: str | None = None, **options: Unpack[PredictOptions]) -> Any:
-    """A copy of ``df`` with one typed column ``{target}_{field}`` per field (``target``: ``column``)."""
+            target: str | None = None, image: bool = False, **options: Unpack[PredictOptions]) -> Any:
+    """A copy of ``df`` with one typed column ``{target}_{field}`` per field (``target``: ``column``).
+    ``image=True``: ``column`` holds images (a receipt's photo), the fields read from each picture."""
     if isinstance(fields, (list, tuple)) and all(isinstance(f, str) for f in fields):
         fields = {name: str for name in fields}
     names = _field_names(fields)
-    template = f"Extract these fields from the text: {', '.join(names)}.\n\nText: {{{{{column}}}}}"
+    what, cell = _subject(column, image)
+    template = f"Extract these fields from the {what}: {', '.join(names)}.\n\n{what.capitalize()}: {cell}"
     call: dict[str, Any] = {**options, "schema": fields}
     return predict(df, engine, model, template, target or column, **call)
+
+
+def _subject(column: str, image: bool) -> tuple[str, str]:
+    """What a verb's prompt calls the cell, and its placeholder: a text, or an image."""
+    return ("image", f"{{{{image:{column}}}}}") if image else ("text", f"{{{{{column}}}}}")
 
 
 def filter(df: Any, template: str, *, engine: Any = "local", model: str | None = None,

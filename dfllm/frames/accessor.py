@@ -54,14 +54,18 @@ class Verbs:
     _frame: Any
 
     def classify(self, column: str, labels: Sequence[str], *, engine: Any = "local", model: str | None = None,
-                 target: str | None = None, **options: Unpack[PredictOptions]) -> Any:
-        """A ``{column}_label`` column (or ``target``): one of ``labels`` per row, categorical."""
-        return _drivers.classify(self._frame, column, labels, engine=engine, model=model, target=target, **options)
+                 target: str | None = None, image: bool = False, **options: Unpack[PredictOptions]) -> Any:
+        """A ``{column}_label`` column (or ``target``): one of ``labels`` per row, categorical;
+        ``image=True`` when ``column`` holds pictures."""
+        return _drivers.classify(self._frame, column, labels, engine=engine, model=model, target=target,
+                                 image=image, **options)
 
     def extract(self, column: str, fields: Any, *, engine: Any = "local", model: str | None = None,
-                target: str | None = None, **options: Unpack[PredictOptions]) -> Any:
-        """Typed ``{column}_{field}`` columns: ``fields`` is a list of names or any ``schema`` form."""
-        return _drivers.extract(self._frame, column, fields, engine=engine, model=model, target=target, **options)
+                target: str | None = None, image: bool = False, **options: Unpack[PredictOptions]) -> Any:
+        """Typed ``{column}_{field}`` columns: ``fields`` is a list of names or any ``schema`` form;
+        ``image=True`` when ``column`` holds pictures (a receipt's photo)."""
+        return _drivers.extract(self._frame, column, fields, engine=engine, model=model, target=target,
+                                image=image, **options)
 
     def filter(self, template: str, *, engine: Any = "local", model: str | None = None,
                **options: Unpack[PredictOptions]) -> Any:

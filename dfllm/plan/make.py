@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from array import array
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from dfllm import frames
@@ -12,7 +13,7 @@ from dfllm._exceptions import ConfigurationError, ParameterError
 from dfllm.config import models
 from dfllm.config.engines import EngineConfig, resolve_engine
 from dfllm.config.options import Options, build_options
-from dfllm.engines.base import Engine, EngineInfo
+from dfllm.engines.base import Capabilities, Engine, EngineInfo
 from dfllm.outputs.base import Output
 from dfllm.outputs.kinds import output_for
 from dfllm.plan.base import Plan
@@ -26,6 +27,7 @@ from dfllm.plan.checks import (
     target_problems,
 )
 from dfllm.plan.render import render_rows
+from dfllm.prompt.images import ImageTable
 from dfllm.prompt.keys import RequestKeys
 from dfllm.prompt.template import Template
 from dfllm.runtime.executor import RequestSpec
@@ -41,8 +43,12 @@ class _Resolved:
 
 
 def make_plan(df: Any, engine: Any, model: str | None, template: str | Template | None, target: str | None,
-              call_options: Mapping[str, Any]) -> Plan:
-    """The validated plan of a call on ``df``; a ``ConfigurationError`` lists every problem, before any request."""
+              call_options: Mapping[str, Any], *, local_images: bool = True) -> Plan:
+    """The validated plan of a call on ``df``; a ``ConfigurationError`` lists every problem, before any request.
+
+    ``local_images=False``: image cells that are local paths are refused unless the ``image_root``
+    option names their folder (the command reads files only under ``--image-root``).
+    """
     problems: list[ConfigurationError] = []
     engine, model, template, target, model_options = models.unpack(engine, model, template, target)
     adapter = frames.adapter_for(df)
@@ -61,9 +67,10 @@ def make_plan(df: Any, engine: Any, model: str | None, template: str | Template 
                                     schema_unknown(option_problems, resolved.layers))
     problems += budget_problems(options)
     problems += _mode_problems(options, resolved)
+    problems += _image_problems(parsed, resolved)
     raise_all(problems)
     assert parsed is not None and model is not None and target is not None
-    plan = _plan(df, adapter, target, model, parsed, options, resolved, output)
+    plan = _plan(df, adapter, target, model, parsed, options, resolved, output, local_images)
     assert plan.keys is not None
     render_rows(plan, parsed, plan.keys)
     return plan
@@ -99,18 +106,37 @@ def _resolve(engine: Any, model_options: Mapping[str, Any] | None, call_options:
     return resolved
 
 
+def _capabilities(resolved: _Resolved) -> tuple[Capabilities, str]:
+    """What the call's engine declares it can do, and how a message names it."""
+    config = resolved.config
+    if config is not None:
+        return config.capabilities, f"engine {config.name!r} (provider {config.provider.name!r})"
+    if resolved.engine is None:
+        return Capabilities(), "engine"
+    return EngineInfo.of(resolved.engine).capabilities, f"engine object {type(resolved.engine).__name__}"
+
+
+def _image_problems(template: Template | None, resolved: _Resolved) -> list[ConfigurationError]:
+    """Image placeholders need an engine that declares it takes images."""
+    if template is None or not template.image_fields or (resolved.config is None and resolved.engine is None):
+        return []
+    capabilities, named = _capabilities(resolved)
+    if capabilities.images:
+        return []
+    shown = ", ".join("{{image:" + f + "}}" for f in template.image_fields)
+    return [ParameterError(
+        f"The template puts images ({shown}), and the {named} takes none (the bundled local model reads "
+        "text only). Use an engine whose model reads images, e.g. provider 'openai' with gpt-4o-mini, or "
+        "an OpenAI-compatible server running a vision model.")]
+
+
 def _mode_problems(options: Options, resolved: _Resolved) -> list[ConfigurationError]:
     """mode='batch' needs an engine that declares the Batch API, and a SQLite cache to keep its jobs in."""
     if options.mode != "batch":
         return []
     problems: list[ConfigurationError] = []
-    config = resolved.config
-    if config is not None:
-        takes, named = config.capabilities.batch_jobs, f"engine {config.name!r} (provider {config.provider.name!r})"
-    else:
-        takes = resolved.engine is not None and EngineInfo.of(resolved.engine).capabilities.batch_jobs
-        named = f"engine object {type(resolved.engine).__name__}"
-    if not takes:
+    capabilities, named = _capabilities(resolved)
+    if not capabilities.batch_jobs:
         problems.append(ParameterError(
             f"mode='batch' needs a provider with OpenAI's Batch API, and the {named} has none. Use "
             "mode='online', or an engine of provider 'openai' or 'openai_compatible' (a server with /v1/batches)."))
@@ -122,7 +148,7 @@ def _mode_problems(options: Options, resolved: _Resolved) -> list[ConfigurationE
 
 
 def _plan(df: Any, adapter: frames.FrameAdapter, target: str, model: str, template: Template, options: Options,
-          resolved: _Resolved, output: Output) -> Plan:
+          resolved: _Resolved, output: Output, local_images: bool = True) -> Plan:
     """The plan, no rows rendered yet: the engine's identity, what to ask it for, and the cache keys."""
     config = resolved.config
     if config is not None:
@@ -130,8 +156,13 @@ def _plan(df: Any, adapter: frames.FrameAdapter, target: str, model: str, templa
     else:
         info = EngineInfo.of(resolved.engine)
     asked = output.ask(info.capabilities, options.system, options.params)
+    images, constraints = None, output.key_constraints()
+    if template.image_fields:  # what is sent of each image decides its answer too
+        root = Path(options.image_root).expanduser() if options.image_root is not None else None
+        images = ImageTable(root=root, paths=local_images)
+        constraints = {**constraints, "image_detail": options.image_detail, "max_image_side": options.max_image_side}
     spec = RequestSpec(model, asked.params, asked.system, asked.choices, options.timeout_s, asked.json_schema,
-                       asked.answer_format, asked.schema_name)
-    keys = RequestKeys(info.identity or "", model, options.system, options.params, output.key_constraints())
+                       asked.answer_format, asked.schema_name, images, options.image_detail, options.max_image_side)
+    keys = RequestKeys(info.identity or "", model, options.system, options.params, constraints)
     return Plan(df, adapter, target, options, config, resolved.engine, info, spec, template=template, keys=keys,
                 output=output)

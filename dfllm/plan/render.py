@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dfllm.plan.base import ALL_NULL, UNSENDABLE, Plan
-from dfllm.prompt.keys import RequestKeys
+from dfllm.prompt.images import ImageTable
+from dfllm.prompt.keys import Key, RequestKeys
 from dfllm.prompt.template import Template, UnsendableRow
 from dfllm.runtime.executor import Work
 
@@ -15,7 +18,9 @@ def render_rows(plan: Plan, template: Template, keys: RequestKeys) -> None:
     seen: dict[str, int] = {}
     row_work, work = plan.row_work, plan.work
     key, append = keys.key, row_work.append
-    for prompt in template.render_columns(columns, adapter.n_rows(df)):
+    images = plan.spec.images
+    key_of: Callable[[str], Key] = key if images is None else _keyed_by_images(keys, images)
+    for prompt in template.render_columns(columns, adapter.n_rows(df), images):
         if prompt is None:
             index = ALL_NULL
         elif isinstance(prompt, UnsendableRow):
@@ -24,5 +29,11 @@ def render_rows(plan: Plan, template: Template, keys: RequestKeys) -> None:
         else:
             index = seen.setdefault(prompt, len(work))  # one dict operation, whether seen or new
             if index == len(work):
-                work.append(Work(key(prompt), prompt))
+                work.append(Work(key_of(prompt), prompt))
         append(index)
+
+
+def _keyed_by_images(keys: RequestKeys, images: ImageTable) -> Callable[[str], Key]:
+    """The key of a prompt with images: each image named by its digest, not by this plan's markers
+    (drawn anew for each plan), so that a key is the same from one run to the next."""
+    return lambda prompt: keys.key(images.keyed(prompt))

@@ -242,6 +242,11 @@ class ImageTable:
             elif piece:
                 yield piece
 
+    def forget(self) -> None:
+        """Let go of the images planned so far (a stream's batch is sent and written: memory stays
+        flat over a file of any size)."""
+        self._refs.clear()
+
     def __len__(self) -> int:
         return len(self._refs)
 

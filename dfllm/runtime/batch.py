@@ -134,7 +134,7 @@ class BatchDispatch:
         attached = await self._attach(set(self._work_of))
         self._open += attached
         self._covered.update(k for o in attached for k in o.keys)
-        fresh = self._lines(set(self._work_of) - self._covered)
+        fresh = list(self._lines(set(self._work_of) - self._covered))
         self._covered.update(k for k, _ in fresh)
         # Held until a file is full: a stream's small batches make a few large jobs, not many small.
         self._unsent += fresh
@@ -214,16 +214,16 @@ class BatchDispatch:
         """``keys``' rows in jobs now, in the rows' order, split at the provider's limits."""
         return await self._send(self._lines(keys))
 
-    def _lines(self, keys: set[Key]) -> list[tuple[Key, bytes]]:
-        order = [k for k in self._work_of if k in keys]  # the rows' order: a job's lines read as the frame does
-        return [(k, self._client.engine.request_body(self._kind.build(self._work_of[k]))) for k in order]
+    def _lines(self, keys: set[Key]) -> Iterator[tuple[Key, bytes]]:
+        """Each row's request body, made as the file being written needs it (one file's lines in
+        memory at a time); in the rows' order, so a job's lines read as the frame does."""
+        for key in (k for k in self._work_of if k in keys):
+            yield key, self._client.engine.request_body(self._kind.build(self._work_of[key]).loaded())
 
-    async def _send(self, lines: list[tuple[Key, bytes]]) -> list[_Open]:
-        if not lines:
-            return []
-        await self._probe()
+    async def _send(self, lines: Iterable[tuple[Key, bytes]]) -> list[_Open]:
         opened = []
         for file_keys, content in input_files(lines, max_requests=self._limits[0], max_bytes=self._limits[1]):
+            await self._probe()
             submission = uuid.uuid4().hex
             self._jobs.record(submission, self._engine, file_keys)  # before anything is paid for
             file_id = await self._client.upload(f"dfllm-{submission}.jsonl", content)

@@ -10,6 +10,7 @@ the other it leaves room for.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar
 
 from dfllm._exceptions import EngineError, SchemaError
 from dfllm.engines.base import Completion, Engine
-from dfllm.engines.tasks import AnswerFormat, ChatTask, Message
+from dfllm.engines.tasks import AnswerFormat, ChatTask, ImagePart, Message, TextPart
+from dfllm.prompt.images import ImageTable, image_tokens
 from dfllm.prompt.keys import Key
 
 Outcome = Completion | EngineError | SchemaError
@@ -88,9 +90,12 @@ class RequestSpec:
     json_schema: dict[str, Any] | None = None
     answer_format: AnswerFormat = "text"
     schema_name: str = "answer"
+    images: ImageTable | None = None  # the plan's images, when the template has {{image:column}}
+    image_detail: str = "auto"
+    max_image_side: int | None = None
 
     def build(self, work: Work) -> ChatTask:
-        user = Message.of_text("user", work.prompt)
+        user = self._user(work.prompt)
         messages: tuple[Message, ...] = (Message.of_text("system", self.system), user) if self.system else (user,)
         return ChatTask(self.model, messages, self.params, self.choices, self.timeout_s, self.json_schema,
                         self.answer_format, self.schema_name)
@@ -98,7 +103,17 @@ class RequestSpec:
     def size(self, task: ChatTask) -> int:
         return estimate_tokens(task)
 
+    def _user(self, prompt: str) -> Message:
+        """The row's message: its text, with its images where the template put them."""
+        if self.images is None or "\0" not in prompt:
+            return Message.of_text("user", prompt)
+        return Message("user", (TextPart(piece) if isinstance(piece, str) else
+                                ImagePart(piece, self.image_detail, self.max_image_side)
+                                for piece in self.images.split(prompt)))
+
     async def send(self, engine: Engine, task: ChatTask) -> Completion:
+        if task.has_images:  # images read, downscaled and encoded off the event loop
+            task = await asyncio.to_thread(task.loaded)
         return await engine.complete(task)
 
     def reask(self, task: ChatTask, turns: tuple[Message, ...]) -> ChatTask:
@@ -106,7 +121,10 @@ class RequestSpec:
 
 
 def estimate_tokens(request: ChatTask) -> int:
-    """Prompt estimate (4 characters a token) plus the completion budget (``max_tokens``)."""
+    """Prompt estimate (4 characters a token, an image as a 1024-pixel square at its detail) plus the
+    completion budget (``max_tokens``)."""
     prompt = sum(len(m.text()) for m in request.messages) // 4 + 1
+    prompt += sum(image_tokens(1024, 1024, part.detail) for m in request.messages if m.has_images
+                  for part in m.parts if isinstance(part, ImagePart))
     budget = request.params.get("max_tokens") or request.params.get("max_completion_tokens")
     return prompt + int(budget or DEFAULT_COMPLETION_ESTIMATE)

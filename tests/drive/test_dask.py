@@ -414,3 +414,26 @@ def test_without_rpm_the_cluster_spends_a_fixed_window_it_learns_from_headers(cl
     # 240 rows are 6 windows at the cap (12 s); a minute's stall makes it over 60 s. A loaded 2-core
     # machine only sends later, so the bound is well under the cap and well over a stall.
     assert len(arrivals) <= 240 * 1.05 and rate_per_minute(arrivals) >= 0.5 * 1200
+
+
+def test_image_cells_of_a_dask_frame_reach_their_rows_requests(client: Any) -> None:
+    import io
+
+    import pyarrow as pa
+    from PIL import Image
+
+    def png(colour: str) -> bytes:
+        out = io.BytesIO()
+        Image.new("RGB", (3, 2), colour).save(out, format="PNG")
+        return out.getvalue()
+
+    colours = ["red", "green", "blue", "red"]
+    with FakeProvider(responder="image") as fake:
+        dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
+        # Binary as Arrow's binary: dask turns an object column into strings, which bytes are not.
+        photos = pd.Series([png(c) for c in colours], dtype=pd.ArrowDtype(pa.binary()))
+        ddf = dd.from_pandas(pd.DataFrame({"photo": photos}), npartitions=2, sort=False)
+        out = ddf.llm.predict("t", "m", "{{image:photo}}", "seen", cache=False).compute()
+        assert out["seen"].tolist() == [f"3x2 {c}" for c in colours]
+        assert sorted(image.colour or "" for r in fake.chat_requests for image in r.images) == \
+            sorted(["red", "green", "blue", "red"])  # one request per row of a partition: red twice, in two
