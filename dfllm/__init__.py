@@ -39,6 +39,7 @@ from dfllm.config.options import PredictOptions
 from dfllm.drive.eager import apredict, last_run, predict
 from dfllm.drive.estimate import Estimate, estimate
 from dfllm.drive.jobs import BatchHandle, JobStatus, RecordedJob, batch_jobs, submit
+from dfllm.drive.semantic import dedup, sem_join, sem_join_estimate, sim_join
 from dfllm.drive.verbs import classify as _classify
 from dfllm.drive.verbs import extract as _extract
 from dfllm.drive.verbs import filter as _filter
@@ -93,6 +94,7 @@ __all__ = [
     "batch_jobs",
     "create_engine",
     "create_model",
+    "dedup",
     "drop_engine",
     "estimate",
     "finetune",
@@ -101,10 +103,14 @@ __all__ = [
     "list_models",
     "predict",
     "register_provider",
+    "sem_join",
+    "sem_join_estimate",
+    "sim_join",
     "submit",
 ]
 
-_use_drivers(_Drivers(predict, apredict, _classify, _extract, _filter, finetune))
+_use_drivers(_Drivers(predict, apredict, _classify, _extract, _filter, finetune,
+                      sim_join=sim_join, dedup=dedup, sem_join=sem_join))
 
 # The adapters and lazy drivers of each installed frame library; each registers its ``.llm`` accessor.
 _FRAME_MODULES = {"pandas": ("dfllm.frames.pandas",), "polars": ("dfllm.frames.polars", "dfllm.drive.polars_lazy"),

@@ -36,6 +36,9 @@ class Drivers:
     extract: Callable[..., Any] = _not_given
     filter: Callable[..., Any] = _not_given
     finetune: Callable[..., Any] = _not_given
+    sim_join: Callable[..., Any] = _not_given
+    dedup: Callable[..., Any] = _not_given
+    sem_join: Callable[..., Any] = _not_given
 
 
 _drivers = Drivers()
@@ -91,6 +94,21 @@ class LLMAccessor(Verbs):
 
     def finetune(self, engine: Any, base_model: str, **options: Any) -> Any:
         return _drivers.finetune(engine, base_model, self._frame, **options)
+
+    def sim_join(self, right: Any, *, left_on: str, right_on: str, k: int = 5, threshold: float | None = None,
+                 **options: Any) -> Any:
+        """Each row beside its ``k`` most similar rows of ``right`` by cosine; see ``dfllm.sim_join``."""
+        return _drivers.sim_join(self._frame, right, left_on=left_on, right_on=right_on, k=k, threshold=threshold,
+                                 **options)
+
+    def dedup(self, column: str, *, threshold: float = 0.9, **options: Any) -> Any:
+        """A ``{column}_cluster`` column grouping near-duplicate vectors; see ``dfllm.dedup``."""
+        return _drivers.dedup(self._frame, column, threshold=threshold, **options)
+
+    def sem_join(self, right: Any, engine: Any, model: str | None, template: str | Template,
+                 target: str = "match", **options: Any) -> Any:
+        """The candidate pairs with ``right`` the model says match; see ``dfllm.sem_join``."""
+        return _drivers.sem_join(self._frame, right, engine, model, template, target, **options)
 
 
 def taken_by_other(cls: type, name: str = "llm") -> bool:
