@@ -14,7 +14,8 @@ from dfllm.outputs.base import Output
 from dfllm.outputs.kinds import TextOutput
 from dfllm.prompt.keys import RequestKeys
 from dfllm.prompt.template import Template
-from dfllm.runtime.executor import RequestSpec, Work
+from dfllm.runtime.dispatch import WorkList
+from dfllm.runtime.executor import RequestSpec
 
 ALL_NULL = -1  # row_work marker: every field of the row is null, so no request
 UNSENDABLE = -2  # row_work marker: the row's cells cannot be sent (see Plan.unsendable)
@@ -32,7 +33,7 @@ class Plan:
     engine: Engine | None
     info: EngineInfo
     spec: RequestSpec
-    work: list[Work] = field(default_factory=list)
+    work: WorkList = field(default_factory=WorkList)  # unique prompts and their keys, packed
     # row -> index into work, or ALL_NULL / UNSENDABLE; 8 bytes a row, where a list of ints holds an object each
     row_work: array[int] = field(default_factory=lambda: array("q"))
     unsendable: dict[int, str] = field(default_factory=dict)  # row -> why its cells cannot be sent

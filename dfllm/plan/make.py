@@ -30,6 +30,7 @@ from dfllm.plan.render import render_rows
 from dfllm.prompt.images import ImageTable
 from dfllm.prompt.keys import RequestKeys
 from dfllm.prompt.template import Template
+from dfllm.runtime.dispatch import WorkList
 from dfllm.runtime.executor import RequestSpec
 
 
@@ -83,7 +84,7 @@ def plan_batch(plan: Plan, df: Any) -> Plan:
     then render batch after batch with the engine, options and keys already resolved.
     """
     assert plan.template is not None and plan.keys is not None
-    batch = dataclasses.replace(plan, df=df, adapter=frames.adapter_for(df), work=[], row_work=array("q"),
+    batch = dataclasses.replace(plan, df=df, adapter=frames.adapter_for(df), work=WorkList(), row_work=array("q"),
                                 unsendable={})
     render_rows(batch, plan.template, plan.keys)
     return batch

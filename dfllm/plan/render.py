@@ -8,7 +8,6 @@ from dfllm.plan.base import ALL_NULL, UNSENDABLE, Plan
 from dfllm.prompt.images import ImageTable
 from dfllm.prompt.keys import Key, RequestKeys
 from dfllm.prompt.template import Template, UnsendableRow
-from dfllm.runtime.executor import Work
 
 
 def render_rows(plan: Plan, template: Template, keys: RequestKeys) -> None:
@@ -17,7 +16,8 @@ def render_rows(plan: Plan, template: Template, keys: RequestKeys) -> None:
     columns = {f: adapter.column_values(df, f) for f in template.fields}
     seen: dict[str, int] = {}
     row_work, work = plan.row_work, plan.work
-    key, append = keys.key, row_work.append
+    assert not work, "a plan's rows are rendered once"
+    key, add, append = keys.key, work.append, row_work.append
     images = plan.spec.images
     key_of: Callable[[str], Key] = key if images is None else _keyed_by_images(keys, images)
     for prompt in template.render_columns(columns, adapter.n_rows(df), images):
@@ -27,9 +27,10 @@ def render_rows(plan: Plan, template: Template, keys: RequestKeys) -> None:
             plan.unsendable[len(row_work)] = prompt.problem
             index = UNSENDABLE
         else:
-            index = seen.setdefault(prompt, len(work))  # one dict operation, whether seen or new
-            if index == len(work):
-                work.append(Work(key_of(prompt), prompt))
+            new = len(seen)  # the work's length: every unique prompt is in seen
+            index = seen.setdefault(prompt, new)  # one dict operation, whether seen or new
+            if index == new:
+                add(key_of(prompt), prompt)
         append(index)
 
 

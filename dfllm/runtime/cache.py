@@ -42,7 +42,9 @@ _COLUMNS = ["id", "tail", "text", "prompt_tokens", "completion_tokens", "cached_
 # A cache written before cached_tokens was kept: opened, the column is added (its answers read 0).
 _OLDER_COLUMNS = _COLUMNS[:-1]
 _ADD_CACHED = "ALTER TABLE responses ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0"
-_SELECT = "SELECT id, tail, text, prompt_tokens, completion_tokens, cached_tokens FROM responses"
+# Counts read as integers (0 for NULL) by SQLite itself: a lookup builds each cached answer as is.
+_SELECT = ("SELECT id, tail, text, ifnull(CAST(prompt_tokens AS INTEGER), 0), "
+           "ifnull(CAST(completion_tokens AS INTEGER), 0), ifnull(CAST(cached_tokens AS INTEGER), 0) FROM responses")
 _INSERT = "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?)"
 _LOOKUP_CHUNK = 5000
 _PAGE_CACHE_KIB = 65536
@@ -72,39 +74,53 @@ class Cache:
 
     def get_many(self, keys: Iterable[Key]) -> dict[Key, Completion]:
         batch = list(keys)
+        return {key: found for key, found in zip(batch, self.get_each(batch), strict=True) if found is not None}
+
+    def get_each(self, keys: Iterable[Key]) -> list[Completion | None]:
+        """Each key's answer (None where there is none), in the order of ``keys``: a re-run's
+        lookup, with no dict of its keys built on either side."""
+        batch = keys if isinstance(keys, list) else list(keys)
         pending = self._pending
         # Read the overlay before the file: an answer leaves the overlay only after its commit.
-        found = {k: c for k in batch if (c := pending.get(k)) is not None} if pending else {}
-        overlaid = bool(found)
+        found: list[Completion | None] = [pending.get(k) for k in batch] if pending else [None] * len(batch)
+        overlaid = found.count(None) != len(found)
         try:
             for start in range(0, len(batch), _LOOKUP_CHUNK):
                 chunk = batch[start:start + _LOOKUP_CHUNK]
-                # rowid -> tail; two wanted keys sharing a rowid (or one found in the overlay) take
+                # rowid -> position; two wanted keys sharing a rowid (or one found in the overlay) take
                 # the slower path, which tells them apart.
-                tails = dict(chunk)
-                if overlaid or len(tails) != len(chunk):
-                    self._look_up_apart(chunk, found)
+                where = dict(zip(map(_rowid, chunk), range(start, start + len(chunk)), strict=True))
+                if overlaid or len(where) != len(chunk):
+                    self._look_up_apart(batch, start, len(chunk), found)
                     continue
-                marks = ",".join("?" * len(tails))
-                rows = self._reader.execute(f"{_SELECT} WHERE id IN ({marks})", list(tails))
+                rows = self._reader.execute(f"{_SELECT} WHERE id IN ({','.join('?' * len(where))})", list(where))
                 for rowid, tail, text, prompt_tokens, completion_tokens, cached_tokens in rows:
-                    if tails.get(rowid) == tail and isinstance(text, str):
-                        found[rowid, tail] = _completion(text, prompt_tokens, completion_tokens, cached_tokens)
+                    at = where[rowid]
+                    if batch[at][1] == tail and isinstance(text, str):
+                        found[at] = _new(Completion, (text, prompt_tokens, completion_tokens, *_BETWEEN_DEFAULTS,
+                                                      cached_tokens))
         except sqlite3.DatabaseError as exc:
             self.close()
             raise _unusable(self.path, exc) from exc
         return found
 
-    def _look_up_apart(self, chunk: list[Key], found: dict[Key, Completion]) -> None:
-        """Add ``chunk``'s answers not yet in ``found``, each row checked against every wanted key."""
-        wanted = set(chunk).difference(found)
+    def _look_up_apart(self, batch: list[Key], start: int, size: int, found: list[Completion | None]) -> None:
+        """Fill ``found`` for ``batch[start:start + size]`` where it is None, each row checked
+        against every wanted key."""
+        wanted: dict[Key, list[int]] = {}
+        for at in range(start, start + size):
+            if found[at] is None:
+                wanted.setdefault(batch[at], []).append(at)
         if not wanted:
             return
-        ids = [rowid for rowid, _ in wanted]
+        ids = list({rowid for rowid, _ in wanted})
         rows = self._reader.execute(f"{_SELECT} WHERE id IN ({','.join('?' * len(ids))})", ids)
         for rowid, tail, text, prompt_tokens, completion_tokens, cached_tokens in rows:
-            if (rowid, tail) in wanted and isinstance(text, str):
-                found[rowid, tail] = _completion(text, prompt_tokens, completion_tokens, cached_tokens)
+            if (places := wanted.get((rowid, tail))) is not None and isinstance(text, str):
+                completion = _new(Completion, (text, prompt_tokens, completion_tokens, *_BETWEEN_DEFAULTS,
+                                               cached_tokens))
+                for at in places:
+                    found[at] = completion
 
     def put(self, key: Key, completion: Completion) -> None:
         with self._wake:
@@ -234,18 +250,16 @@ class Cache:
                 done.set()
 
 
-def _completion(text: str, prompt_tokens: int | None, completion_tokens: int | None,
-                cached_tokens: int | None) -> Completion:
-    """A cached answer; built with tuple's own constructor (a cached re-run makes one per row, and
-    a NamedTuple's generated ``__new__`` costs a Python call each)."""
-    return tuple.__new__(Completion, (text, int(prompt_tokens or 0), int(completion_tokens or 0),
-                                      *_BETWEEN_DEFAULTS, int(cached_tokens or 0)))
-
-
-# The fields between completion_tokens and cached_tokens (rate limit, finish reason, values) are
-# never cached: a cached answer has their defaults.
+# A cached answer is built with tuple's own constructor: a cached re-run makes one per row, and a
+# NamedTuple's generated ``__new__`` costs a Python call each. The fields between completion_tokens
+# and cached_tokens (rate limit, finish reason, values) are never cached: a cached answer has their defaults.
+_new = tuple.__new__
 _BETWEEN_DEFAULTS = tuple(Completion._field_defaults[name]
                           for name in Completion._fields[3:Completion._fields.index("cached_tokens")])
+
+
+def _rowid(key: Key) -> int:
+    return key[0]
 
 
 def _by_key(item: tuple[Key, Completion]) -> Key:

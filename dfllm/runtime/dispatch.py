@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar
+from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar, overload
 
 from dfllm._exceptions import EngineError, SchemaError
 from dfllm.engines.base import Completion, Engine
@@ -35,6 +36,49 @@ class Work(NamedTuple):
 
     key: Key
     prompt: str
+
+
+class WorkList(Sequence[Work]):
+    """A run's unique work, compact: the prompts in a list and the keys packed, two 64-bit
+    integers each. ``work[i]`` builds the row's ``Work`` when it is asked for (a row sent): at a
+    million rows a ``Work`` and its key tuple held for each would cost about 200 bytes a row,
+    packed keys cost 16."""
+
+    def __init__(self, items: Iterable[Work] = ()) -> None:
+        self.prompts: list[str] = []
+        self._keys = array("q")
+        for key, prompt in items:
+            self.append(key, prompt)
+
+    def append(self, key: Key, prompt: str) -> None:
+        self._keys.extend(key)
+        self.prompts.append(prompt)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @overload
+    def __getitem__(self, index: int) -> Work: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> WorkList: ...
+
+    def __getitem__(self, index: int | slice) -> Work | WorkList:
+        if isinstance(index, slice):
+            return WorkList(self[i] for i in range(*index.indices(len(self))))
+        prompt = self.prompts[index]  # raises IndexError first; a negative index counts from the end
+        return Work((self._keys[2 * index], self._keys[2 * index + 1]), prompt)
+
+    def __iter__(self) -> Iterator[Work]:
+        return map(Work._make, zip(self.keys(), self.prompts, strict=True))
+
+    def __repr__(self) -> str:
+        return f"WorkList({len(self)} items)"
+
+    def keys(self) -> Iterator[Key]:
+        """Every key, in order, without building a ``Work`` each (the cache's bulk lookup)."""
+        packed = iter(self._keys)
+        return zip(packed, packed, strict=True)
 
 
 class TaskKind(Protocol[EngineT, TaskT]):

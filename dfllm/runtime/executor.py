@@ -47,6 +47,7 @@ from dfllm.runtime.dispatch import (
     Settle,
     TaskKind,
     Work,
+    WorkList,
     estimate_tokens,
 )
 from dfllm.runtime.jobs import JobStore, engine_tag
@@ -62,7 +63,7 @@ from dfllm.runtime.limiter import (
 )
 from dfllm.runtime.progress import Progress, RunStats
 from dfllm.runtime.retry import backoff_s, retry_after_cause, seconds_text, server_wait_s, wait_refused
-from dfllm.runtime.stores import Store, open_store
+from dfllm.runtime.stores import Store, look_up, open_store
 
 __all__ = ["Executor", "Gate", "Outcome", "RequestSpec", "TaskKind", "Work", "estimate_tokens"]
 
@@ -234,12 +235,12 @@ class Executor:
                  progress: Progress) -> int:
         """Fill ``results`` from the cache (answers that still pass the output's check); the hits."""
         with gc_paused():
-            found = cache.get_many(w.key for w in work)
+            found = look_up(cache, work.keys() if isinstance(work, WorkList) else (w.key for w in work))
             if self._output.checked:
-                checked = ((k, self._check_now(c)) for k, c in found.items())
-                found = {k: c for k, c in checked if isinstance(c, Completion)}
-            results[:] = [found.get(w.key) for w in work]
-        hits = len(found)
+                found = [fits if c is not None and isinstance(fits := self._check_now(c), Completion) else None
+                         for c in found]
+            results[:] = found
+        hits = len(found) - found.count(None)
         self.stats.cache_hits += hits
         progress.advance(hits)
         return hits

@@ -30,8 +30,8 @@ from dfllm.prompt.keys import Key
 from dfllm.runtime.cache import Cache
 from dfllm.runtime.location import CacheLocation, Store, sqlite_path
 
-__all__ = ["CacheLocation", "FsspecCache", "FsspecStore", "SharedStore", "Store", "cache_location", "object_name",
-           "open_store"]
+__all__ = ["CacheLocation", "FsspecCache", "FsspecStore", "SharedStore", "Store", "cache_location", "look_up",
+           "object_name", "open_store"]
 
 _OPEN_ATTEMPTS = 8
 _WRITERS = 4  # object stores answer puts in tens of ms: a few in parallel keep up with the run
@@ -168,6 +168,18 @@ def _decode(blob: bytes) -> Completion | None:
         return None
 
 
+def look_up(store: Store, keys: Iterable[Key]) -> list[Completion | None]:
+    """Each key's answer (None where the store has none), in the order of ``keys``: the store's
+    ``get_each`` when it has one (SQLite's builds no dict of the keys), else its ``get_many``."""
+    get_each = getattr(store, "get_each", None)
+    if callable(get_each):
+        found: list[Completion | None] = get_each(keys)
+        return found
+    batch = list(keys)
+    by_key = store.get_many(batch)
+    return [by_key.get(key) for key in batch]
+
+
 def open_store(cache: object) -> Store | None:
     """The open store the ``cache`` option names: False (none), True (the default SQLite file),
     a file path (SQLite), a URL with ``://`` (``FsspecCache``), or a ``CacheLocation``."""
@@ -209,6 +221,9 @@ class _Borrowed:
 
     def get_many(self, keys: Iterable[Key]) -> dict[Key, Completion]:
         return self._store.get_many(keys)
+
+    def get_each(self, keys: Iterable[Key]) -> list[Completion | None]:
+        return look_up(self._store, keys)
 
     def put(self, key: Key, completion: Completion) -> None:
         self._store.put(key, completion)

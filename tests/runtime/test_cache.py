@@ -202,3 +202,33 @@ def test_an_fsspec_object_written_before_cached_tokens_reads_zero(tmp_path: Path
         '{"text": "old", "prompt_tokens": 3, "completion_tokens": 1}')
     assert store.get_many([key]) == {key: Completion("old", 3, 1)}
     store.close()
+
+
+def test_get_each_answers_in_the_order_asked_with_duplicates_and_the_overlay(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    cache = Cache(path, flush_s=3600)
+    stored, fresh, absent, twin = (1, 2), (3, 4), (5, 6), (1, 3)  # twin shares stored's rowid
+    cache.put(stored, Completion("stored", 1, 2))
+    cache.flush()
+    assert cache.get_each([absent, stored, stored, twin]) == [None, Completion("stored", 1, 2),
+                                                             Completion("stored", 1, 2), None]
+    cache.put(fresh, Completion("fresh", 3, 4))  # in the overlay, not committed
+    assert cache.get_each(iter([fresh, absent, stored])) == [Completion("fresh", 3, 4), None,
+                                                            Completion("stored", 1, 2)]
+    assert cache.get_many([fresh, absent, stored]) == {fresh: Completion("fresh", 3, 4),
+                                                      stored: Completion("stored", 1, 2)}
+    cache.close()
+
+
+def test_counts_a_foreign_writer_stored_as_text_read_as_integers(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    Cache(path).close()
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO responses VALUES (7, 8, 'odd', '12', 'x', 3.0)")
+    db.commit()
+    db.close()
+    cache = Cache(path)
+    [found] = cache.get_each([(7, 8)])
+    assert found == Completion("odd", 12, 0, cached_tokens=3)
+    assert [type(n) for n in found[1:3]] == [int, int]
+    cache.close()
