@@ -37,6 +37,7 @@ from dfllm.config.engines import EngineConfig, create_engine, drop_engine, list_
 from dfllm.config.models import Model, create_model
 from dfllm.config.options import PredictOptions
 from dfllm.drive.eager import apredict, last_run, predict
+from dfllm.drive.embed import aembed, embed
 from dfllm.drive.estimate import Estimate, estimate
 from dfllm.drive.jobs import BatchHandle, JobStatus, RecordedJob, batch_jobs, submit
 from dfllm.drive.semantic import dedup, sem_join, sem_join_estimate, sim_join
@@ -90,12 +91,14 @@ __all__ = [
     "TemplateError",
     "TransportError",
     "UnknownEngineError",
+    "aembed",
     "apredict",
     "batch_jobs",
     "create_engine",
     "create_model",
     "dedup",
     "drop_engine",
+    "embed",
     "estimate",
     "finetune",
     "last_run",
@@ -109,7 +112,7 @@ __all__ = [
     "submit",
 ]
 
-_use_drivers(_Drivers(predict, apredict, _classify, _extract, _filter, finetune,
+_use_drivers(_Drivers(predict, apredict, _classify, _extract, _filter, finetune, embed=embed,
                       sim_join=sim_join, dedup=dedup, sem_join=sem_join))
 
 # The adapters and lazy drivers of each installed frame library; each registers its ``.llm`` accessor.

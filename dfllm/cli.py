@@ -38,6 +38,7 @@ from dfllm.drive.stream import BatchRunner
 from dfllm.engines.providers import PROVIDERS, Provider, needs_key
 from dfllm.plan import Plan, make_plan, plan_batch, write_back
 from dfllm.prompt.template import Template
+from dfllm.runtime.embedding import EmbedSpec
 from dfllm.runtime.progress import RunStats
 
 OK, ROWS_FAILED, CONFIGURATION, STOPPED, INTERRUPTED = 0, 1, 2, 3, 130
@@ -124,34 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "to OUTPUT. Killed and run again with the same arguments, it sends only the rows "
                     "still without an answer. Exit status: 0 all answered, 1 some rows failed, "
                     "2 configuration errors, 3 the run stopped, 130 interrupted.")
-    predict.add_argument("input", help="input file (.parquet, .csv, .jsonl), or - for stdin")
-    predict.add_argument("output", help="output file, written atomically; or - for stdout")
-    _add_engine_arguments(predict)
-    predict.add_argument("--model", help="the provider's model id (default: the provider's default)")
-    predict.add_argument("--template", required=True, help="the prompt, with {{column}} placeholders")
-    predict.add_argument("--target", required=True, help="name of the new answer column")
-    predict.add_argument("--input-format", choices=["parquet", "csv", "jsonl"], help="when not by extension")
-    predict.add_argument("--output-format", choices=["parquet", "csv", "jsonl"], help="when not by extension")
-    predict.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS,
-                         help=f"rows read, sent and written at a time (default {DEFAULT_BATCH_ROWS:,})")
-    dry = predict.add_argument_group("dry run", "with --dry-run, only estimate: nothing is sent or written")
-    dry.add_argument("--dry-run", action="store_true", help="print rows, cache hits, requests, tokens, "
-                     "time and, with --price-prompt and --price-completion, the cost online and in batch mode; "
-                     "send nothing")
-    dry.add_argument("--latency-s", type=float, default=1.0, help="seconds one request is assumed to take")
-    dry.add_argument("--completion-tokens", type=int, help="answer tokens to assume per request")
-
-    options = predict.add_argument_group("predict options", "from the option table (the README lists them too)")
-    for option in OPTIONS:
-        flag = "--" + option.name.replace("_", "-")
-        default = "null, with a {target}_error column" if option.name == "errors" else option.shown_default
-        help_text = f"{option.doc} (default: {default})".replace("%", "%%")
-        if option.type == "bool":
-            options.add_argument(flag, dest=f"option_{option.name}", action=argparse.BooleanOptionalAction,
-                                 default=None, help=help_text)
-        else:
-            options.add_argument(flag, dest=f"option_{option.name}", metavar=option.type.upper().replace(" ", ""),
-                                 default=None, help=help_text)
+    _add_call_arguments(predict, "the prompt, with {{column}} placeholders")
+    predict.set_defaults(task="chat")
+    embed = commands.add_parser(
+        "embed", help="add a column of embedding vectors to a Parquet or JSON Lines file",
+        description="Add a vector column (fixed_size_list<float32>) of each row's text to INPUT's rows and write "
+                    "them to OUTPUT; identical texts are embedded once, many a request. Exit status as predict's.")
+    _add_call_arguments(embed, "the text to embed: a column name, or a template with {{column}} placeholders")
+    embed.set_defaults(task="embedding")
 
     engines = commands.add_parser("engines", help="list the providers and the environment variable of each key")
     engines.set_defaults()
@@ -166,6 +147,38 @@ def build_parser() -> argparse.ArgumentParser:
     batches.add_argument("--cache", default=None, help="the SQLite cache file (default: dfllm's own)")
     batches.add_argument("--cancel", metavar="JOB_ID", help="cancel this job, or 'all' (needs --engine)")
     return parser
+
+
+def _add_call_arguments(parser: argparse.ArgumentParser, template_help: str) -> None:
+    """The arguments ``predict`` and ``embed`` share: files, engine, model, template, target, options."""
+    parser.add_argument("input", help="input file (.parquet, .csv, .jsonl), or - for stdin")
+    parser.add_argument("output", help="output file, written atomically; or - for stdout")
+    _add_engine_arguments(parser)
+    parser.add_argument("--model", help="the provider's model id (default: the provider's default)")
+    parser.add_argument("--template", required=True, help=template_help)
+    parser.add_argument("--target", required=True, help="name of the new answer column")
+    parser.add_argument("--input-format", choices=["parquet", "csv", "jsonl"], help="when not by extension")
+    parser.add_argument("--output-format", choices=["parquet", "csv", "jsonl"], help="when not by extension")
+    parser.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS,
+                         help=f"rows read, sent and written at a time (default {DEFAULT_BATCH_ROWS:,})")
+    dry = parser.add_argument_group("dry run", "with --dry-run, only estimate: nothing is sent or written")
+    dry.add_argument("--dry-run", action="store_true", help="print rows, cache hits, requests, tokens, "
+                     "time and, with --price-prompt and --price-completion, the cost online and in batch mode; "
+                     "send nothing")
+    dry.add_argument("--latency-s", type=float, default=1.0, help="seconds one request is assumed to take")
+    dry.add_argument("--completion-tokens", type=int, help="answer tokens to assume per request")
+
+    options = parser.add_argument_group("predict options", "from the option table (the README lists them too)")
+    for option in OPTIONS:
+        flag = "--" + option.name.replace("_", "-")
+        default = "null, with a {target}_error column" if option.name == "errors" else option.shown_default
+        help_text = f"{option.doc} (default: {default})".replace("%", "%%")
+        if option.type == "bool":
+            options.add_argument(flag, dest=f"option_{option.name}", action=argparse.BooleanOptionalAction,
+                                 default=None, help=help_text)
+        else:
+            options.add_argument(flag, dest=f"option_{option.name}", metavar=option.type.upper().replace(" ", ""),
+                                 default=None, help=help_text)
 
 
 def _add_engine_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -274,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_models(args)
         if args.command == "batches":
             return cmd_batches(args)
+        if args.command == "embed":
+            return cmd_predict(args)
         return cmd_predict(args)
     except _Problems as exc:
         _print_problems(exc.problems)
@@ -390,7 +405,7 @@ def _plan(source: Any, config: EngineConfig | None, args: argparse.Namespace, op
         # Image cells that are paths are read only under --image-root: a file's cells must not send
         # whatever files they name.
         plan = make_plan(schema.empty_table(), engine, args.model, args.template, args.target, options,
-                         local_images=args.option_image_root is not None)
+                         local_images=args.option_image_root is not None, task=args.task)
     except ConfigurationError as exc:
         problems += exc.problems
         return None
@@ -421,7 +436,8 @@ def _run(plan: Plan, source: Any, output: str, out_fmt: str, again: Callable[[],
     stats = RunStats()
     schema = write_back(plan, [], RunStats()).schema
     try:
-        sink = Sink(output, out_fmt, schema)
+        # Vectors of a length the model decides: the file's schema is the first batch's.
+        sink: Any = _FirstBatchSink(output, out_fmt, schema) if _length_unknown(plan) else Sink(output, out_fmt, schema)
     except (OSError, ValueError) as exc:
         raise _Problems([f"Cannot write {output!r} as {out_fmt}: {exc}"]) from exc
     committed = False
@@ -446,6 +462,37 @@ def _run(plan: Plan, source: Any, output: str, out_fmt: str, again: Callable[[],
             sink.abort()
         print(summary(stats), file=sys.stderr)
     return ROWS_FAILED if stats.failed_rows else OK
+
+
+def _length_unknown(plan: Plan) -> bool:
+    return isinstance(plan.spec, EmbedSpec) and plan.spec.dimensions is None
+
+
+class _FirstBatchSink:
+    """A ``Sink`` opened at the first batch, with that batch's schema (an embedding's length)."""
+
+    def __init__(self, path: str, fmt: str, schema: Any) -> None:
+        from dfllm.frames.files import Sink  # optional: see cmd_predict
+
+        if fmt == "csv":
+            raise ValueError("CSV cannot hold a vector column; write Parquet or JSON Lines.")
+        self._open = functools.partial(Sink, path, fmt)
+        self._schema = schema
+        self._sink: Any = None
+
+    def write(self, batch: Any) -> None:
+        if self._sink is None:
+            self._sink = self._open(batch.schema)
+        self._sink.write(batch)
+
+    def commit(self) -> None:
+        if self._sink is None:  # no rows: the declared schema
+            self._sink = self._open(self._schema)
+        self._sink.commit()
+
+    def abort(self) -> None:
+        if self._sink is not None:
+            self._sink.abort()
 
 
 async def _stream(plan: Plan, source: Any, sink: Any, stats: RunStats, again: Callable[[], Iterable[Any]]) -> None:

@@ -66,3 +66,19 @@ def test_a_dry_run_counts_image_tokens(tmp_path: Path) -> None:
     assert low.returncode == 0, low.stderr
     tokens = next(line for line in low.stdout.splitlines() if line.startswith("prompt tokens"))
     assert int(tokens.split()[2].replace(",", "")) >= 85
+
+
+def test_dfllm_embed_writes_a_vector_column_each_text_once(tmp_path: Path) -> None:
+    from dfllm.testing import EmbeddingOptions
+
+    pq.write_table(pa.table({"name": ["a", "b", "a", None]}), tmp_path / "in.parquet")
+    with FakeProvider(embeddings=EmbeddingOptions(dimension=6)) as fake:
+        done = run(dfllm_cmd("embed", str(tmp_path / "in.parquet"), str(tmp_path / "out.parquet"), "--engine", "openai",
+                             "--base-url", fake.base_url, "--model", "m", "--template", "name", "--target", "vec",
+                             "--no-progress", "--batch-rows", "2"), tmp_path)
+        inputs = [text for r in fake.embedding_requests for text in r.inputs]
+    assert done.returncode == 0, done.stderr
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.schema.field("vec").type == pa.list_(pa.float32(), 6)
+    assert [v is None for v in table.column("vec").to_pylist()] == [False, False, False, True]
+    assert sorted(inputs) == ["a", "b"]

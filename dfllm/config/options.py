@@ -179,6 +179,12 @@ def _progress(name: str, value: Any) -> str | None:
 MAX_REPAIRS = 10
 
 
+def _embed_batch_size(name: str, value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2048:
+        return f"{name} must be a whole number from 1 to 2048 (texts per request), got {value!r}."
+    return None
+
+
 def _folder(name: str, value: Any) -> str | None:
     if not isinstance(value, (str, Path)) or not str(value).strip():
         return f"{name} must be a folder path (str or pathlib.Path), got {value!r}."
@@ -281,6 +287,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("image_root", "path", None, "{{image:column}} cells that are local paths must be under this folder "
            "(symlinks followed); the command reads local image paths only when it is given", _folder,
            default_text="any path (the command: none)"),
+    Option("dimensions", "int", None, "embed: the vectors' length, for models that can shorten them (OpenAI's "
+           "text-embedding-3)", positive_int, default_text="the model's"),
+    Option("embed_batch_size", "int", 256, "embed: texts per request, 1 to 2,048 (OpenAI's most)", _embed_batch_size),
     Option("mode", "str", "online", "'online': one request per unique prompt, now; 'batch': one provider batch "
            "job (OpenAI's Batch API, half the price, answers within 24 h), resumed by running the same call "
            "again; see Batch mode", one_of("online", "batch")),
@@ -345,6 +354,8 @@ class PredictOptions(TypedDict, total=False):
     image_detail: Literal["low", "high", "auto"]
     max_image_side: int | None
     image_root: str | Path | None
+    dimensions: int | None
+    embed_batch_size: int
     mode: Literal["online", "batch"]
     batch_timeout_s: float
     batch_poll_s: float
@@ -378,6 +389,8 @@ class Options:
     image_detail: Literal["low", "high", "auto"] = "auto"
     max_image_side: int | None = None
     image_root: str | Path | None = None
+    dimensions: int | None = None
+    embed_batch_size: int = OPTION_BY_NAME["embed_batch_size"].default
     mode: Literal["online", "batch"] = "online"
     batch_timeout_s: float = OPTION_BY_NAME["batch_timeout_s"].default
     batch_poll_s: float = OPTION_BY_NAME["batch_poll_s"].default

@@ -33,10 +33,12 @@ from dfllm.config.options import PredictOptions
 from dfllm.config.secrets import Secret, shown_url
 from dfllm.drive.eager import make_executor
 from dfllm.engines.providers import Provider
+from dfllm.engines.tasks import ChatTask, EmbedTask
 from dfllm.frames import LazyKind, register_lazy
 from dfllm.frames.accessor import Verbs, taken_by_other
 from dfllm.plan import Plan, make_plan, write_back
 from dfllm.prompt.template import Template
+from dfllm.runtime.embedding import EmbedSpec
 from dfllm.runtime.executor import Outcome
 from dfllm.runtime.progress import RunStats
 from dfllm.runtime.stores import SharedStore, cache_location, open_store
@@ -121,15 +123,17 @@ class PartitionCall:
     share: float  # the fraction of rpm/tpm this worker may use when no coordinator runs
     workers: int
     call_id: str
+    task: str = ChatTask.kind
 
     def __dask_tokenize__(self) -> str:
         return self.call_id
 
 
 def predict(ddf: dd.DataFrame, engine: Any, model: str | None = None, template: str | Template | None = None,
-            target: str | None = None, *, stats: RunStats | None = None,
+            target: str | None = None, *, stats: RunStats | None = None, task: str = ChatTask.kind,
             **options: Unpack[PredictOptions]) -> dd.DataFrame:
-    """The lazy form of ``dfllm.predict`` for a Dask DataFrame: nothing is sent until computed."""
+    """The lazy form of ``dfllm.predict`` (and of ``embed``, ``task="embedding"``) for a Dask DataFrame:
+    nothing is sent until computed."""
     if stats is not None:
         raise ParameterError("stats= cannot be filled on Dask: each partition's counters stay on its worker. "
                              "Leave it out; the server's records or the result's error column tell what happened.")
@@ -144,7 +148,8 @@ def predict(ddf: dd.DataFrame, engine: Any, model: str | None = None, template: 
     if isinstance(engine, Model):
         call_options = {**engine.options, **call_options}
     meta_frame = ddf._meta
-    plan = make_plan(meta_frame, engine, model, template, target, call_options)  # every problem, no request
+    plan = make_plan(meta_frame, engine, model, template, target, call_options, task=task)  # no request
+    _declared_dimensions(plan)
     if plan.options.mode == "batch":
         # A job per partition would each wait up to a day on a worker, holding its slot, and a
         # partition retried by Dask would submit again: batch jobs are a driver-side flow.
@@ -167,9 +172,16 @@ def predict(ddf: dd.DataFrame, engine: Any, model: str | None = None, template: 
         template = template or engine.prompt_template
     text = template.text if isinstance(template, Template) else str(template)
     call = PartitionCall(spec, plan.spec.model, text, plan.target, call_options, budget,
-                         coordinated, share, workers, uuid.uuid4().hex)
+                         coordinated, share, workers, uuid.uuid4().hex, task)
     result: dd.DataFrame = ddf.map_partitions(_predict_partition, call, meta=meta)  # type: ignore[no-untyped-call]
     return result
+
+
+def _declared_dimensions(plan: Plan) -> None:
+    """A lazy frame declares its columns before anything is sent: a vector column needs its length."""
+    if isinstance(plan.spec, EmbedSpec) and plan.spec.dimensions is None:
+        raise ParameterError("A lazy frame declares its columns before anything is sent, so embed on it needs "
+                             "dimensions= (the vectors' length, e.g. 1536 for text-embedding-3-small).")
 
 
 def _connect_cluster(spec: EngineSpec, limited: float | None) -> tuple[bool, float, int]:
@@ -211,7 +223,8 @@ def _connect_cluster(spec: EngineSpec, limited: float | None) -> tuple[bool, flo
 
 
 def _predict_partition(part: pd.DataFrame, call: PartitionCall) -> pd.DataFrame:
-    plan = make_plan(part, call.engine.config(), call.model, call.template, call.target, call.options)
+    plan = make_plan(part, call.engine.config(), call.model, call.template, call.target, call.options,
+                     task=call.task)
     rpm = plan.options.rpm * call.share if plan.options.rpm else None
     tpm = plan.options.tpm * call.share if plan.options.tpm else None
     plan.options = replace(plan.options, rpm=rpm, tpm=tpm)
@@ -287,6 +300,11 @@ class DaskAccessor(Verbs):
     def predict(self, engine: Any, model: str | None = None, template: str | Template | None = None,
                 target: str | None = None, **options: Unpack[PredictOptions]) -> dd.DataFrame:
         return predict(self._frame, engine, model, template, target, **options)
+
+    def embed(self, engine: Any, model: str | None = None, template: str | Template | None = None,
+              target: str | None = None, **options: Unpack[PredictOptions]) -> dd.DataFrame:
+        """A lazy vector column (``dimensions=`` required: the columns are declared up front)."""
+        return predict(self._frame, engine, model, template, target, task=EmbedTask.kind, **options)
 
 
 def _keep_yes(answered: dd.DataFrame, target: str) -> dd.DataFrame:

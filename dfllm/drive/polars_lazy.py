@@ -28,10 +28,12 @@ from typing_extensions import Unpack
 from dfllm._exceptions import ParameterError
 from dfllm.config.options import PredictOptions
 from dfllm.drive.stream import BackgroundRunner
+from dfllm.engines.tasks import ChatTask, EmbedTask
 from dfllm.frames import LazyKind, register_lazy
 from dfllm.frames.accessor import Verbs, taken_by_other
 from dfllm.plan import Plan, make_plan, write_back
 from dfllm.prompt.template import Template
+from dfllm.runtime.embedding import EmbedSpec
 from dfllm.runtime.progress import RunStats
 
 DEFAULT_BATCH_ROWS = 50_000
@@ -51,14 +53,25 @@ class LazyLLMAccessor(Verbs):
         return predict_lazy(self._frame, engine, model, template, target, stats=stats, batch_rows=batch_rows,
                             **options)
 
+    def embed(self, engine: Any, model: str | None = None, template: str | Template | None = None,
+              target: str | None = None, *, stats: RunStats | None = None,
+              batch_rows: int = DEFAULT_BATCH_ROWS, **options: Unpack[PredictOptions]) -> pl.LazyFrame:
+        """Like ``dfllm.embed``, lazily (``dimensions=`` required: the schema is declared up front)."""
+        return predict_lazy(self._frame, engine, model, template, target, stats=stats, batch_rows=batch_rows,
+                            task=EmbedTask.kind, **options)
+
 
 def predict_lazy(lf: pl.LazyFrame, engine: Any, model: str | None = None, template: str | Template | None = None,
                  target: str | None = None, *, stats: RunStats | None = None,
-                 batch_rows: int = DEFAULT_BATCH_ROWS, **options: Unpack[PredictOptions]) -> pl.LazyFrame:
+                 batch_rows: int = DEFAULT_BATCH_ROWS, task: str = ChatTask.kind,
+                 **options: Unpack[PredictOptions]) -> pl.LazyFrame:
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows <= 0:
         raise ParameterError(f"batch_rows must be a positive number of rows, got {batch_rows!r}.")
     input_schema = lf.collect_schema()
-    plan = make_plan(pl.DataFrame(schema=input_schema), engine, model, template, target, options)
+    plan = make_plan(pl.DataFrame(schema=input_schema), engine, model, template, target, options, task=task)
+    if isinstance(plan.spec, EmbedSpec) and plan.spec.dimensions is None:
+        raise ParameterError("A LazyFrame declares its schema before anything is sent, so embed on it needs "
+                             "dimensions= (the vectors' length, e.g. 1536 for text-embedding-3-small).")
     output_schema = write_back(plan, [], RunStats()).collect_schema()
 
     answers = frozenset(output_schema.names()) - frozenset(input_schema.names())

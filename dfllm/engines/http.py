@@ -16,6 +16,7 @@ scrubbed description of the cause instead.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
 import re
@@ -40,9 +41,9 @@ from dfllm._exceptions import (
     TransportError,
 )
 from dfllm.config.secrets import Scrubber, Secret, shown_url, url_secrets
-from dfllm.engines.base import CHAT_ONLY, NO_CAPABILITIES, Capabilities, Completion, RateLimitState
+from dfllm.engines.base import NO_CAPABILITIES, Capabilities, Completion, RateLimitState
 from dfllm.engines.openai_chat import body_params
-from dfllm.engines.tasks import ChatTask
+from dfllm.engines.tasks import ChatTask, EmbedTask
 
 _SHOWN_BODY = 300  # characters of an unexpected body quoted in a message
 _SHOWN_HEADER = 100  # characters of a header value kept for messages
@@ -73,7 +74,7 @@ class OpenAICompatibleEngine:
         self.identity = identity
         self.capabilities = capabilities
         self.max_concurrency: int | None = None
-        self.task_kinds = CHAT_ONLY
+        self.task_kinds = frozenset({ChatTask.kind, EmbedTask.kind})
         # What every task of a call shares (params, schema, format, name), and its encoded body tail.
         self._shared: tuple[object, ...] = (None, None, None, None)
         self._params_json = b"}"
@@ -121,6 +122,15 @@ class OpenAICompatibleEngine:
             self._params_json = b"," + _json_body(params)[1:] if params else b"}"
         head = _json_body({"model": task.model, "messages": task.openai_messages()})
         return head[:-1] + self._params_json
+
+    async def embed(self, task: EmbedTask) -> Completion:
+        """POST ``{base_url}/embeddings``: the vectors of ``task.inputs``, in order, as float32 bytes in
+        the answer's ``values`` (one per input), and the prompt tokens the provider counted."""
+        body: dict[str, Any] = {"model": task.model, "input": list(task.inputs), "encoding_format": "base64"}
+        if task.dimensions is not None:
+            body["dimensions"] = task.dimensions
+        raw, headers = await self._send("POST", f"{self._root}/embeddings", task.timeout_s, body)
+        return parse_embeddings(raw, headers, len(task.inputs), self.base_url, self._scrub)
 
     async def get_json(self, path: str, timeout_s: float = 60.0) -> Any:
         """GET ``{base_url}/{path}`` (model listing), with the same error mapping as ``complete``."""
@@ -358,11 +368,18 @@ def parse_completion(
     raw: bytes, headers: Mapping[str, str], base_url: str, scrub: Callable[[str], str] = str
 ) -> Completion:
     """The text answer in a 2xx body, or the error saying why the body is not one."""
-    where = f"{base_url} answered 2xx but"
     try:
         payload = json.loads(raw)
     except (ValueError, RecursionError):
         payload = None
+    return completion_of(payload, raw, headers, base_url, scrub)
+
+
+def completion_of(payload: Any, raw: bytes, headers: Mapping[str, str], base_url: str,
+                  scrub: Callable[[str], str] = str) -> Completion:
+    """``parse_completion`` of a body already parsed (``payload``; None when it was not JSON): a batch
+    job's result line holds its body parsed, which is not encoded and read again."""
+    where = f"{base_url} answered 2xx but"
     choices = payload.get("choices") if isinstance(payload, dict) else None
     first = choices[0] if isinstance(choices, list) and choices else None
     message = first.get("message") if isinstance(first, dict) else None
@@ -406,6 +423,58 @@ def parse_completion(
         finish_reason=finish,
         cached_tokens=_cached_count(usage),
     )
+
+
+def parse_embeddings(raw: bytes, headers: Mapping[str, str], count: int, base_url: str,
+                     scrub: Callable[[str], str] = str) -> Completion:
+    """``count`` vectors from an ``/embeddings`` body, each as float32 bytes (from base64 or a list
+    of numbers), in input order; or the error saying why the body is not that. Every vector has the
+    same length; a NaN, an infinity or a non-number is this answer's error, never a value."""
+    where = f"{base_url} answered 2xx but"
+    try:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError):
+        payload = None
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, list) or len(data) != count:
+        got = "no data list" if not isinstance(data, list) else f"{len(data)} vectors"
+        raise ResponseFormatError(f"{where} {got} for {count} inputs: {_snippet(raw, scrub, payload)!r}")
+    vectors: list[bytes | None] = [None] * count
+    for position, item in enumerate(data):
+        index = item.get("index", position) if isinstance(item, dict) else None
+        vector = _vector(item.get("embedding") if isinstance(item, dict) else None)
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count \
+                or vectors[index] is not None or vector is None:
+            raise ResponseFormatError(f"{where} its vector {position} is not a whole, finite vector for an input "
+                                      f"it names once: {_snippet(raw, scrub, payload)!r}")
+        vectors[index] = vector
+    if len({len(v) for v in vectors if v is not None}) != 1:
+        raise ResponseFormatError(f"{where} its vectors differ in length.")
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    tokens = _token_count(usage.get("prompt_tokens")) if isinstance(usage, dict) else 0
+    return Completion("", prompt_tokens=tokens, rate_limit=rate_limit_state(headers, scrub),
+                      values=tuple(vectors))
+
+
+def _vector(value: Any) -> bytes | None:
+    """A vector as float32 bytes, from base64 text or a list of numbers; None if it is not one (read
+    at C speed: a million vectors of 1,536 numbers)."""
+    import numpy as np  # pandas' own dependency; only embeddings need it here
+
+    try:
+        if isinstance(value, str):
+            data = base64.b64decode(value, validate=True)
+            floats = np.frombuffer(data, dtype="<f4") if data and len(data) % 4 == 0 else None
+        elif isinstance(value, list) and value:
+            with np.errstate(over="ignore", invalid="ignore"):  # past float32's range is inf, refused below
+                floats = np.asarray(value, dtype=np.float64).astype("<f4")
+        else:
+            floats = None
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if floats is None or floats.ndim != 1 or not np.isfinite(floats).all():
+        return None
+    return floats.tobytes()
 
 
 _MAX_COUNT = 2**53  # beyond this a count is not a count (and not exactly representable)

@@ -198,3 +198,16 @@ class ChatTask:
 
 # The name engines have taken their argument by since before tasks (the README's custom engines).
 Request = ChatTask
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedTask:
+    """Vectors for several texts at once (``/embeddings`` takes a list): one task, many rows.
+    ``dimensions``: OpenAI's shortened embeddings (None: the model's own size)."""
+
+    kind: ClassVar[str] = "embedding"
+
+    model: str
+    inputs: tuple[str, ...]
+    dimensions: int | None = None
+    timeout_s: float = 60.0

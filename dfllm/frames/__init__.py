@@ -23,7 +23,8 @@ class ColumnType:
 
     ``kind`` is one of ``string``, ``int``, ``float``, ``bool``, ``category`` (with
     ``categories``), ``date``, ``datetime``, ``list`` (of ``item``), ``struct`` (of ``fields``),
-    ``json`` (any JSON value, kept as Python objects).
+    ``json`` (any JSON value, kept as Python objects), ``vector`` (embeddings: the column's values are
+    one Arrow ``fixed_size_list<float32>`` array).
     """
 
     kind: str = "string"

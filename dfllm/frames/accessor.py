@@ -39,6 +39,7 @@ class Drivers:
     sim_join: Callable[..., Any] = _not_given
     dedup: Callable[..., Any] = _not_given
     sem_join: Callable[..., Any] = _not_given
+    embed: Callable[..., Any] = _not_given
 
 
 _drivers = Drivers()
@@ -91,6 +92,12 @@ class LLMAccessor(Verbs):
                        target: str | None = None, *, stats: RunStats | None = None,
                        **options: Unpack[PredictOptions]) -> Any:
         return await _drivers.apredict(self._frame, engine, model, template, target, stats=stats, **options)
+
+    def embed(self, engine: Any, model: str | None = None, template: str | Template | None = None,
+              target: str | None = None, *, stats: RunStats | None = None,
+              **options: Unpack[PredictOptions]) -> Any:
+        """A vector column ``target`` (see ``dfllm.embed``); ``template`` may be a bare column name."""
+        return _drivers.embed(self._frame, engine, model, template, target, stats=stats, **options)
 
     def finetune(self, engine: Any, base_model: str, **options: Any) -> Any:
         return _drivers.finetune(engine, base_model, self._frame, **options)

@@ -33,6 +33,8 @@ def arrow_type(kind: ColumnType) -> pa.DataType:
 
 def arrow_array(column: Column) -> pa.Array:
     kind = column.type
+    if kind.kind == "vector":  # already Arrow's fixed_size_list<float32>
+        return column.values
     if kind.kind == "category":
         # Fixed categories, in their declared order, whatever subset this batch holds.
         dictionary = pa.array(list(kind.categories), pa.string())

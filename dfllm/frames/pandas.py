@@ -49,6 +49,9 @@ class PandasAdapter:
             if column.type.kind in ("date", "datetime"):
                 new[name] = pd.Series(pd.to_datetime(list(values)), index=df.index)
                 continue
+            if column.type.kind == "vector":  # an Arrow fixed_size_list<float32>: one buffer, not a list per row
+                new[name] = pd.Series(pd.arrays.ArrowExtensionArray(values), index=df.index)
+                continue
             new[name] = pd.Series(list(values), index=df.index, dtype=dtype)
         out = df.copy(deep=False)
         for name, series in new.items():

@@ -46,7 +46,8 @@ class PolarsAdapter:
         return list(df.get_column(name).to_list())
 
     def with_columns(self, df: Any, columns: Mapping[str, Column]) -> Any:
-        series = [pl.Series(name, list(c.values), dtype=polars_dtype(c.type), strict=False)
+        series = [pl.Series(name, c.values) if c.type.kind == "vector" else  # Arrow's array: Array(Float32, dim)
+                  pl.Series(name, list(c.values), dtype=polars_dtype(c.type), strict=False)
                   for name, c in columns.items()]
         return df.with_columns(series)
 

@@ -15,6 +15,7 @@ from dfllm.outputs.kinds import TextOutput
 from dfllm.prompt.keys import RequestKeys
 from dfllm.prompt.template import Template
 from dfllm.runtime.dispatch import WorkList
+from dfllm.runtime.embedding import EmbedSpec
 from dfllm.runtime.executor import RequestSpec
 
 ALL_NULL = -1  # row_work marker: every field of the row is null, so no request
@@ -32,7 +33,7 @@ class Plan:
     config: EngineConfig | None
     engine: Engine | None
     info: EngineInfo
-    spec: RequestSpec
+    spec: RequestSpec | EmbedSpec  # the task kind: a chat per row, or many rows' texts a request
     work: WorkList = field(default_factory=WorkList)  # unique prompts and their keys, packed
     # row -> index into work, or ALL_NULL / UNSENDABLE; 8 bytes a row, where a list of ints holds an object each
     row_work: array[int] = field(default_factory=lambda: array("q"))

@@ -14,8 +14,10 @@ from dfllm.config import models
 from dfllm.config.engines import EngineConfig, resolve_engine
 from dfllm.config.options import Options, build_options
 from dfllm.engines.base import Capabilities, Engine, EngineInfo
+from dfllm.engines.tasks import ChatTask, EmbedTask
 from dfllm.outputs.base import Output
 from dfllm.outputs.kinds import output_for
+from dfllm.outputs.vectors import VectorOutput
 from dfllm.plan.base import Plan
 from dfllm.plan.checks import (
     budget_problems,
@@ -31,6 +33,7 @@ from dfllm.prompt.images import ImageTable
 from dfllm.prompt.keys import RequestKeys
 from dfllm.prompt.template import Template
 from dfllm.runtime.dispatch import WorkList
+from dfllm.runtime.embedding import EmbedSpec
 from dfllm.runtime.executor import RequestSpec
 
 
@@ -44,8 +47,11 @@ class _Resolved:
 
 
 def make_plan(df: Any, engine: Any, model: str | None, template: str | Template | None, target: str | None,
-              call_options: Mapping[str, Any], *, local_images: bool = True) -> Plan:
+              call_options: Mapping[str, Any], *, local_images: bool = True, task: str = ChatTask.kind) -> Plan:
     """The validated plan of a call on ``df``; a ``ConfigurationError`` lists every problem, before any request.
+
+    ``task``: ``"chat"`` (an answer per row) or ``"embedding"`` (a vector per row; ``template`` may
+    be a bare column name).
 
     ``local_images=False``: image cells that are local paths are refused unless the ``image_root``
     option names their folder (the command reads files only under ``--image-root``).
@@ -60,10 +66,13 @@ def make_plan(df: Any, engine: Any, model: str | None, template: str | Template 
         model = resolved.config.model_path or resolved.config.provider.default_model
     problems += model_problems(model, resolved.config)
     columns = adapter.column_names(df)
+    if task == EmbedTask.kind and isinstance(template, str) and template in columns:
+        template = "{{" + template + "}}"  # a bare column name: its text, as it is
     problems += target_problems(target)
     parsed, template_problems = parse_template(template, columns)
     problems += template_problems
-    output = output_for(options)
+    output: Output = VectorOutput(options.dimensions) if task == EmbedTask.kind else output_for(options)
+    problems += _embed_problems(options, parsed, task)
     problems += new_column_problems(target, columns, options, output,
                                     schema_unknown(option_problems, resolved.layers))
     problems += budget_problems(options)
@@ -72,6 +81,9 @@ def make_plan(df: Any, engine: Any, model: str | None, template: str | Template 
     raise_all(problems)
     assert parsed is not None and model is not None and target is not None
     plan = _plan(df, adapter, target, model, parsed, options, resolved, output, local_images)
+    if task == EmbedTask.kind:
+        plan.spec = EmbedSpec(model, options.dimensions, options.timeout_s, options.embed_batch_size)
+        plan.keys = RequestKeys(plan.info.identity or "", model, None, {}, output.key_constraints())
     assert plan.keys is not None
     render_rows(plan, parsed, plan.keys)
     return plan
@@ -105,6 +117,21 @@ def _resolve(engine: Any, model_options: Mapping[str, Any] | None, call_options:
         problems.append(exc)
     resolved.layers.append(call_options)
     return resolved
+
+
+def _embed_problems(options: Options, template: Template | None, task: str) -> list[ConfigurationError]:
+    """What an embedding call cannot take: what shapes an answer (system, choices, a schema), images, batch jobs."""
+    if task != EmbedTask.kind:
+        return []
+    given = [name for name in ("system", "choices", "schema") if getattr(options, name) is not None]
+    problems: list[ConfigurationError] = [ParameterError(
+        f"embed makes vectors, not answers: {', '.join(given)} do(es) not apply. Drop them, or use predict.")] \
+        if given else []
+    if options.mode == "batch":
+        problems.append(ParameterError("embed does not run as a batch job yet: drop mode='batch'."))
+    if template is not None and template.image_fields:
+        problems.append(ParameterError("embed takes text only: the template has image placeholders."))
+    return problems
 
 
 def _capabilities(resolved: _Resolved) -> tuple[Capabilities, str]:

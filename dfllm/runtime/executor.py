@@ -50,6 +50,7 @@ from dfllm.runtime.dispatch import (
     WorkList,
     estimate_tokens,
 )
+from dfllm.runtime.embedding import EmbedSpec, GroupedDispatch
 from dfllm.runtime.jobs import JobStore, engine_tag
 from dfllm.runtime.limiter import (
     AdaptiveRate,
@@ -271,6 +272,8 @@ class Executor:
     def _dispatch(self) -> Dispatch:
         """The worker pool online; in batch mode the jobs, or once a stream's jobs are collected,
         what they left (``_from_jobs``)."""
+        if isinstance(self._kind, EmbedSpec):  # many rows a request
+            return GroupedDispatch(self._kind, self._attempt, self._check_now, self._clock, self._pool)
         if self._options.mode != "batch":
             return self._pool_dispatch
         return self._from_jobs if self._collected else self._batches()

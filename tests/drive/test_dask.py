@@ -437,3 +437,22 @@ def test_image_cells_of_a_dask_frame_reach_their_rows_requests(client: Any) -> N
         assert out["seen"].tolist() == [f"3x2 {c}" for c in colours]
         assert sorted(image.colour or "" for r in fake.chat_requests for image in r.images) == \
             sorted(["red", "green", "blue", "red"])  # one request per row of a partition: red twice, in two
+
+
+def test_embed_on_a_dask_frame_gives_a_vector_column_per_partition(client: Any) -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from dfllm.testing import EmbeddingOptions, fake_embedding
+
+    with FakeProvider(embeddings=EmbeddingOptions(dimension=8)) as fake:
+        dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url)
+        ddf = dd.from_pandas(frame(6, "embed"), npartitions=2, sort=False)
+        with pytest.raises(dfllm.ParameterError, match="needs dimensions="):
+            ddf.llm.embed("t", "m", "text", "vec")
+        out = ddf.llm.embed("t", "m", "text", "vec", dimensions=8, cache=False).compute()
+        assert out["vec"].dtype == pd.ArrowDtype(pa.list_(pa.float32(), 8))
+        texts = out["text"].tolist()
+        got = pa.array(out["vec"].array).to_pylist()
+        assert all(np.allclose(v, fake_embedding(t, 8), atol=1e-6) for t, v in zip(texts, got, strict=True))
+        assert sum(len(r.inputs) for r in fake.embedding_requests) == 6

@@ -20,6 +20,7 @@ from dfllm.frames import Column, ColumnType
 from dfllm.outputs.base import Asked, Output
 from dfllm.plan import Plan, make_plan, plan_batch, write_back
 from dfllm.prompt.keys import RequestKeys
+from dfllm.runtime.dispatch import RequestSpec
 from dfllm.runtime.progress import RunStats
 from dfllm.testing import MockEngine
 
@@ -73,6 +74,7 @@ def int_plan(df: pd.DataFrame, engine: MockEngine, cache: Path) -> Plan:
     asked = output.ask(plan.info.capabilities, plan.options.system, plan.options.params)
     keys = RequestKeys(plan.info.identity or "", "m", plan.options.system, plan.options.params,
                        output.key_constraints())
+    assert isinstance(plan.spec, RequestSpec)
     spec = dataclasses.replace(plan.spec, system=asked.system, params=asked.params)
     return plan_batch(dataclasses.replace(plan, output=output, keys=keys, spec=spec), df)
 

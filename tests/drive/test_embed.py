@@ -1,0 +1,107 @@
+"""``embed``: a vector per row against the fake provider's /v1/embeddings on 127.0.0.1, asserted from
+its records (inputs per request, each text embedded once, re-runs free, a poisoned input isolated)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dfllm
+from dfllm._exceptions import ResponseFormatError
+from dfllm.drive.embed import embed
+from dfllm.engines.http import parse_embeddings
+from dfllm.testing import EmbeddingOptions, FakeProvider, fake_embedding, respond
+from tests.conftest import KEY
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeProvider]:
+    with FakeProvider(api_key=KEY, embeddings=EmbeddingOptions(dimension=16)) as server:
+        dfllm.create_engine("e", "openai", api_key=KEY, base_url=server.base_url)
+        yield server
+
+
+def vectors(column: pa.Array) -> list[list[float] | None]:
+    return [None if v is None else [float(x) for x in v] for v in column.to_pylist()]
+
+
+def test_a_pandas_frame_gets_one_arrow_vector_column_each_text_embedded_once(fake: FakeProvider) -> None:
+    texts = [f"product {i % 40}" for i in range(100)] + [None]
+    out = embed(pd.DataFrame({"name": texts}), "e", "text-embedding-3-small", "name", "vec", embed_batch_size=16)
+    assert out["vec"].dtype == pd.ArrowDtype(pa.list_(pa.float32(), 16))
+    got = vectors(pa.array(out["vec"].array))
+    assert got[-1] is None
+    for text, vector in zip(texts[:-1], got[:-1], strict=True):
+        assert text is not None and vector is not None
+        assert np.allclose(vector, fake_embedding(text, 16), atol=1e-6)
+    sizes = [len(r.inputs) for r in fake.embedding_requests]
+    assert sum(sizes) == 40 and max(sizes) == 16  # 40 unique texts, 16 a request
+    again = embed(pd.DataFrame({"name": texts}), "e", "text-embedding-3-small", "name", "vec")
+    assert len(fake.embedding_requests) == len(sizes) and again["vec"].equals(out["vec"])  # a re-run is free
+
+
+def test_a_polars_frame_gets_an_array_column_and_templates_render_the_text(fake: FakeProvider) -> None:
+    df = pl.DataFrame({"brand": ["Acme", "Zeta"], "model": ["X1", "Q"]})
+    out = embed(df, "e", "m", "{{brand}} {{model}}", "vec", dimensions=4)
+    assert out.schema["vec"] == pl.Array(pl.Float32, 4)
+    assert np.allclose(out["vec"][0].to_list(), fake_embedding("Acme X1", 4), atol=1e-6)
+    assert [r.dimensions for r in fake.embedding_requests] == [4]
+
+
+def test_a_poisoned_input_is_that_rows_error_and_the_rest_are_answered(fake: FakeProvider) -> None:
+    texts = [f"text {i}" for i in range(20)]
+    texts[13] = "bad \u0000BAD input"
+    out = embed(pd.DataFrame({"t": texts}), "e", "m", "t", "vec", errors="null", embed_batch_size=20)
+    assert out["vec"].isna().tolist() == [i == 13 for i in range(20)]
+    assert "400" in out["vec_error"][13] and out["vec_error"].isna().sum() == 19
+    assert len(fake.embedding_requests) <= 1 + 2 * 5  # halves down to the one input: log2(20) levels
+
+
+def test_a_vector_of_the_wrong_length_or_not_finite_is_never_a_value(fake: FakeProvider) -> None:
+    body = {"data": [{"index": 0, "embedding": [0.1, 0.2]}, {"index": 1, "embedding": [0.1]}]}
+    fake.app.script = lambda request: respond(200, body) if request.path.endswith("/embeddings") else None
+    out = embed(pd.DataFrame({"t": ["a", "b"]}), "e", "m", "t", "vec", errors="null", cache=False, max_retries=0)
+    assert out["vec"].isna().all() and "differ in length" in out["vec_error"][0]
+
+
+@settings(max_examples=200)
+@given(st.recursive(st.none() | st.booleans() | st.floats(allow_nan=True) | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                    max_leaves=16), st.integers(1, 3))
+def test_any_embeddings_body_is_vectors_or_a_format_error(payload: Any, count: int) -> None:
+    for body in (payload, {"data": payload}, {"data": [{"index": i, "embedding": payload} for i in range(count)]}):
+        try:
+            answer = parse_embeddings(json.dumps(body).encode(), {}, count, "http://127.0.0.1")
+        except ResponseFormatError:
+            continue
+        assert answer.values is not None and len(answer.values) == count
+        for vector in answer.values:
+            assert np.isfinite(np.frombuffer(vector, dtype="<f4")).all()
+
+
+def test_embed_refuses_what_shapes_an_answer_before_any_request(fake: FakeProvider) -> None:
+    with pytest.raises(dfllm.ConfigurationError, match="embed makes vectors, not answers: system, choices"):
+        embed(pd.DataFrame({"t": ["a"]}), "e", "m", "t", "vec", system="x", choices=["a", "b"])
+    assert fake.embedding_requests == []
+
+
+def test_the_accessor_and_a_lazy_frame_embed_and_a_lazy_frame_needs_dimensions(
+        fake: FakeProvider, tmp_path: Any) -> None:
+    df = pl.DataFrame({"t": ["a", "b", "a"]})
+    eager = df.llm.embed("e", "m", "t", "vec")  # type: ignore[attr-defined]
+    assert eager.schema["vec"] == pl.Array(pl.Float32, 16)
+    df.write_parquet(tmp_path / "in.parquet")
+    lazy = pl.scan_parquet(tmp_path / "in.parquet").llm.embed("e", "m", "t", "vec", dimensions=4)  # type: ignore[attr-defined]
+    assert lazy.collect_schema()["vec"] == pl.Array(pl.Float32, 4) and len(fake.embedding_requests) == 1
+    assert np.allclose(lazy.collect()["vec"][1].to_list(), fake_embedding("b", 4), atol=1e-6)
+    with pytest.raises(dfllm.ParameterError, match="needs dimensions="):
+        pl.scan_parquet(tmp_path / "in.parquet").llm.embed("e", "m", "t", "vec")  # type: ignore[attr-defined]
