@@ -22,7 +22,7 @@ from typing import Any
 
 from dfllm._exceptions import EngineError, ResponseFormatError, ServerError
 from dfllm.engines.base import Completion
-from dfllm.engines.http import OpenAICompatibleEngine, parse_completion
+from dfllm.engines.http import OpenAICompatibleEngine, completion_of
 from dfllm.prompt.keys import Key
 
 ENDPOINT = "/v1/chat/completions"
@@ -131,7 +131,7 @@ def result_line(line: bytes, engine: OpenAICompatibleEngine) -> tuple[Key, Compl
     body = response.get("body") if isinstance(response, dict) else None
     if status == 200 and isinstance(body, dict) and not error:
         try:
-            return key, parse_completion(_json(body), {}, engine.base_url, engine.scrub)
+            return key, completion_of(body, b"", {}, engine.base_url, engine.scrub)
         except EngineError as exc:
             return key, exc
     if isinstance(status, int) and not isinstance(status, bool) and status != 200:

@@ -83,7 +83,9 @@ class BatchDispatch:
         self._poll_s = poll_s
         self._clock, self._sleep = clock, sleep
         self._limits = (max_requests, max_bytes)
-        self._work_of: dict[Key, Work] = {}  # the rows being submitted, by key
+        # The rows being submitted: their work, and each one's position in it by key (no Work held per row).
+        self._work: Sequence[Work] = ()
+        self._at: dict[Key, int] = {}
         self._settled: set[Key] = set()
         self._sink: Callable[[Key, Outcome], None] = lambda key, outcome: None
         self._probed = False
@@ -103,7 +105,7 @@ class BatchDispatch:
     async def __call__(self, pending: Iterator[int], count: int, work: Sequence[Work], settle: Settle) -> None:
         """One frame's rows, from submission to the last answer (the eager drivers)."""
         where = {work[i].key: i for i in pending}
-        self._work_of = {key: work[i] for key, i in where.items()}
+        self._work, self._at = work, where
         self._sink = lambda key, outcome: settle(where[key], outcome)
         deadline = self._clock() + self._timeout_s
         opened = await self._attach(set(where))
@@ -129,12 +131,13 @@ class BatchDispatch:
         without waiting for them. The rows newly submitted."""
         if self._deadline is None:
             self._deadline = self._clock() + self._timeout_s
-        self._work_of = {work[i].key: work[i] for i in misses
-                         if work[i].key not in self._covered and work[i].key not in self.failed}
-        attached = await self._attach(set(self._work_of))
+        self._work = work
+        self._at = {work[i].key: i for i in misses
+                    if work[i].key not in self._covered and work[i].key not in self.failed}
+        attached = await self._attach(set(self._at))
         self._open += attached
         self._covered.update(k for o in attached for k in o.keys)
-        fresh = list(self._lines(set(self._work_of) - self._covered))
+        fresh = list(self._lines(set(self._at) - self._covered))
         self._covered.update(k for k, _ in fresh)
         # Held until a file is full: a stream's small batches make a few large jobs, not many small.
         self._unsent += fresh
@@ -217,8 +220,8 @@ class BatchDispatch:
     def _lines(self, keys: set[Key]) -> Iterator[tuple[Key, bytes]]:
         """Each row's request body, made as the file being written needs it (one file's lines in
         memory at a time); in the rows' order, so a job's lines read as the frame does."""
-        for key in (k for k in self._work_of if k in keys):
-            yield key, self._client.engine.request_body(self._kind.build(self._work_of[key]).loaded())
+        for key in (k for k in self._at if k in keys):
+            yield key, self._client.engine.request_body(self._kind.build(self._work[self._at[key]]).loaded())
 
     async def _send(self, lines: Iterable[tuple[Key, bytes]]) -> list[_Open]:
         opened = []
@@ -356,7 +359,7 @@ class BatchDispatch:
 
         async def one(key: Key, answer: Completion) -> None:
             async with gate:
-                task = self._kind.build(self._work_of[key])
+                task = self._kind.build(self._work[self._at[key]])
                 self._settle_all([(key, await self._fit(task, answer, self._clock()))])
 
         await asyncio.gather(*(one(k, a) for k, a, _ in repairs))
