@@ -17,7 +17,6 @@ before any work: compute them first (a right side that fits in memory is what a 
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ import numpy.typing as npt
 
 from dfllm._exceptions import ParameterError, did_you_mean
 from dfllm.drive.eager import predict
+from dfllm.drive.embed import embed
 from dfllm.drive.estimate import Estimate, estimate
 from dfllm.prompt.template import Template
 
@@ -354,7 +354,6 @@ def _embedded(df: Any, column: Any, engine: Any, model: str | None, options: dic
         return df, column
     if _vector_problem(_arrow(df, column), column)[1] is None:
         return df, column
-    embed = importlib.import_module("dfllm.drive.embed").embed
     target = next(t for t in (f"_dfllm_vector{i or ''}" for i in range(len(df.columns) + 1)) if t not in df.columns)
     return embed(df, engine, model, column, target, **options), target
 
