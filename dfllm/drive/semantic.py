@@ -11,8 +11,9 @@
   candidate pairs from ``sim_join`` (about ``n * k``, not ``n * m``), each decided by ``predict``.
   ``sem_join_estimate`` counts the candidates and estimates the requests before anything is sent.
 
-pandas and Polars frames; the answer is in the left frame's library. Dask frames are refused
-before any work: compute them first (a right side that fits in memory is what a join needs).
+pandas and Polars frames; the answer is in the left frame's library. ``sim_join`` takes a Dask left
+side, partition by partition against the whole right side (up to ``BROADCAST_BYTES`` of vectors);
+other uses of Dask frames are refused before any work: compute them first.
 """
 
 from __future__ import annotations
@@ -332,6 +333,9 @@ def sim_join(left: Any, right: Any, *, left_on: str, right_on: str, k: int = 5, 
     earlier right row); ``threshold`` drops pairs under it; a null vector matches nothing. Right
     columns whose names the left has get ``suffix``. The result is in the left frame's library.
     """
+    if _is_dask(left):
+        return _dask_sim_join(left, right, left_on=left_on, right_on=right_on, k=k, threshold=threshold,
+                              score=score, suffix=suffix, block_rows=block_rows)
     problems = _frame_problems(left, right, "sim_join") + _number_problems(k, threshold, block_rows)
     if problems:
         raise ParameterError(problems)
@@ -366,6 +370,32 @@ def _without(df: Any, vectors_column: str, given: str) -> Any:
 
 
 # --- dedup ---------------------------------------------------------------------------------------
+
+
+BROADCAST_BYTES = 2 * 1024**3  # the most of the right side's vectors sent whole to every Dask partition
+
+
+def _is_dask(df: Any) -> bool:
+    return type(df).__module__.startswith("dask") and hasattr(df, "map_partitions")
+
+
+def _dask_sim_join(left: Any, right: Any, **how: Any) -> Any:
+    """A Dask left side, lazily, partition by partition, each against the whole right side (broadcast:
+    computed first when it is a Dask frame), within ``BROADCAST_BYTES`` of vectors; else an error."""
+    if _is_dask(right):
+        right = right.compute()
+    problems = _frame_problems(left._meta, right, "sim_join") + _number_problems(how["k"], how["threshold"],
+                                                                                how["block_rows"])
+    if not problems:
+        size = _arrow(right, how["right_on"]).nbytes if how["right_on"] in _columns(right) else 0
+        if size > BROADCAST_BYTES:
+            problems.append(f"sim_join on Dask sends the right side whole to every partition; its vectors are "
+                            f"{size / 2**30:.1f} GiB, over {BROADCAST_BYTES / 2**30:g} GiB. Swap the sides (the "
+                            "larger one on the left), or shorten the vectors (dimensions=).")
+    if problems:
+        raise ParameterError(problems)
+    meta = sim_join(left._meta, right, **how)
+    return left.map_partitions(sim_join, right, meta=meta, **how)
 
 
 def dedup(df: Any, column: str, *, threshold: float = 0.9, k: int = 10, target: str | None = None,

@@ -456,3 +456,30 @@ def test_embed_on_a_dask_frame_gives_a_vector_column_per_partition(client: Any) 
         got = pa.array(out["vec"].array).to_pylist()
         assert all(np.allclose(v, fake_embedding(t, 8), atol=1e-6) for t, v in zip(texts, got, strict=True))
         assert sum(len(r.inputs) for r in fake.embedding_requests) == 6
+
+
+def test_sim_join_of_a_dask_frame_broadcasts_the_right_side_to_each_partition(client: Any,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from dfllm.drive import semantic
+    from dfllm.testing import fake_embedding
+
+    def vectors(texts: list[str]) -> pd.Series:
+        flat = np.array([fake_embedding(t, 16, similarity="words") for t in texts], dtype=np.float32).ravel()
+        return pd.Series(pd.arrays.ArrowExtensionArray(pa.FixedSizeListArray.from_arrays(pa.array(flat), 16)))
+
+    names = ["red apple", "green pear", "blue plum", "yellow lemon"]
+    right = pd.DataFrame({"title": ["Apple, red", "Lemon yellow", "pear green", "plum blue"]})
+    right["vec"] = vectors(list(right["title"]))
+    left = pd.DataFrame({"name": names})
+    left["vec"] = vectors(names)
+    eager = dfllm.sim_join(left, right, left_on="vec", right_on="vec", k=1)
+    lazy = dfllm.sim_join(dd.from_pandas(left, npartitions=2, sort=False), dd.from_pandas(right, npartitions=2),
+                          left_on="vec", right_on="vec", k=1)
+    out = lazy.compute()
+    assert out["title"].tolist() == eager["title"].tolist() == ["Apple, red", "pear green", "plum blue", "Lemon yellow"]
+    monkeypatch.setattr(semantic, "BROADCAST_BYTES", 8)  # a right side over the limit: refused, with the fix
+    with pytest.raises(dfllm.ParameterError, match="sends the right side whole to every partition"):
+        dfllm.sim_join(dd.from_pandas(left, npartitions=2), right, left_on="vec", right_on="vec", k=1)
