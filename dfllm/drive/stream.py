@@ -48,6 +48,7 @@ class BatchRunner:
         self._started = 0.0
         self._bar: Any = None
         self._rows_before = 0
+        self._from_jobs = 0  # answers this run's batch jobs gave, which the write pass reads from the cache
 
     async def __aenter__(self) -> BatchRunner:
         plan = self.plan
@@ -76,6 +77,7 @@ class BatchRunner:
                 await self._executor.__aexit__(*exc_info)
         finally:
             await self._close_engine()
+            self.stats.cache_hits = max(0, self.stats.cache_hits - self._from_jobs)
             self.stats.elapsed_s = time.perf_counter() - self._started
             if self._bar is not None:
                 self._bar.close()
@@ -119,13 +121,16 @@ class BatchRunner:
         assert executor is not None, "use BatchRunner as 'async with'"
         if self._bar is not None:
             executor.on_jobs = self._bar.set_postfix_str
+        answered = self.stats.succeeded
         for sent in range(1, BatchDispatch.ROUNDS + 1):
             for df in batches():
                 await executor.submit_batch(plan_batch(self.plan, df).work)
                 if self.plan.spec.images is not None:  # the batch's lines are written: its images can go
                     self.plan.spec.images.forget()
             if not await executor.collect_batches(final=sent == BatchDispatch.ROUNDS):
-                return
+                break
+        # The write pass reads this run's answers back from the cache: they are not cache hits.
+        self._from_jobs = self.stats.succeeded - answered
 
     async def _tick(self, rows: int, unique: int) -> None:
         """Move the bar within a batch, by the share of its unique prompts answered so far."""
