@@ -54,6 +54,7 @@ class _Open:
     keys: set[Key]
     job: BatchJob | None = None
     collected: bool = False
+    others: frozenset[Key] = frozenset()  # the job's other rows (another call's): their answers are cached too
 
 
 @dataclass
@@ -75,12 +76,14 @@ class BatchDispatch:
     def __init__(self, client: BatchClient, jobs: JobStore, engine: str, kind: TaskKind[Any, Any], *,
                  check: Check, fit: Fit, stats: RunStats, timeout_s: float, poll_s: float, max_retries: int,
                  concurrency: int,
-                 clock: Clock, sleep: Sleep, max_requests: int = MAX_REQUESTS_PER_FILE,
-                 max_bytes: int = MAX_FILE_BYTES) -> None:
+                 clock: Clock, sleep: Sleep, keep: Callable[[Key, Completion], None] = lambda key, answer: None,
+                 max_requests: int = MAX_REQUESTS_PER_FILE, max_bytes: int = MAX_FILE_BYTES) -> None:
         self._client, self._jobs, self._engine, self._kind = client, jobs, engine, kind
         self._check, self._fit, self.stats = check, fit, stats
         self._timeout_s, self._max_retries, self._concurrency = timeout_s, max_retries, concurrency
         self._poll_s = poll_s
+        self._keep = keep  # an answer for a row of another call, in a job this one collects: to the cache
+        self._attached: dict[str, _Open] = {}  # submissions attached already (a stream's batches share jobs)
         self._clock, self._sleep = clock, sleep
         self._limits = (max_requests, max_bytes)
         # The rows being submitted: their work, and each one's position in it by key (no Work held per row).
@@ -108,16 +111,15 @@ class BatchDispatch:
         self._work, self._at = work, where
         self._sink = lambda key, outcome: settle(where[key], outcome)
         deadline = self._clock() + self._timeout_s
-        opened = await self._attach(set(where))
-        waiting = set(where) - {k for o in opened for k in o.keys}
+        waiting = set(where)
         for sent in range(1, self.ROUNDS + 1):
-            opened += await self._submit(waiting)
+            opened = await self._attach_and_submit(waiting)
             result = await self._poll(opened, deadline)
             await self._repair(result.repairs)
             if sent == self.ROUNDS or self._clock() >= deadline:
                 self._settle_all(result.again.items())
                 break
-            waiting, opened = set(result.again), []
+            waiting = set(result.again)
             self.stats.batch_resubmitted += len(waiting)
             if not waiting:
                 break
@@ -131,6 +133,7 @@ class BatchDispatch:
         without waiting for them. The rows newly submitted."""
         if self._deadline is None:
             self._deadline = self._clock() + self._timeout_s
+        await self._jobs.claim()  # held until collect has sent what is held back: see _attach_and_submit
         self._work = work
         self._at = {work[i].key: i for i in misses
                     if work[i].key not in self._covered and work[i].key not in self.failed}
@@ -170,7 +173,10 @@ class BatchDispatch:
 
         self._sink, self._settled = sink, set()
         assert self._deadline is not None, "submit before collect"
-        await self._flush()
+        try:
+            await self._flush()
+        finally:
+            self._jobs.release()
         result = await self._poll(self._open, self._deadline)
         self._settle_all((key, problem) for key, _, problem in result.repairs)
         again = 0
@@ -186,6 +192,17 @@ class BatchDispatch:
         """A stream's row that the cache does not hold after collecting: why no job answered it."""
         return self.failed.get(key) or BatchJobError("The batch jobs ended without an answer for this row.")
 
+    async def _attach_and_submit(self, wanted: set[Key]) -> list[_Open]:
+        """Jobs for ``wanted``: those recorded, and new ones for the rest, under the cache's batch lock
+        (two runs on one cache must not both submit the same rows)."""
+        await self._jobs.claim()
+        try:
+            opened = await self._attach(wanted)
+            covered = {k for o in opened for k in o.keys}
+            return opened + await self._submit(wanted - covered)
+        finally:
+            self._jobs.release()
+
     # -- 1. attach ----------------------------------------------------------------------
     async def _attach(self, wanted: set[Key]) -> list[_Open]:
         """The recorded jobs that cover some of ``wanted``: each key taken by the oldest."""
@@ -194,11 +211,19 @@ class BatchDispatch:
             keys = {k for k in record.keys if k in wanted}
             if not keys:
                 continue
+            wanted -= keys
+            if (known := self._attached.get(record.submission)) is not None:  # a stream's later batch
+                known.keys |= keys
+                known.others = known.others - keys
+                self._covered |= keys
+                continue
             job_id = record.job_id or await self._found(record)
             if job_id is None:
+                wanted |= keys
                 continue
-            wanted -= keys
-            opened.append(_Open(record.submission, job_id, keys))
+            self._attached[record.submission] = _Open(record.submission, job_id, keys,
+                                                      others=frozenset(record.keys) - keys)
+            opened.append(self._attached[record.submission])
         self.stats.batch_jobs_attached += len(opened)
         return opened
 
@@ -319,9 +344,14 @@ class BatchDispatch:
         for attempt in range(self._max_retries + 1):
             try:
                 async for line in self._client.results(file_id):
-                    if line is not None and line[0] in o.keys and line[0] not in seen:
+                    if line is None or line[0] in seen:
+                        continue
+                    if line[0] in o.keys:
                         seen.add(line[0])
                         await self._settle_line(line[0], line[1], result)
+                    elif line[0] in o.others and isinstance(line[1], Completion):
+                        seen.add(line[0])
+                        self._keep(line[0], line[1])  # paid for: cached for the call that wants it
                 return True
             except EngineError as exc:
                 if isinstance(exc, AuthenticationError) or not exc.retryable or attempt == self._max_retries:

@@ -294,9 +294,14 @@ class Executor:
             BatchClient(self._engine, timeout_s=options.timeout_s), JobStore(path), engine_tag(info.identity),
             self._kind, check=self._check, fit=self._until_it_fits, stats=self.stats,
             timeout_s=options.batch_timeout_s, poll_s=options.batch_poll_s, max_retries=options.max_retries,
-            concurrency=self._pool, clock=self._clock, sleep=self._sleep)
+            concurrency=self._pool, clock=self._clock, sleep=self._sleep, keep=self._keep_other)
         self._batch.report = lambda text: self.on_jobs(text)
         return self._batch
+
+    def _keep_other(self, key: Key, completion: Completion) -> None:
+        """A batch job's answer for a row another call asked for: paid for, so cached for it."""
+        if self._cache is not None:
+            self._cache.put(key, completion)
 
     async def submit_batch(self, work: Sequence[Work]) -> int:
         """A stream's batch in batch mode: what the cache lacks is submitted (or attached to a job

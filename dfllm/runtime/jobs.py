@@ -10,6 +10,7 @@ Nothing secret is stored: the engine is named by a hash of its identity.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 import time
@@ -17,8 +18,14 @@ from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from dfllm.prompt.keys import Key
+
+try:  # POSIX; elsewhere two runs on one cache are not kept apart
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dfllm_batch_jobs (
@@ -66,6 +73,7 @@ class JobStore:
         self.path = path
         self._db = sqlite3.connect(path, timeout=busy_s, isolation_level=None, check_same_thread=False)
         self._db.execute(_SCHEMA)
+        self._lock: IO[str] | None = None
 
     def record(self, submission: str, engine: str, keys: Iterable[Key]) -> None:
         self._db.execute("INSERT INTO dfllm_batch_jobs VALUES (?, ?, ?, NULL, ?)",
@@ -84,5 +92,20 @@ class JobStore:
                 else self._db.execute(query + " ORDER BY created"))
         return [JobRecord(s, e, c, j, _unpacked(k)) for s, e, c, j, k in rows]
 
+    async def claim(self) -> None:
+        """Hold the cache's batch lock (waiting for it off the event loop): between reading the open
+        records and recording a new submission, no other run may do the same, or both would submit
+        (and pay for) the same rows. Held until ``release``."""
+        if self._lock is None:
+            self._lock = await asyncio.to_thread(open, self.path.with_name(self.path.name + ".batch-lock"), "a")
+            if fcntl is not None:
+                await asyncio.to_thread(fcntl.flock, self._lock.fileno(), fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.close()  # closing the file gives the lock back
+
     def close(self) -> None:
+        self.release()
         self._db.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Unpack
 
@@ -195,3 +196,26 @@ def test_the_bar_shows_the_jobs_state_and_counts_while_it_waits(capsys: pytest.C
         predict(fake, [f"row {i}" for i in range(10)], progress=True)
     shown = capsys.readouterr().err
     assert "1 job: in_progress" in shown and "1 job: finalizing 10/10 done, 0 failed" in shown
+
+
+def test_a_job_collected_by_a_call_with_some_of_its_rows_caches_the_others_answers(tmp_path: Path) -> None:
+    cache = tmp_path / "c.sqlite3"
+    texts = [f"row {i}" for i in range(6)]
+    with FakeProvider(api_key=KEY, batch=BatchOptions(polls_to_complete=2)) as fake:
+        engine = engine_for(fake)
+        dfllm.submit(frame(texts), engine, "m", "Echo {{text}}", "answer", cache=cache, batch_poll_s=POLL_S)
+        predict(fake, texts[:2], cache=cache)  # a notebook looks at two rows first
+        out = predict(fake, texts, cache=cache)
+        assert len(fake.app.batches.creates) == 1  # the other four were paid once, and kept
+    assert out["answer"].notna().all()
+
+
+def test_two_runs_on_one_cache_at_once_submit_the_rows_once(tmp_path: Path) -> None:
+    cache = tmp_path / "c.sqlite3"
+    texts = [f"row {i}" for i in range(50)]
+    with FakeProvider(api_key=KEY, batch=BatchOptions(polls_to_complete=3)) as fake:
+        engine_for(fake)
+        with ThreadPoolExecutor(2) as pool:
+            runs = list(pool.map(lambda _: predict(fake, texts, cache=cache), range(2)))
+        assert len(fake.app.batches.creates) == 1  # the second waited for the first's record, and attached
+    assert all(run["answer"].notna().all() for run in runs)
