@@ -231,7 +231,13 @@ class ImageTable:
         return f"\0{self.nonce}:{image.digest}\0"
 
     def keyed(self, prompt: str) -> str:
-        return prompt.replace("\0" + self.nonce + ":", "\0image:") if "\0" in prompt else prompt
+        """The prompt as its cache key reads it: each marker as its image's digest, without this plan's
+        nonce; a cell's own NULs doubled, so no text can read as an image (a cell holding a marker's
+        form would otherwise share the key of a row with that image)."""
+        if "\0" not in prompt:
+            return prompt
+        pieces = self._marker.split(prompt)
+        return "".join(f"\0image:{piece}\0" if i % 2 else piece.replace("\0", "\0\0") for i, piece in enumerate(pieces))
 
     def split(self, prompt: str) -> Iterator[str | ImageRef]:
         """The prompt's text and images, in order (empty text between images left out)."""

@@ -95,3 +95,15 @@ def test_an_estimate_counts_image_tokens_by_openais_tiles(fake: FakeProvider) ->
     low = dfllm.estimate(df, "v", "m", "{{image:photo}}", "seen", image_detail="low")
     assert high.prompt_tokens - low.prompt_tokens == (765 - 85) + (255 - 85)
     assert fake.chat_requests == []
+
+
+def test_a_text_cell_holding_a_markers_form_never_shares_an_image_rows_key(fake: FakeProvider) -> None:
+    import hashlib
+
+    red, blue = png(4, 3, "red"), png(4, 3, "blue")
+    posing = "\0image:" + hashlib.sha256(red).hexdigest() + "\0"
+    df = pd.DataFrame({"t": ["", posing], "i": [[red, blue], [blue]]})
+    first = dfllm.predict(df, "v", "m", "{{t}}{{image:i}}", "seen")
+    again = dfllm.predict(df, "v", "m", "{{t}}{{image:i}}", "seen")
+    assert first["seen"].tolist() == again["seen"].tolist() == ["4x3 red; 4x3 blue", "4x3 blue"]
+    assert len(fake.chat_requests) == 2  # two rows, two keys: then both from the cache
