@@ -51,6 +51,7 @@ _SHOWN_LOCATION = 200
 # No chat completion comes near this; a body that does is a broken or hostile server, and
 # reading it whole would let it fill memory (an endless stream, a gzip bomb) until timeout_s.
 MAX_BODY_BYTES = 8 * 1024 * 1024
+_LARGEST_EMBEDDING = 4096  # numbers in a vector, when the call does not say (text-embedding-3-large: 3,072)
 
 
 class OpenAICompatibleEngine:
@@ -129,7 +130,10 @@ class OpenAICompatibleEngine:
         body: dict[str, Any] = {"model": task.model, "input": list(task.inputs), "encoding_format": "base64"}
         if task.dimensions is not None:
             body["dimensions"] = task.dimensions
-        raw, headers = await self._send("POST", f"{self._root}/embeddings", task.timeout_s, body)
+        # Vectors are large: room for each as numbers in JSON text (~25 bytes a number), never the chat cap.
+        room = len(task.inputs) * (task.dimensions or _LARGEST_EMBEDDING) * 25 + (1 << 20)
+        raw, headers = await self._send("POST", f"{self._root}/embeddings", task.timeout_s, body,
+                                        max_body_bytes=max(room, self._max_body_bytes))
         return parse_embeddings(raw, headers, len(task.inputs), self.base_url, self._scrub)
 
     async def get_json(self, path: str, timeout_s: float = 60.0) -> Any:
@@ -165,11 +169,14 @@ class OpenAICompatibleEngine:
         raise ResponseFormatError(f"{method} {path} returned non-JSON: {_snippet(raw, self._scrub)!r}")
 
     async def _send(self, method: str, url: str, timeout_s: float, body: Any = None,
-                    extra_headers: Mapping[str, str] | None = None) -> tuple[bytes, Mapping[str, str]]:
+                    extra_headers: Mapping[str, str] | None = None,
+                    max_body_bytes: int | None = None) -> tuple[bytes, Mapping[str, str]]:
         """One HTTP exchange; every aiohttp exception and error status becomes a dfllm error here.
 
         ``body``: bytes or a multipart payload as they are, anything else (not None) as JSON.
+        ``max_body_bytes``: the answer's cap when it is not the engine's (many vectors at once).
         """
+        cap = max_body_bytes or self._max_body_bytes
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         sent_as_is = body is None or isinstance(body, (bytes, aiohttp.payload.Payload))
         data = body if sent_as_is else _json_body(body)
@@ -179,7 +186,7 @@ class OpenAICompatibleEngine:
                 method, url, data=data, headers=extra_headers, timeout=timeout, allow_redirects=False
             ) as resp:
                 status, headers = resp.status, resp.headers
-                raw, whole = await _read_capped(resp, self._max_body_bytes)
+                raw, whole = await _read_capped(resp, cap)
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
             failure = TransportError(f"No answer from {self.base_url} within timeout_s={timeout_s}.")
         except (aiohttp.ClientError, OSError) as exc:
@@ -191,8 +198,8 @@ class OpenAICompatibleEngine:
         if 200 <= status < 300:
             if not whole:
                 raise ResponseFormatError(
-                    f"{self.base_url} answered HTTP {status} with a body over {self._max_body_bytes / 2**20:g} MiB "
-                    "(declared or sent), far more than any chat completion; it was not read further. The server "
+                    f"{self.base_url} answered HTTP {status} with a body over {cap / 2**20:g} MiB "
+                    "(declared or sent), far more than the request could need; it was not read further. The server "
                     "or a proxy in front of it is misbehaving."
                 )
             return raw, headers

@@ -104,13 +104,15 @@ class GroupedDispatch:
             await self._send(group, work, settle)
 
     async def _send(self, group: list[int], work: Sequence[Work], settle: Settle) -> None:
-        """One request for ``group``; a 400 for several inputs is split to find the one at fault."""
-        task = self._spec.group([work[i] for i in group])
-        outcome = await self._attempt(task, self._clock())
+        """One request for ``group``; its outcome settles the rows, or a 400 is split to find the input at fault."""
+        await self._settle(group, await self._request(group, work), work, settle)
+
+    async def _request(self, group: list[int], work: Sequence[Work]) -> Outcome:
+        return await self._attempt(self._spec.group([work[i] for i in group]), self._clock())
+
+    async def _settle(self, group: list[int], outcome: Outcome, work: Sequence[Work], settle: Settle) -> None:
         if isinstance(outcome, BadRequestError) and len(group) > 1:
-            half = len(group) // 2
-            await self._send(group[:half], work, settle)
-            await self._send(group[half:], work, settle)
+            await self._split(group, outcome, work, settle)
             return
         if not isinstance(outcome, Completion):
             for i in group:
@@ -119,6 +121,19 @@ class GroupedDispatch:
         share = outcome.prompt_tokens // len(group)
         for i, vector in zip(group, outcome.values or (), strict=True):
             settle(i, self._check(Completion(stored(vector), prompt_tokens=share, values=(vector,))))
+
+    async def _split(self, group: list[int], refused: BadRequestError, work: Sequence[Work], settle: Settle) -> None:
+        """Both halves asked again: when both are refused with the very words the whole was, the request
+        itself is at fault (a ``dimensions`` the model lacks, a chat model), not an input: every row
+        takes that error, rather than about two requests a row to find none."""
+        halves = (group[: len(group) // 2], group[len(group) // 2:])
+        outcomes = [await self._request(half, work) for half in halves]
+        if all(isinstance(o, BadRequestError) and str(o) == str(refused) for o in outcomes):
+            for i in group:
+                settle(i, refused)
+            return
+        for half, outcome in zip(halves, outcomes, strict=True):
+            await self._settle(half, outcome, work, settle)
 
 
 def _tokens(text: str) -> int:

@@ -117,3 +117,22 @@ def test_the_local_engine_embeds_with_the_bundled_model_near_duplicates_nearer(t
     stats = dfllm.RunStats()
     embed(pd.DataFrame({"t": texts}), "local", None, "t", "vec", cache=tmp_path / "c.sqlite3", stats=stats)
     assert stats.cache_hits == 3 and stats.requests == 0
+
+
+def test_an_answer_of_many_long_vectors_is_read_past_the_chat_answers_cap() -> None:
+    # 700 vectors of 3,072 numbers in base64 are 11 MiB, over the 8 MiB a chat answer may take: they
+    # were paid for and then refused as a misbehaving server.
+    with FakeProvider(api_key=KEY, embeddings=EmbeddingOptions(dimension=3072)) as fake:
+        dfllm.create_engine("big", "openai", api_key=KEY, base_url=fake.base_url)
+        out = embed(pd.DataFrame({"t": [f"text {i}" for i in range(700)]}), "big", "m", "t", "vec",
+                    embed_batch_size=700, cache=False)
+        assert len(fake.embedding_requests) == 1
+    assert out["vec"].notna().all()
+
+
+def test_a_request_refused_for_itself_is_not_split_down_to_every_input(fake: FakeProvider) -> None:
+    # dimensions=64 on a 16-number model: every half is refused in the same words as the whole.
+    texts = [f"text {i}" for i in range(200)]
+    out = embed(pd.DataFrame({"t": texts}), "e", "m", "t", "vec", dimensions=64, errors="null", embed_batch_size=100)
+    assert out["vec"].isna().all() and "dimensions" in out["vec_error"][0]
+    assert len(fake.embedding_requests) == 2 * 3  # each group and its two halves; ~400 before
