@@ -103,15 +103,16 @@ class BatchJob:
 
     @classmethod
     def of(cls, payload: Any, scrub: Callable[[str], str] = str) -> BatchJob:
-        if not isinstance(payload, dict) or not _is_id(payload.get("id")):
+        if not isinstance(payload, dict) or not _is_id(payload.get("id"), scrub):
             raise ResponseFormatError(f"The provider's batch object has no id: {_shown(payload, scrub)!r}")
         status = payload.get("status")
         if status not in STATES:
-            raise ResponseFormatError(f"Batch {payload['id']} has an unknown status {_shown(status, scrub)!r}.")
+            raise ResponseFormatError(
+                f"Batch {_shown(payload['id'], scrub)} has an unknown status {_shown(status, scrub)!r}.")
         counts = payload.get("request_counts")
         counts = counts if isinstance(counts, dict) else {}
-        return cls(payload["id"], status, _file_id(payload.get("output_file_id")),
-                   _file_id(payload.get("error_file_id")), _count(counts.get("total")),
+        return cls(payload["id"], status, _file_id(payload.get("output_file_id"), scrub),
+                   _file_id(payload.get("error_file_id"), scrub), _count(counts.get("total")),
                    _count(counts.get("completed")), _count(counts.get("failed")),
                    _job_errors(payload.get("errors"), scrub))
 
@@ -161,7 +162,7 @@ class BatchClient:
         reply = await self.engine.request_json("POST", "files", form={"purpose": "batch", "file": (name, content)},
                                                timeout_s=max(self._timeout_s, 600.0))
         file_id = reply.get("id") if isinstance(reply, dict) else None
-        if not _is_id(file_id):
+        if not _is_id(file_id, self.engine.scrub):
             raise ResponseFormatError(f"The file upload's answer has no id: {_shown(reply, self.engine.scrub)!r}")
         assert isinstance(file_id, str)
         return file_id
@@ -212,13 +213,15 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
-def _is_id(value: object) -> bool:
+def _is_id(value: object, scrub: Callable[[str], str] = str) -> bool:
+    """An id the provider may name an object by: short, printable, safe in a path, and holding no
+    form of the key (a server echoing it would put it in the jobs table and in messages)."""
     return isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable() and "/" not in value \
-        and "?" not in value and "&" not in value
+        and "?" not in value and "&" not in value and scrub(value) == value
 
 
-def _file_id(value: object) -> str | None:
-    return value if _is_id(value) else None  # type: ignore[return-value]
+def _file_id(value: object, scrub: Callable[[str], str] = str) -> str | None:
+    return value if _is_id(value, scrub) else None  # type: ignore[return-value]
 
 
 def _count(value: object) -> int:

@@ -20,6 +20,8 @@ Each step is small, and each keeps what was paid for:
 from __future__ import annotations
 
 import asyncio
+import functools
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ from dfllm.runtime.dispatch import Outcome, Settle, TaskKind, Work
 from dfllm.runtime.jobs import JobRecord, JobStore
 from dfllm.runtime.limiter import Clock, Sleep
 from dfllm.runtime.progress import RunStats
+from dfllm.runtime.retry import backoff_s, server_wait_s
 
 Check = Callable[[Completion], Awaitable[Completion | SchemaError]]
 Fit = Callable[[Any, Outcome, float], Awaitable[Outcome]]
@@ -83,6 +86,7 @@ class BatchDispatch:
         self._timeout_s, self._max_retries, self._concurrency = timeout_s, max_retries, concurrency
         self._poll_s = poll_s
         self._keep = keep  # an answer for a row of another call, in a job this one collects: to the cache
+        self._rng = random.Random()
         self._attached: dict[str, _Open] = {}  # submissions attached already (a stream's batches share jobs)
         self._clock, self._sleep = clock, sleep
         self._limits = (max_requests, max_bytes)
@@ -254,13 +258,39 @@ class BatchDispatch:
             await self._probe()
             submission = uuid.uuid4().hex
             self._jobs.record(submission, self._engine, file_keys)  # before anything is paid for
-            file_id = await self._client.upload(f"dfllm-{submission}.jsonl", content)
-            job = await self._client.create(file_id, {"dfllm_submission": submission})
+            file_id = await self._retried(functools.partial(self._client.upload, f"dfllm-{submission}.jsonl", content))
+            job = await self._created(file_id, submission)
             self._jobs.created(submission, job.id)
             opened.append(_Open(submission, job.id, set(file_keys), job))
             self.stats.batch_jobs += 1
             self.stats.batch_lines += len(file_keys)
         return opened
+
+    async def _retried(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """``call``, tried again after a transient failure (5xx, 429, a dropped connection) with the
+        usual backoff, up to ``max_retries`` times."""
+        for attempt in range(self._max_retries + 1):
+            try:
+                return await call()
+            except EngineError as exc:
+                if not exc.retryable or attempt == self._max_retries:
+                    raise
+                await self._sleep(server_wait_s(exc) or backoff_s(attempt, self._rng))
+        raise AssertionError("unreachable")
+
+    async def _created(self, file_id: str, submission: str) -> BatchJob:
+        """The job over ``file_id``; after a failed create, the provider is asked first whether it made
+        the job anyway (a 5xx after the fact), so a retry never makes a second one."""
+        tried = False
+
+        async def create() -> BatchJob:
+            nonlocal tried
+            found = await self._client.find(submission) if tried else None
+            tried = True
+            return found or await self._client.create(file_id, {"dfllm_submission": submission})
+
+        job: BatchJob = await self._retried(create)
+        return job
 
     async def _probe(self) -> None:
         """A server of OpenAI's API may lack the Batch API: asked once, before any upload."""

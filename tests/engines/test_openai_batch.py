@@ -88,3 +88,9 @@ def test_a_batch_object_echoing_the_key_in_its_errors_shows_it_scrubbed() -> Non
                "errors": {"data": [{"code": "invalid", "message": f"bad key {KEY}", "line": 1}]}}
     job = BatchJob.of(payload, ENGINE.scrub)
     assert "invalid" in job.errors and KEY not in job.errors
+
+
+def test_a_batch_object_whose_id_holds_the_key_is_refused_and_the_key_never_shown() -> None:
+    with pytest.raises(ResponseFormatError) as caught:
+        BatchJob.of({"id": f"Bearer {KEY}", "status": "in_progress"}, ENGINE.scrub)
+    assert KEY not in str(caught.value)

@@ -219,3 +219,11 @@ def test_two_runs_on_one_cache_at_once_submit_the_rows_once(tmp_path: Path) -> N
             runs = list(pool.map(lambda _: predict(fake, texts, cache=cache), range(2)))
         assert len(fake.app.batches.creates) == 1  # the second waited for the first's record, and attached
     assert all(run["answer"].notna().all() for run in runs)
+
+
+def test_an_upload_or_create_that_fails_for_a_moment_is_tried_again_and_makes_one_job() -> None:
+    flaky = on_route("POST", "/v1/", [status(503), None, status(502), None])  # an upload, then a create
+    with FakeProvider(api_key=KEY, batch=BatchOptions(script=flaky)) as fake:
+        out = predict(fake, ["a", "b", "c"])
+        assert len(fake.app.batches.creates) == 1 and len(fake.app.files.uploads) == 1
+    assert out["answer"].notna().all()
