@@ -23,6 +23,7 @@ import math
 import os
 import re
 import secrets
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,7 @@ def load(image: ImageRef, *, max_side: int | None = None) -> str:
             return image.source
         data, media = _data_url(image.source)[0], image.media_type
     elif isinstance(image.source, Path):
-        data, media = _read(image.source, None), image.media_type
+        data, media = _read(image.source, MAX_IMAGE_BYTES), image.media_type
     else:
         data, media = image.source, image.media_type
     if max_side is not None:
@@ -193,13 +194,22 @@ def _local(path: Path, root: Path | None) -> Path:
 
 
 def _read(path: Path, max_bytes: int | None) -> bytes:
+    """A regular file's bytes, never more than ``max_bytes`` of them read (a device such as /dev/zero,
+    or a FIFO, is no image and would be read forever)."""
     try:
-        if max_bytes is not None and os.stat(path).st_size > max_bytes:
-            raise ImageProblem(f"{str(path)!r} is {os.stat(path).st_size / 2**20:.1f} MiB, over the provider's "
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageProblem(f"{str(path)!r} is not a regular file")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise ImageProblem(f"{str(path)!r} is {info.st_size / 2**20:.1f} MiB, over the provider's "
                                f"{max_bytes / 2**20:g} MiB limit per image")
-        return path.read_bytes()
+        with open(path, "rb") as file:
+            data = file.read() if max_bytes is None else file.read(max_bytes + 1)
     except OSError as exc:
         raise ImageProblem(f"{str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageProblem(f"{str(path)!r} grew past the provider's {max_bytes / 2**20:g} MiB limit per image")
+    return data
 
 
 def _is_pillow(value: Any) -> bool:

@@ -254,7 +254,10 @@ class BatchDispatch:
 
     async def _send(self, lines: Iterable[tuple[Key, bytes]]) -> list[_Open]:
         opened = []
-        for file_keys, content in input_files(lines, max_requests=self._limits[0], max_bytes=self._limits[1]):
+        files = input_files(lines, max_requests=self._limits[0], max_bytes=self._limits[1])
+        # Each file is made on a worker thread: its lines' images are read, downscaled and encoded there.
+        while (made := await asyncio.to_thread(next, files, None)) is not None:
+            file_keys, content = made
             await self._probe()
             submission = uuid.uuid4().hex
             self._jobs.record(submission, self._engine, file_keys)  # before anything is paid for

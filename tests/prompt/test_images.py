@@ -135,3 +135,10 @@ def test_an_estimate_reads_an_images_size_from_its_header_and_counts_its_downsca
     assert tokens_of(image, "high", max_side=512) == image_tokens(512, 256, "high") == 255
     assert tokens_of(image, "low") == 85
     assert tokens_of(identify("https://example.com/a.png"), "high") == image_tokens(None, None, "high")
+
+
+def test_a_device_or_a_fifo_is_no_image_and_is_never_read(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.png")
+    for cell in ("/dev/zero", tmp_path / "pipe.png"):
+        with pytest.raises(ImageProblem, match="not a regular file"):
+            identify(cell)
