@@ -80,12 +80,14 @@ class BatchDispatch:
                  check: Check, fit: Fit, stats: RunStats, timeout_s: float, poll_s: float, max_retries: int,
                  concurrency: int,
                  clock: Clock, sleep: Sleep, keep: Callable[[Key, Completion], None] = lambda key, answer: None,
+                 paid: Callable[[Completion], None] = lambda answer: None,
                  max_requests: int = MAX_REQUESTS_PER_FILE, max_bytes: int = MAX_FILE_BYTES) -> None:
         self._client, self._jobs, self._engine, self._kind = client, jobs, engine, kind
         self._check, self._fit, self.stats = check, fit, stats
         self._timeout_s, self._max_retries, self._concurrency = timeout_s, max_retries, concurrency
         self._poll_s = poll_s
         self._keep = keep  # an answer for a row of another call, in a job this one collects: to the cache
+        self._paid = paid  # every answer a job gave: its tokens and cost, at the batch price
         self._rng = random.Random()
         self._attached: dict[str, _Open] = {}  # submissions attached already (a stream's batches share jobs)
         self._clock, self._sleep = clock, sleep
@@ -379,6 +381,8 @@ class BatchDispatch:
                 async for line in self._client.results(file_id):
                     if line is None or line[0] in seen:
                         continue
+                    if isinstance(line[1], Completion) and (line[0] in o.keys or line[0] in o.others):
+                        self._paid(line[1])
                     if line[0] in o.keys:
                         seen.add(line[0])
                         await self._settle_line(line[0], line[1], result)

@@ -251,7 +251,6 @@ class Executor:
         self._unanswered -= 1
         if isinstance(outcome, Completion):
             self.stats.succeeded += 1
-            self.stats.add_usage(outcome, self._prices, batch=self._options.mode == "batch")
             if cache is not None:
                 cache.put(item.key, outcome)
         progress.advance()
@@ -294,7 +293,8 @@ class Executor:
             BatchClient(self._engine, timeout_s=options.timeout_s), JobStore(path), engine_tag(info.identity),
             self._kind, check=self._check, fit=self._until_it_fits, stats=self.stats,
             timeout_s=options.batch_timeout_s, poll_s=options.batch_poll_s, max_retries=options.max_retries,
-            concurrency=self._pool, clock=self._clock, sleep=self._sleep, keep=self._keep_other)
+            concurrency=self._pool, clock=self._clock, sleep=self._sleep, keep=self._keep_other,
+            paid=lambda answer: self.stats.add_usage(answer, self._prices, batch=True))
         self._batch.report = lambda text: self.on_jobs(text)
         return self._batch
 
@@ -325,7 +325,6 @@ class Executor:
 
         def keep(key: Key, completion: Completion) -> None:
             self.stats.succeeded += 1
-            self.stats.add_usage(completion, self._prices, batch=True)
             cache.put(key, completion)
 
         again = await self._batches().collect(keep, final=final)
@@ -362,7 +361,6 @@ class Executor:
             problem = await self._check(outcome)
             if isinstance(problem, Completion):
                 return problem  # it fits, with its typed values
-            self.stats.add_usage(outcome, self._prices)  # paid for, though it did not fit
             turns = self._repair_turns(outcome, problem, repairs, started)
             if isinstance(turns, SchemaError):
                 return turns
@@ -499,7 +497,9 @@ class Executor:
             self._in_flight -= 1
 
     def _on_answer(self, completion: Completion, sent_at: float, ticket: int) -> None:
-        """An answer: the storm, slow start, window and learned rate hear of it; its headers are read."""
+        """An answer: paid for (its tokens and cost counted now, whether it fits or not); the storm, slow
+        start, window and learned rate hear of it; its headers are read."""
+        self.stats.add_usage(completion, self._prices)
         self._storm.record(False, ticket)
         self._slow_start.on_round_trip(self._clock() - sent_at)
         self._window.on_success()

@@ -103,11 +103,13 @@ def test_sim_join_names_every_problem_at_once_before_any_work() -> None:
     assert len(caught.value.problems) == 2 and "must hold vectors" in caught.value.problems[0]
 
 
-def test_a_dask_frame_is_refused_with_the_fix() -> None:
+def test_a_dask_frame_where_a_join_cannot_take_it_is_refused_with_the_fix() -> None:
     dd = pytest.importorskip("dask.dataframe")
     left = frame("pandas", {"v": vector_column(["a"])})
     with pytest.raises(dfllm.ParameterError, match=r"compute it first \(ddf.compute\(\)\)"):
-        dfllm.sim_join(dd.from_pandas(left, npartitions=1), left, left_on="v", right_on="v")
+        dfllm.sim_join(left, dd.from_pandas(left, npartitions=1), left_on="v", right_on="v")  # a Dask right side
+    with pytest.raises(dfllm.ParameterError, match=r"compute it first \(ddf.compute\(\)\)"):
+        dfllm.dedup(dd.from_pandas(left, npartitions=1), "v")
 
 
 @settings(max_examples=60, deadline=None)
