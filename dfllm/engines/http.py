@@ -187,11 +187,8 @@ class OpenAICompatibleEngine:
             ) as resp:
                 status, headers = resp.status, resp.headers
                 raw, whole = await _read_capped(resp, cap)
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-            failure = TransportError(f"No answer from {self.base_url} within timeout_s={timeout_s}.")
-        except (aiohttp.ClientError, OSError) as exc:
-            # Described, not attached: the exception's request_info holds the request headers.
-            failure = TransportError(_shown(f"{method} {url} failed: {type(exc).__name__}: {exc}", self._scrub, 500))
+        except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+            failure = self._transport_failure(exc, method, url, f"timeout_s={timeout_s}")
         # Raised outside the except blocks, so no aiohttp exception rides along as __context__.
         if failure is not None:
             raise failure from None
@@ -229,12 +226,17 @@ class OpenAICompatibleEngine:
                 else:
                     async for line in _lines(resp, max_line_bytes):
                         yield line
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-            failure = TransportError(f"No answer from {self.base_url} within {timeout_s:g}s while reading {path}.")
-        except (aiohttp.ClientError, OSError) as exc:
-            failure = TransportError(_shown(f"GET {url} failed: {type(exc).__name__}: {exc}", self._scrub, 500))
+        except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+            failure = self._transport_failure(exc, "GET", url, f"{timeout_s:g}s while reading {path}")
         if failure is not None:
             raise failure from None
+
+    def _transport_failure(self, exc: BaseException, method: str, url: str, within: str) -> TransportError:
+        """The error for a request that got no HTTP answer: timed out, or refused, reset, unresolved.
+        Described, not attached: an aiohttp exception's request_info holds the request headers."""
+        if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+            return TransportError(f"No answer from {self.base_url} within {within}.")
+        return TransportError(_shown(f"{method} {url} failed: {type(exc).__name__}: {exc}", self._scrub, 500))
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -211,22 +211,22 @@ class FileStore:
                 await part.release()
         return purpose, received
 
-    async def _retrieve(self, request: web.Request) -> web.Response:
+    async def _named(self, request: web.Request) -> StoredFile | web.Response:
+        """The live file a request names, or the answer refusing it (a script, no key, no such file)."""
         _, refused = await refuse(self.host, request, self.scripts())
         if refused is not None:
             return refused
         stored = self.live.get(request.match_info["file_id"])
-        if stored is None:
-            return _no_such_file(request.match_info["file_id"])
-        return web.json_response(stored.entry)
+        return _no_such_file(request.match_info["file_id"]) if stored is None else stored
+
+    async def _retrieve(self, request: web.Request) -> web.Response:
+        stored = await self._named(request)
+        return stored if isinstance(stored, web.Response) else web.json_response(stored.entry)
 
     async def _content(self, request: web.Request) -> web.StreamResponse:
-        _, refused = await refuse(self.host, request, self.scripts())
-        if refused is not None:
-            return refused
-        stored = self.live.get(request.match_info["file_id"])
-        if stored is None:
-            return _no_such_file(request.match_info["file_id"])
+        stored = await self._named(request)
+        if isinstance(stored, web.Response):
+            return stored
         if stored.entry["purpose"] == "fine-tune":
             return error_response(400, "Not allowed to download files of purpose: fine-tune")
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
