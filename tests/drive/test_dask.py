@@ -412,8 +412,10 @@ def test_without_rpm_the_cluster_spends_a_fixed_window_it_learns_from_headers(cl
         assert out["answer"].notna().all()
         arrivals = [r.arrived_at for r in fake.chat_requests]
     # 240 rows are 6 windows at the cap (12 s); a minute's stall makes it over 60 s. A loaded 2-core
-    # machine only sends later, so the bound is well under the cap and well over a stall.
-    assert len(arrivals) <= 240 * 1.05 and rate_per_minute(arrivals) >= 0.5 * 1200
+    # machine only sends later, so the bound is well under the cap and well over a stall. The two
+    # workers race for each window's last requests: 4-8 429s a run here, 15 once in a full suite run
+    # with coverage on (over the 5% this allowed): 10% still tells a storm from those.
+    assert len(arrivals) <= 240 * 1.10 and rate_per_minute(arrivals) >= 0.5 * 1200
 
 
 def test_image_cells_of_a_dask_frame_reach_their_rows_requests(client: Any) -> None:
