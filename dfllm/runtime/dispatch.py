@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar, overload
 
@@ -79,6 +79,18 @@ class WorkList(Sequence[Work]):
         """Every key, in order, without building a ``Work`` each (the cache's bulk lookup)."""
         packed = iter(self._keys)
         return zip(packed, packed, strict=True)
+
+
+async def run_workers(workers: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run a dispatch's workers together until all are done; when one fails, or the dispatch is
+    cancelled, the others are cancelled too, and awaited, before the error goes on."""
+    tasks = [asyncio.ensure_future(worker) for worker in workers]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class TaskKind(Protocol[EngineT, TaskT]):

@@ -12,7 +12,6 @@ split in halves until the input that caused it stands alone: that row's error, t
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -21,7 +20,7 @@ from dfllm._exceptions import BadRequestError, SchemaError
 from dfllm.engines.base import Completion
 from dfllm.engines.tasks import EmbedTask, Message
 from dfllm.outputs.vectors import stored
-from dfllm.runtime.dispatch import Outcome, Settle, Work
+from dfllm.runtime.dispatch import Outcome, Settle, Work, run_workers
 
 # OpenAI's limits on one /embeddings request: 2,048 inputs and 300,000 tokens.
 MAX_INPUTS = 2048
@@ -76,14 +75,8 @@ class GroupedDispatch:
 
     async def __call__(self, pending: Iterator[int], count: int, work: Sequence[Work], settle: Settle) -> None:
         groups = self._groups(pending, work)
-        runners = [asyncio.ensure_future(self._run(groups, work, settle))
-                   for _ in range(min(self._workers, max(1, count // max(1, self._spec.batch_size) + 1)))]
-        try:
-            await asyncio.gather(*runners)
-        finally:
-            for runner in runners:
-                runner.cancel()
-            await asyncio.gather(*runners, return_exceptions=True)
+        requests = count // max(1, self._spec.batch_size) + 1
+        await run_workers(self._run(groups, work, settle) for _ in range(min(self._workers, requests)))
 
     def _groups(self, pending: Iterator[int], work: Sequence[Work]) -> Iterator[list[int]]:
         """Positions in groups within the request limits, lazily (a queue that costs no memory per row)."""

@@ -49,6 +49,7 @@ from dfllm.runtime.dispatch import (
     Work,
     WorkList,
     estimate_tokens,
+    run_workers,
 )
 from dfllm.runtime.embedding import EmbedSpec, GroupedDispatch
 from dfllm.runtime.jobs import JobStore, engine_tag
@@ -259,14 +260,7 @@ class Executor:
                              settle: Settle) -> None:
         """The worker pool, one ``Dispatch`` (``dispatch.Dispatch``): a fixed pool of workers pulls
         positions from ``pending``, each row answered through the chain of policies (``_answer``)."""
-        workers = [asyncio.ensure_future(self._worker(pending, work, settle))
-                   for _ in range(min(self._pool, count))]
-        try:
-            await asyncio.gather(*workers)
-        finally:
-            for task in workers:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+        await run_workers(self._worker(pending, work, settle) for _ in range(min(self._pool, count)))
 
     def _dispatch(self) -> Dispatch:
         """The worker pool online; in batch mode the jobs, or once a stream's jobs are collected,
