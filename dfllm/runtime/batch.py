@@ -56,7 +56,6 @@ class _Open:
     job_id: str
     keys: set[Key]
     job: BatchJob | None = None
-    collected: bool = False
     others: frozenset[Key] = frozenset()  # the job's other rows (another call's): their answers are cached too
 
 

@@ -22,8 +22,7 @@ from dfllm.engines.tasks import EmbedTask, Message
 from dfllm.outputs.vectors import stored
 from dfllm.runtime.dispatch import Outcome, Settle, Work, run_workers
 
-# OpenAI's limits on one /embeddings request: 2,048 inputs and 300,000 tokens.
-MAX_INPUTS = 2048
+# OpenAI's limit on one /embeddings request's tokens (its 2,048 inputs bound embed_batch_size).
 MAX_REQUEST_TOKENS = 300_000
 
 
