@@ -414,3 +414,16 @@ def test_a_header_only_csv_writes_an_empty_output_with_the_answer_columns(tmp_pa
     else:
         assert (tmp_path / dst).read_text() == ""
     assert "0 rows" in done.stderr
+
+
+def test_a_target_that_is_not_utf8_exits_2_before_any_request(tmp_path: Path) -> None:
+    (tmp_path / "in.csv").write_text("t\na\n")
+    with FakeProvider(responder="echo") as fake:
+        args = [os.fsencode(a) for a in predict_args(fake, str(tmp_path / "in.csv"), str(tmp_path / "o.parquet"))]
+        args[args.index(b"--target") + 1] = b"y\xff"  # Python reads this argument as 'y\udcff'
+        done = subprocess.run(args, env=env_for(tmp_path), capture_output=True, timeout=120)
+        sent = len(fake.requests)
+    stderr = done.stderr.decode(errors="replace")
+    assert done.returncode == 2, stderr
+    assert "target holds a lone surrogate '\\udcff' at position 1" in stderr and "Traceback" not in stderr
+    assert sent == 0 and not (tmp_path / "o.parquet").exists()

@@ -10,7 +10,7 @@ from dfllm.config.engines import EngineConfig
 from dfllm.config.options import Options, completion_budget
 from dfllm.engines.base import USAGE_FIELDS
 from dfllm.outputs.base import Output
-from dfllm.prompt.template import Template, surrogate_problem
+from dfllm.prompt.template import Template, lone_surrogate, surrogate_problem
 
 
 def model_problems(model: Any, config: EngineConfig | None) -> list[ConfigurationError]:
@@ -28,6 +28,11 @@ def target_problems(target: Any) -> list[ConfigurationError]:
     if not target or not isinstance(target, str):
         return [ParameterError(
             f"target must be the name of the new answer column, e.g. 'sentiment', got {target!r}.")]
+    # No frame library can write a column name UTF-8 cannot carry: refuse it before anything is paid for.
+    if (where := lone_surrogate(target)) is not None:
+        return [ParameterError(
+            f"target holds a lone surrogate {where}, which is not valid Unicode and cannot name a column "
+            "(a command-line argument that is not UTF-8 reads this way). Give the column name as UTF-8 text.")]
     return []
 
 

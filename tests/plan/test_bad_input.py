@@ -148,6 +148,20 @@ def test_a_lone_surrogate_in_the_model_is_refused_before_any_request(engine: str
     assert fake.requests == []
 
 
+@pytest.mark.parametrize("library", ["pandas", "polars"])
+def test_a_lone_surrogate_in_the_target_is_refused_with_every_other_problem_before_any_request(
+        library: str, engine: str, fake: FakeProvider) -> None:
+    import polars as pl
+
+    df = DF if library == "pandas" else pl.from_pandas(DF)
+    with pytest.raises(dfllm.ConfigurationError) as info:
+        dfllm.predict(df, engine, "m", "{{text}}", "y\ud800", errors="null", temperature=9)
+    message = str(info.value)
+    assert "target holds a lone surrogate '\\ud800' at position 1" in message
+    assert "temperature must be a number from 0 to 2" in message
+    assert fake.requests == []
+
+
 def test_a_lone_surrogate_in_a_cell_is_that_rows_error_and_the_row_is_not_sent(
         engine: str, fake: FakeProvider) -> None:
     df = pd.DataFrame({"text": pd.Series(["fine", "bad \udc9f cell", "also fine"], dtype=object), "n": [1, 2, 3]})
