@@ -427,3 +427,22 @@ def test_a_target_that_is_not_utf8_exits_2_before_any_request(tmp_path: Path) ->
     assert done.returncode == 2, stderr
     assert "target holds a lone surrogate '\\udcff' at position 1" in stderr and "Traceback" not in stderr
     assert sent == 0 and not (tmp_path / "o.parquet").exists()
+
+
+@pytest.mark.parametrize(("line", "field"), [
+    (b'{"t": "bad \\ud800"}', "'t'"), (b'{"t": "x", "meta": {"tags": ["\\udfff"]}}', "'meta'"),
+    (b'{"t": "cesu \xed\xa0\x80"}', "'t'"), (b'{"t\\udc80": "x"}', "'t\\\\udc80'"),
+])
+def test_a_json_lines_cell_with_a_lone_surrogate_exits_2_naming_line_and_field_before_any_request(
+        tmp_path: Path, line: bytes, field: str) -> None:
+    (tmp_path / "in.jsonl").write_bytes(b'{"t": "ok \\ud83d\\ude00"}\n' + line + b'\n{"t": "fine"}\n')
+    (tmp_path / "pair.jsonl").write_bytes(b'{"t": "ok \\ud83d\\ude00"}\n')
+    with FakeProvider(responder="echo") as fake:
+        done = run(predict_args(fake, str(tmp_path / "in.jsonl"), str(tmp_path / "o.jsonl")), tmp_path)
+        assert fake.requests == []
+        pair = run(predict_args(fake, str(tmp_path / "pair.jsonl"), str(tmp_path / "pair.out.jsonl")), tmp_path)
+        prompts = [r.prompt for r in fake.chat_requests]
+    assert done.returncode == 2, done.stderr
+    assert f"JSON Lines line 2: field {field} holds a lone surrogate" in done.stderr, done.stderr
+    assert "nothing was sent" in done.stderr and not (tmp_path / "o.jsonl").exists()
+    assert pair.returncode == 0 and prompts == ["say ok \U0001f600"]  # a surrogate pair is one character

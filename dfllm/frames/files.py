@@ -22,7 +22,9 @@ every value is a float whose text Python writes back unchanged (``0.5``, not ``1
 bool, string, or a nested type; any other field of numbers is text as written (a JSON Lines output
 writes them back as the same numbers), and a field mixing kinds (``1`` and ``"a"``) is text, its
 non-strings as their JSON. A later line that its field's type cannot hold exactly stops the run
-with the line's number. The cost: about 25 microseconds a line (100,000 lines of four fields in
+with the line's number. A string holding a lone surrogate (``"\\ud800"``: no column or request can
+carry it) is refused naming its line and field: before any request when it is in the first block.
+The cost: about 25 microseconds a line (100,000 lines of four fields in
 2.4 s on a busy 2-core machine, against 0.06 s for pyarrow's guessing reader), small beside a
 request per row.
 """
@@ -34,6 +36,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -189,6 +192,8 @@ def _jsonl_blocks(handle: IO[bytes]) -> Iterator[list[tuple[int, dict[str, Any]]
             raise ValueError(f"JSON Lines line {number} is not valid JSON: {type(exc).__name__}") from exc
         if not isinstance(row, dict):
             raise ValueError(f"JSON Lines line {number} is a JSON {type(row).__name__}, not an object.")
+        if b"\\u" in raw or b"\xed" in raw:  # only an escape or CESU bytes decode to a lone surrogate
+            _refuse_lone_surrogates(number, row)
         block.append((number, row))
         size += len(raw)
         if size >= _CSV_BLOCK_BYTES:
@@ -196,6 +201,38 @@ def _jsonl_blocks(handle: IO[bytes]) -> Iterator[list[tuple[int, dict[str, Any]]
             block, size = [], 0
     if block:
         yield block
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refuse_lone_surrogates(number: int, row: dict[str, Any]) -> None:
+    """Refuse a line holding half of a UTF-16 pair: no Arrow column (and no request) can carry it, so the
+    file is refused naming the place, rather than the run stopping later on a codec error."""
+    for name, value in row.items():
+        found = _first_surrogate(name) or _first_surrogate(value)
+        if found is not None:
+            shown = name.encode("ascii", "backslashreplace").decode()
+            raise ValueError(
+                f"JSON Lines line {number}: field {shown!r} holds a lone surrogate {found} (half of a UTF-16 "
+                "pair, a \\ud800-\\udfff escape or its bytes alone), which is not valid Unicode and cannot be "
+                "read or sent. Repair that line: write the character it stands for, or \\ufffd.")
+
+
+def _first_surrogate(value: Any) -> str | None:
+    """Where ``value`` (a parsed JSON value, however deep: walked without recursion) holds a lone surrogate."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            match = None if item.isascii() else _LONE_SURROGATE.search(item)
+            if match is not None:
+                return f"{match.group()!a} at position {match.start()}"
+        elif isinstance(item, dict):
+            stack += [*item, *item.values()]
+        elif isinstance(item, list):
+            stack += item
+    return None
 
 
 def _field_names(block: list[tuple[int, dict[str, Any]]]) -> list[str]:
