@@ -446,3 +446,16 @@ def test_a_json_lines_cell_with_a_lone_surrogate_exits_2_naming_line_and_field_b
     assert f"JSON Lines line 2: field {field} holds a lone surrogate" in done.stderr, done.stderr
     assert "nothing was sent" in done.stderr and not (tmp_path / "o.jsonl").exists()
     assert pair.returncode == 0 and prompts == ["say ok \U0001f600"]  # a surrogate pair is one character
+
+
+def test_a_key_pasted_as_a_param_value_is_never_echoed(tmp_path: Path) -> None:
+    (tmp_path / "in.csv").write_text("t\na\n")
+    pasted = "sk-proj-Zq8Xv3Lm9Tn2Rb7Wc4Hy6Kd1Pf5Gs0Ju"
+    with FakeProvider() as fake:
+        params = [arg for name in ("temperature", "max_tokens", "seed") for arg in ("--param", f"{name}={pasted}")]
+        done = run(predict_args(fake, str(tmp_path / "in.csv"), str(tmp_path / "o.csv"), *params), tmp_path)
+        sent = len(fake.requests)
+    assert done.returncode == 2 and sent == 0, done.stderr
+    assert pasted not in done.stderr + done.stdout and pasted[8:20] not in done.stderr + done.stdout
+    for name in ("temperature must be a number", "max_tokens must be a positive integer", "seed must be an integer"):
+        assert f"{name}" in done.stderr and "got a value (40 characters, not shown: it may hold a key)" in done.stderr

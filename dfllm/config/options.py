@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 from dfllm._exceptions import ParameterError, did_you_mean
+from dfllm.config.secrets import shown_value, without_keys
 from dfllm.outputs.choices import label_problems
 from dfllm.outputs.schema import OutputSchema, normalise_schema
 from dfllm.prompt.template import surrogate_problem
@@ -34,39 +35,39 @@ def _is_number(value: Any) -> bool:
 
 def positive_int(name: str, value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        return f"{name} must be a positive integer, got {value!r}."
+        return f"{name} must be a positive integer, got {shown_value(value)}."
     return None
 
 
 def non_negative_int(name: str, value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        return f"{name} must be an integer >= 0, got {value!r}."
+        return f"{name} must be an integer >= 0, got {shown_value(value)}."
     return None
 
 
 def positive_number(name: str, value: Any) -> str | None:
     if not _is_number(value) or value <= 0:
-        return f"{name} must be a finite positive number, got {value!r}."
+        return f"{name} must be a finite positive number, got {shown_value(value)}."
     return None
 
 
 def _price(name: str, value: Any) -> str | None:
     if not _is_number(value) or value < 0:
-        return f"{name} must be a price in USD per million tokens, 0 or more, e.g. 0.15, got {value!r}."
+        return f"{name} must be a price in USD per million tokens, 0 or more, e.g. 0.15, got {shown_value(value)}."
     return None
 
 
 def _rpm(name: str, value: Any) -> str | None:
     # The pacer's bucket holds a minute of requests: below one a minute, no request ever fits.
     if not _is_number(value) or value < 1:
-        return f"{name} must be a finite number of requests per minute, at least 1, got {value!r}."
+        return f"{name} must be a finite number of requests per minute, at least 1, got {shown_value(value)}."
     return None
 
 
 def number_in(low: float, high: float) -> Check:
     def check(name: str, value: Any) -> str | None:
         if not _is_number(value) or not low <= value <= high:
-            return f"{name} must be a number from {low:g} to {high:g}, got {value!r}."
+            return f"{name} must be a number from {low:g} to {high:g}, got {shown_value(value)}."
         return None
 
     return check
@@ -74,22 +75,22 @@ def number_in(low: float, high: float) -> Check:
 
 def integer(name: str, value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int):
-        return f"{name} must be an integer, got {value!r}."
+        return f"{name} must be an integer, got {shown_value(value)}."
     return None
 
 
 def text(name: str, value: Any) -> str | None:
-    return None if isinstance(value, str) else f"{name} must be a string, got {value!r}."
+    return None if isinstance(value, str) else f"{name} must be a string, got {shown_value(value)}."
 
 
 def flag(name: str, value: Any) -> str | None:
-    return None if isinstance(value, bool) else f"{name} must be True or False, got {value!r}."
+    return None if isinstance(value, bool) else f"{name} must be True or False, got {shown_value(value)}."
 
 
 def one_of(*allowed: Any) -> Check:
     def check(name: str, value: Any) -> str | None:
         if isinstance(value, bool) or value not in allowed:
-            return f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}."
+            return f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {shown_value(value)}."
         return None
 
     return check
@@ -100,11 +101,13 @@ def _stop(name: str, value: Any) -> str | None:
         return None
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
         return None
-    return f"{name} must be a string or a list of strings, got {value!r}."
+    return f"{name} must be a string or a list of strings, got {shown_value(value)}."
 
 
 def _mapping(name: str, value: Any) -> str | None:
-    return _strict_json(name, value) if isinstance(value, Mapping) else f"{name} must be a dict, got {value!r}."
+    if not isinstance(value, Mapping):
+        return f"{name} must be a dict, got {shown_value(value)}."
+    return _strict_json(name, value)
 
 
 # Body fields dfllm sets itself: an extra_body entry for one of them would silently replace it.
@@ -113,7 +116,7 @@ RESERVED_BODY_FIELDS = ("model", "messages", "stream", "n")
 
 def _extra_body(name: str, value: Any) -> str | None:
     if not isinstance(value, Mapping):
-        return f"{name} must be a dict of extra request fields, got {value!r}."
+        return f"{name} must be a dict of extra request fields, got {shown_value(value)}."
     clash = [k for k in value if k in RESERVED_BODY_FIELDS]
     if clash:
         return (f"{name} may not set {', '.join(repr(k) for k in clash)}: dfllm sets these itself. "
@@ -136,11 +139,11 @@ def _strict_json(name: str, value: Any) -> str | None:
 
 def _choices(name: str, value: Any) -> str | None:
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-        return f"{name} must be a list of labels, e.g. ['positive', 'negative'], got {value!r}."
+        return f"{name} must be a list of labels, e.g. ['positive', 'negative'], got {shown_value(value)}."
     if not all(isinstance(c, str) and c.strip() for c in value):
-        return f"{name} must be a list of non-empty strings, e.g. ['positive', 'negative'], got {value!r}."
+        return f"{name} must be a list of non-empty strings, e.g. ['positive', 'negative'], got {shown_value(value)}."
     if len(set(value)) < 2 or len(set(value)) != len(value):
-        return f"{name} needs at least two labels, each once, got {list(value)!r}."
+        return f"{name} needs at least two labels, each once, got {shown_value(list(value))}."
     problems = label_problems(value) + [p for c in value if (p := surrogate_problem(f"{name} label {c!r}", c))]
     return " ".join(problems) or None
 
@@ -165,13 +168,13 @@ MAX_CONCURRENCY = 4096
 def _concurrency(name: str, value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONCURRENCY:
         return (f"{name} must be a positive integer, at most {MAX_CONCURRENCY:,} (requests in flight at once, each "
-                f"holding a connection), got {value!r}. Use rpm= to set a rate.")
+                f"holding a connection), got {shown_value(value)}. Use rpm= to set a rate.")
     return None
 
 
 def _progress(name: str, value: Any) -> str | None:
     return None if value is None or isinstance(value, bool) else (
-        f"{name} must be True, False or None (on when interactive), got {value!r}.")
+        f"{name} must be True, False or None (on when interactive), got {shown_value(value)}.")
 
 
 # Each re-ask sends the whole conversation so far (every answer and its problem) again: a model
@@ -181,21 +184,21 @@ MAX_REPAIRS = 10
 
 def _embed_batch_size(name: str, value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2048:
-        return f"{name} must be a whole number from 1 to 2048 (texts per request), got {value!r}."
+        return f"{name} must be a whole number from 1 to 2048 (texts per request), got {shown_value(value)}."
     return None
 
 
 def _folder(name: str, value: Any) -> str | None:
     if not isinstance(value, (str, Path)) or not str(value).strip():
-        return f"{name} must be a folder path (str or pathlib.Path), got {value!r}."
+        return f"{name} must be a folder path (str or pathlib.Path), got {shown_value(value)}."
     if not Path(value).expanduser().is_dir():
-        return f"{name}={str(value)!r} is not a folder: give the folder the image files are in."
+        return f"{name}={shown_value(str(value))} is not a folder: give the folder the image files are in."
     return None
 
 
 def _max_repairs(name: str, value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REPAIRS:
-        return (f"{name} must be an integer from 0 to {MAX_REPAIRS}, got {value!r}: each re-ask sends the "
+        return (f"{name} must be an integer from 0 to {MAX_REPAIRS}, got {shown_value(value)}: each re-ask sends the "
                 f"whole conversation so far again. Use max_repairs={MAX_REPAIRS} at most.")
     return None
 
@@ -438,7 +441,8 @@ def option_problems(values: Mapping[str, Any]) -> list[str]:
             continue
         problem = option.check(name, value) or _unsendable_text(name, value)
         if problem:
-            problems.append(problem)
+            # Checks quote values by shown_value; this also holds for the ones that quote a part of it.
+            problems.append(without_keys(problem, value))
     return problems
 
 

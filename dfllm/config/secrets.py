@@ -202,6 +202,46 @@ def looks_like_key(part: str) -> bool:
     return any(len(run) >= _MIN_LETTERS and _no_word_structure(run) for run in _LETTER_RUN.findall(part))
 
 
+# What splits a pasted value into the tokens a key could be (a key holds none of these).
+_TOKEN_SEPARATORS = re.compile(r"[\s\"'`,;:=()\[\]{}<>]+")
+
+
+def key_tokens(value: Any) -> list[str]:
+    """The tokens of the strings in ``value`` (however nested) that look like a key: a message that
+    would quote such a value (``temperature=sk-proj-...`` pasted in the wrong place) must not."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found += [token for token in _TOKEN_SEPARATORS.split(item) if token and looks_like_key(token)]
+        elif isinstance(item, dict):
+            stack += [*item, *item.values()]
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack += item
+    return found
+
+
+def may_hold_key(value: Any) -> bool:
+    return bool(key_tokens(value))
+
+
+def without_keys(message: str, value: Any) -> str:
+    """``message`` with every key-like token of ``value`` replaced by its size, as written or as a repr."""
+    for token in sorted(set(key_tokens(value)), key=len, reverse=True):
+        hidden = f"({len(token)} characters, not shown: it may hold a key)"
+        message = message.replace(token, hidden).replace(repr(token)[1:-1], hidden)
+    return message
+
+
+def shown_value(value: Any) -> str:
+    """``value`` as a message quotes it (its repr), or only its size where it may hold a key."""
+    if may_hold_key(value):
+        size = len(value) if isinstance(value, str) else len(repr(value))
+        return f"a value ({size} characters, not shown: it may hold a key)"
+    return repr(value)
+
+
 def _no_word_structure(letters: str) -> bool:
     vowels = sum(c in _VOWELS for c in letters)
     longest_consonants = max(len(r) for r in re.split("[aeiouyAEIOUY]", letters))

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dfllm
-from dfllm.config.options import OPTION_NAMES, OPTIONS, PredictOptions, options_table_markdown
+from dfllm.config.options import OPTION_NAMES, OPTIONS, PredictOptions, option_problems, options_table_markdown
 from dfllm.testing import FakeProvider, MockEngine
 from tests.conftest import KEY
 
@@ -101,3 +101,35 @@ def test_a_cache_location_that_cannot_work_is_refused_before_any_request(
         pd.DataFrame({"t": ["x"]}).llm.predict(engine, "m", "{{t}}", "y", cache=cache)
     assert fake.requests == []
 
+
+
+PASTED_KEY = "sk-proj-Zq8Xv3Lm9Tn2Rb7Wc4Hy6Kd1Pf5Gs0Ju"
+
+
+@pytest.mark.parametrize("pasted", [PASTED_KEY, f"Bearer {PASTED_KEY}", [PASTED_KEY], {"k": PASTED_KEY}, 7j])
+def test_a_value_refused_by_any_option_never_quotes_what_may_be_a_key(pasted: Any) -> None:
+    refused = 0
+    for option in OPTIONS:
+        problems = option_problems({option.name: pasted})
+        if not problems:
+            continue
+        [problem] = problems
+        refused += 1
+        assert PASTED_KEY not in problem and PASTED_KEY[8:20] not in problem, (option.name, problem)
+        if pasted != 7j:
+            assert "characters, not shown: it may hold a key" in problem, (option.name, problem)
+    assert refused >= 20  # most options refuse each of these: the check above ran on each of them
+
+
+def test_a_key_pasted_as_an_option_value_is_refused_with_its_size_an_ordinary_value_quoted(
+        engine: str, fake: FakeProvider) -> None:
+    with pytest.raises(dfllm.ConfigurationError) as info:
+        pd.DataFrame({"t": ["x"]}).llm.predict(engine, "m", "{{t}}", "y", temperature=PASTED_KEY,
+                                               max_tokens=PASTED_KEY, seed="hot")
+    message = str(info.value)
+    assert PASTED_KEY not in message and PASTED_KEY[8:] not in message
+    assert "temperature must be a number from 0 to 2, got a value (40 characters, not shown: it may hold a key)" \
+        in message
+    assert "max_tokens must be a positive integer, got a value (40 characters, not shown" in message
+    assert "seed must be an integer, got 'hot'" in message  # nothing key-like: quoted, as before
+    assert fake.requests == []
