@@ -3,6 +3,7 @@ and ``PredictOptions`` follow it."""
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ _values = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(
 
 
 
+_PREDICT_ARGUMENTS = frozenset(inspect.signature(dfllm.predict).parameters) - OPTION_NAMES | {"progress"}
 _names = st.one_of(st.sampled_from(sorted(OPTION_NAMES)), st.text(min_size=1, max_size=12))
 
 
@@ -64,8 +66,9 @@ _names = st.one_of(st.sampled_from(sorted(OPTION_NAMES)), st.text(min_size=1, ma
 def test_any_option_dict_raises_only_dfllm_errors_and_invalid_ones_send_nothing(options: dict[str, Any]) -> None:
     engine = MockEngine(identity=None)
     try:
+        # predict's own arguments (df, engine, model, ...) are not options: a drawn 'engine' would clash.
         dfllm.predict(pd.DataFrame({"t": ["x"]}), engine, "m", "{{t}}", "y", progress=False,
-                      **{k: v for k, v in options.items() if k != "progress"})
+                      **{k: v for k, v in options.items() if k not in _PREDICT_ARGUMENTS})
     except dfllm.ConfigurationError:
         assert engine.requests == []
     except dfllm.DfllmError:
