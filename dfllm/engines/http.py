@@ -474,7 +474,7 @@ def _vector(value: Any) -> bytes | None:
         if isinstance(value, str):
             data = base64.b64decode(value, validate=True)
             floats = np.frombuffer(data, dtype="<f4") if data and len(data) % 4 == 0 else None
-        elif isinstance(value, list) and value:
+        elif isinstance(value, list) and value and _numbers_only(value):
             with np.errstate(over="ignore", invalid="ignore"):  # past float32's range is inf, refused below
                 floats = np.asarray(value, dtype=np.float64).astype("<f4")
         else:
@@ -484,6 +484,16 @@ def _vector(value: Any) -> bytes | None:
     if floats is None or floats.ndim != 1 or not np.isfinite(floats).all():
         return None
     return floats.tobytes()
+
+
+_NUMBER_TYPES = frozenset({float, int})
+
+
+def _numbers_only(values: list[Any]) -> bool:
+    """Whether every item is a JSON number: numpy would read ``"2"`` and ``true`` as numbers too. A
+    provider sends floats, counted at C speed; a list mixing in ints takes the slower set."""
+    kinds = list(map(type, values))
+    return kinds.count(float) == len(kinds) or set(kinds) <= _NUMBER_TYPES
 
 
 _MAX_COUNT = 2**53  # beyond this a count is not a count (and not exactly representable)

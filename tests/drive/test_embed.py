@@ -73,6 +73,30 @@ def test_a_vector_of_the_wrong_length_or_not_finite_is_never_a_value(fake: FakeP
     assert out["vec"].isna().all() and "differ in length" in out["vec_error"][0]
 
 
+WRONG_TYPES = ['[1, "2", 3, 4]', '[1, true, 3, 4]', '[1, " 1e3 ", 3, 4]', "[false, false, true, true]",
+               '[0.5, "NaN", 3, 4]', "[1, 2, 3, [4]]"]
+
+
+def test_strings_and_booleans_in_a_vector_are_the_rows_error_never_numbers(fake: FakeProvider) -> None:
+    answers = [*WRONG_TYPES, "[1, 2, 3, 4]", "[1.5, -2, 3e-3, 4]"]  # numbers, ints among floats too
+
+    def script(request: Any) -> Any:
+        if not request.path.endswith("/embeddings"):
+            return None
+        vector = answers[int(request.body["input"][0])]
+        return respond(200, ('{"data": [{"index": 0, "embedding": ' + vector + "}]}").encode())
+
+    fake.app.script = script
+    out = embed(pd.DataFrame({"t": [str(i) for i in range(len(answers))]}), "e", "m", "t", "vec", errors="null",
+                embed_batch_size=1, max_retries=0, cache=False)
+    assert sorted(x for r in fake.embedding_requests for x in r.inputs) == sorted(str(i) for i in range(len(answers)))
+    got = vectors(pa.array(out["vec"].array))
+    for i in range(len(WRONG_TYPES)):
+        assert got[i] is None and "is not a whole, finite vector" in out["vec_error"][i], (answers[i], got[i])
+    assert got[-2:] == [[1.0, 2.0, 3.0, 4.0], [1.5, -2.0, pytest.approx(3e-3), 4.0]]
+    assert out["vec_error"][-2:].isna().all()
+
+
 @settings(max_examples=200)
 @given(st.recursive(st.none() | st.booleans() | st.floats(allow_nan=True) | st.text(max_size=8),
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
