@@ -151,6 +151,7 @@ class Executor:
         self._entered = False
         self._batch: BatchDispatch | None = None  # mode='batch': one for the executor's life
         self._collected = False  # a stream's jobs are collected: its write pass reads the cache only
+        self._long_checks: asyncio.Lock | None = None  # long answers are checked one at a time
         self.on_jobs: Callable[[str], None] = lambda text: None  # batch jobs' states while they are waited on
 
     async def __aenter__(self) -> Executor:
@@ -375,11 +376,20 @@ class Executor:
         return problem if turns is None else turns
 
     async def _check(self, completion: Completion) -> Completion | SchemaError:
-        """The output's verdict on an answer; a long one is read on a worker thread, so that a
-        check in Python does not stall the other rows' requests (and their timeouts) for long."""
-        if len(completion.text) > _CHECKED_IN_THREAD_CHARS:
-            return await asyncio.to_thread(self._check_now, completion)
-        return self._check_now(completion)
+        """The output's verdict on an answer. A long one is read on a worker thread, one at a time,
+        and the loop then gets as long as the check took before the next long one starts: a check
+        that holds the GIL (pydantic's) stalls the loop while it runs, so many of them at once would
+        time out the other rows' requests (paid twice); this way checks take at most about half the
+        loop's time, and no stall is longer than one check."""
+        if len(completion.text) <= _CHECKED_IN_THREAD_CHARS:
+            return self._check_now(completion)
+        if self._long_checks is None:
+            self._long_checks = asyncio.Lock()  # made in the running loop
+        async with self._long_checks:
+            began = time.perf_counter()  # the real time the loop lost, whatever clock policy runs on
+            verdict = await asyncio.to_thread(self._check_now, completion)
+            await asyncio.sleep(time.perf_counter() - began)
+        return verdict
 
     def _check_now(self, completion: Completion) -> Completion | SchemaError:
         """``output.check``'s verdict; whatever it raises is this answer's error, never the run's."""

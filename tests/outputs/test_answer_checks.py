@@ -12,6 +12,7 @@ import itertools
 import json
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -26,12 +27,12 @@ from hypothesis import strategies as st
 import dfllm
 from dfllm.config.options import Options
 from dfllm.engines.base import Completion, Request
-from dfllm.outputs.kinds import TextOutput
+from dfllm.outputs.kinds import SchemaOutput, TextOutput
 from dfllm.outputs.parse import MAX_SCHEMA_ANSWER_CHARS, AnswerParser
 from dfllm.outputs.schema import normalise_schema
 from dfllm.runtime.executor import Executor, RequestSpec, Work
 from dfllm.runtime.progress import RunStats
-from dfllm.testing import Behaviour, FakeProvider, MockEngine, RecordedRequest, ok
+from dfllm.testing import Behaviour, FakeProvider, FakeProviderProcess, MockEngine, RecordedRequest, ok
 from tests.conftest import KEY
 
 
@@ -311,3 +312,50 @@ def test_no_answer_crashes_the_executor_in_process(kind: str) -> None:
         assert [e is None for e in errors] == [False, False, False, False, True]
     else:
         assert errors == [None] * len(texts) and out["y"].tolist() == texts
+
+
+# -- many long answers ----------------------------------------------------------------------
+
+# A union of 200 models: pydantic tries every member, holding the GIL, so a never-valid answer of
+# 70,000 characters (over the length checked on a worker thread) takes about 0.2 s to validate.
+def _shape(i: int) -> type[pydantic.BaseModel]:
+    fields: dict[str, Any] = {f"f{i}": (list[int], ...)}
+    return pydantic.create_model(f"Shape{i}", **fields)
+
+
+_SHAPES: Any = Union[tuple(  # noqa: UP007  # a Union of a tuple of types: no | spelling
+    _shape(i) for i in range(200))]
+_UNION = pydantic.create_model("Union200", u=(_SHAPES, ...))
+
+
+def test_long_answers_are_checked_one_at_a_time_with_the_loop_free_between_and_no_row_sent_twice(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The server runs in its own process, so the checks' hold on this one's GIL cannot slow it.
+    spans: list[tuple[float, float]] = []  # each long check's start and end, in the order they ran
+    check = SchemaOutput.check
+
+    def timed(self: SchemaOutput, completion: Completion) -> Completion | dfllm.SchemaError:
+        began = time.perf_counter()
+        try:
+            return check(self, completion)
+        finally:
+            if len(completion.text) > 65_536:
+                spans.append((began, time.perf_counter()))
+
+    monkeypatch.setattr(SchemaOutput, "check", timed)
+    cells = [json.dumps({"u": {"f0": [i]}} if i % 2 else {"u": {"f999": list(range(12_000 + i))}})
+             for i in range(16)]  # every other row never valid, 70,000 characters: about 0.2 s of pydantic
+    with FakeProviderProcess(latency_ms=200, responder="echo") as fake:  # the answer is the row's cell
+        dfllm.create_engine("t", "openai", api_key=KEY, base_url=fake.base_url, structured_outputs="prompt")
+        out = dfllm.predict(pd.DataFrame({"t": cells}), "t", "m", "{{t}}", "y", schema=_UNION, errors="null",
+                            concurrency=16, timeout_s=30, max_repairs=0, cache=False)
+        sent = fake.stats()["requests"]
+    errors = row_errors(out)
+    assert [e is None for e in errors] == [i % 2 == 1 for i in range(len(cells))], errors
+    assert all(str(e).startswith("SchemaError") for e in errors[::2]), errors[::2]
+    assert sent == len(cells)  # no row was sent twice
+    # One long check at a time (before, all eight ran at once on worker threads, each holding the
+    # GIL: the loop stood still for seconds), and after each the loop had at least as long again.
+    assert len(spans) == 8
+    for (start, end), (next_start, _) in itertools.pairwise(spans):
+        assert next_start - end >= 0.9 * (end - start), spans
