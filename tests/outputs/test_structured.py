@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import enum
 import json
+import math
 from typing import Annotated, Any, Literal
 
 import pandas as pd
@@ -359,6 +360,33 @@ def test_max_repairs_is_bounded_before_any_request() -> None:
             dfllm.predict(pd.DataFrame({"text": ["x"]}), engine, "m", "{{text}}", "t", schema={"n": int},
                           max_repairs=value)
     assert engine.requests == []
+
+
+def test_max_repairs_out_of_range_is_refused_before_the_server_sees_a_request(engine: str,
+                                                                              fake: FakeProvider) -> None:
+    fake.app.script = lambda request: ok(text="never json")
+    values: tuple[Any, ...] = (10**6, 11, -1, 10.5, True)
+    for value in values:
+        with pytest.raises(dfllm.ParameterError, match=f"max_repairs must be an integer from 0 to 10, got {value}"):
+            dfllm.predict(pd.DataFrame({"text": ["x"]}), engine, "m", "{{text}}", "t", schema={"n": int},
+                          errors="null", max_repairs=value, max_retry_time_s=5)
+    assert fake.requests == []
+
+
+def test_re_asks_spend_the_rows_max_retry_time_s_against_a_slow_server(engine: str, fake: FakeProvider) -> None:
+    latency_s, budget_s = 0.5, 1.2
+    fake.app.script = lambda request: ok(text="never json", delay_s=latency_s)
+    out = dfllm.predict(pd.DataFrame({"text": ["x"]}), engine, "m", "{{text}}", "t", schema={"n": int},
+                        errors="null", max_repairs=10, max_retry_time_s=budget_s, cache=False)
+    # Request k goes out no earlier than (k - 1) * latency_s after the first (each answer takes
+    # latency_s on the server), and only while the row's budget lasts: at most 3 here, against the
+    # 11 that max_repairs=10 allows. A busy machine only delays sends, so it can only lower the count.
+    most = math.ceil(budget_s / latency_s)
+    assert 1 <= len(fake.chat_requests) <= most < 1 + 10
+    assert [len(r.body["messages"]) for r in fake.chat_requests] == [1 + 2 * k for k in range(len(fake.chat_requests))]
+    error = out["t_error"][0]
+    assert error.startswith("SchemaError:") and "never json" in error
+    assert f"re-ask(s) the row has spent its max_retry_time_s={budget_s:g}" in error
 
 
 def test_nan_and_infinity_are_not_float_values() -> None:
