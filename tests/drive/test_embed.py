@@ -3,8 +3,10 @@ its records (inputs per request, each text embedded once, re-runs free, a poison
 
 from __future__ import annotations
 
+import base64
+import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -160,3 +162,105 @@ def test_a_request_refused_for_itself_is_not_split_down_to_every_input(fake: Fak
     out = embed(pd.DataFrame({"t": texts}), "e", "m", "t", "vec", dimensions=64, errors="null", embed_batch_size=100)
     assert out["vec"].isna().all() and "dimensions" in out["vec_error"][0]
     assert len(fake.embedding_requests) == 2 * 3  # each group and its two halves; ~400 before
+
+
+# -- the hostile-answer property, through the executor ----------------------------------------
+
+DIM = 4
+BodyFor = Callable[[int], str]  # the /v1/embeddings body that answers row i's one input
+
+
+def _expected(row: int) -> list[float]:
+    return [0.5 + row, -1.0, 0.25, 2.0]
+
+
+def _answer_body(embedding: Any) -> str:
+    return json.dumps({"object": "list", "model": "m", "usage": {"prompt_tokens": 1, "total_tokens": 1},
+                       "data": [{"object": "embedding", "index": 0, "embedding": embedding}]})
+
+
+def _as_floats(row: int) -> str:
+    return _answer_body(_expected(row))
+
+
+def _as_base64(row: int) -> str:
+    return _answer_body(base64.b64encode(np.array(_expected(row), "<f4").tobytes()).decode())
+
+
+def _always(text: str) -> BodyFor:
+    return lambda _row: text
+
+
+def _embedding_is(raw: str) -> str:
+    return '{"data": [{"index": 0, "embedding": ' + raw + "}]}"
+
+
+_WRONG_TYPES = ["[[1], [2], [3], [4]]", '[1, "2", 3, 4]', "[1, true, 3, 4]", "[false, false, true, true]",
+                "[1, 2, 3, null]"]
+_NOT_A_VECTOR = ['"x"', "null", "true", "{}", '"\\ud800"', '["\\udc00", 1, 2, 3]',
+                 '"AAAA\\ud800"', '"!!!notbase64"', json.dumps(base64.b64encode(b"\x00" * 15).decode()),
+                 json.dumps(base64.b64encode(np.array([1, 2, 3, np.nan], "<f4").tobytes()).decode())]
+_NOT_AN_ANSWER = ['{"data": {}}', '{"data": null}', '{"data": [{"index": 5, "embedding": [1, 2, 3, 4]}]}',
+                  '{"data": [{"index": 0, "embedding": [1, 2, 3, 4]}, {"index": 0, "embedding": [1, 2, 3, 4]}]}',
+                  "[]", "42", _as_floats(0)[:40], '{"data": [{"index": 0, "embedding": "\ud800"}]}']
+HOSTILE: st.SearchStrategy[str] = st.one_of(
+    st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999"]).map(lambda v: _embedding_is(f"[1.0, 2.0, 3.0, {v}]")),
+    st.integers(1, 10).filter(lambda n: n != DIM).map(lambda n: _embedding_is(json.dumps([1.0] * n))),
+    st.integers(1, 6000).map(lambda depth: _embedding_is("[" * depth + "]" * depth)),  # deep
+    st.integers(1, 6000).map(lambda depth: "[" * depth),  # deep and truncated
+    st.integers(100_000, 1_000_000).map(lambda n: _embedding_is("[" + "1.5," * n + "1]")),  # large
+    st.text(max_size=30),  # prose
+    st.sampled_from(_NOT_A_VECTOR).map(_embedding_is),
+    st.sampled_from(_WRONG_TYPES).map(_embedding_is),
+    st.sampled_from(_NOT_AN_ANSWER),
+)
+# (whether the answer is a valid vector, the body answering row i)
+ANSWERS: st.SearchStrategy[tuple[bool, BodyFor]] = st.one_of(
+    st.sampled_from([_as_floats, _as_base64]).map(lambda body_for: (True, body_for)),
+    HOSTILE.map(lambda text: (False, _always(text))),
+)
+
+
+def test_hostile_embedding_answers_end_as_a_vector_or_a_row_error_and_only_failures_are_re_sent(
+        tmp_path: Any) -> None:
+    bodies: dict[str, str] = {}  # input text -> the body the server answers it with
+
+    def script(request: Any) -> Any:
+        if not request.path.endswith("/embeddings"):
+            return None
+        return respond(200, bodies[request.body["input"][0]].encode("utf-8", "surrogatepass"))
+
+    caches = itertools.count()
+    with FakeProvider(api_key=KEY, script=script) as fake:  # one server for every example
+        dfllm.create_engine("hostile", "openai", api_key=KEY, base_url=fake.base_url)
+
+        def run(texts: list[str], cache: Any) -> tuple[list[list[float] | None], list[str | None], list[str]]:
+            before = len(fake.embedding_requests)
+            out = embed(pd.DataFrame({"t": texts}), "hostile", "m", "t", "vec", errors="null", embed_batch_size=1,
+                        dimensions=DIM, max_retries=0, timeout_s=20, cache=cache)
+            errors = [None if pd.isna(e) else str(e) for e in out["vec_error"]]
+            sent = [text for r in fake.embedding_requests[before:] for text in r.inputs]
+            return vectors(pa.array(out["vec"].array)), errors, sent
+
+        @settings(max_examples=40, deadline=None)
+        @given(st.lists(ANSWERS, min_size=1, max_size=5))
+        def check(drawn: list[tuple[bool, BodyFor]]) -> None:
+            texts = [f"text {i}" for i in range(len(drawn))]
+            bodies.clear()
+            bodies.update({text: body_for(i) for i, (text, (_, body_for)) in enumerate(zip(texts, drawn, strict=True))})
+            cache = tmp_path / f"{next(caches)}.sqlite"
+            got, errors, sent = run(texts, cache)
+            assert sorted(sent) == sorted(texts)  # each row asked once (max_retries=0)
+            for i, (valid, _) in enumerate(drawn):
+                assert (got[i] is None) != (errors[i] is None), (bodies[texts[i]][:80], got[i], errors[i])
+                if valid:
+                    assert got[i] == pytest.approx(_expected(i)) and errors[i] is None
+                else:
+                    assert got[i] is None, (bodies[texts[i]][:80], got[i])
+            again, errors_again, sent_again = run(texts, cache)
+            # Every valid answer was cached: a re-run asks only for the rows that failed, and the
+            # server's records show it.
+            assert sorted(sent_again) == sorted(t for t, (valid, _) in zip(texts, drawn, strict=True) if not valid)
+            assert again == got and [e is None for e in errors_again] == [e is None for e in errors]
+
+        check()
