@@ -26,12 +26,13 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from dfllm._exceptions import BatchError, ConfigurationError, DfllmError
 from dfllm.config.catalog import list_models
 from dfllm.config.engines import EngineConfig, configure, connection_params, hidden_name_problem, is_plain_name
 from dfllm.config.options import OPTION_NAMES, OPTIONS, Option
+from dfllm.config.secrets import may_hold_key, shown_value, without_keys
 from dfllm.drive.estimate import Estimator, assumption_problems
 from dfllm.drive.jobs import batch_jobs
 from dfllm.drive.stream import BatchRunner
@@ -115,8 +116,16 @@ def parser_for(option: Option) -> Callable[[str], Any]:
 
 
 # -- the argument parser ------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose errors never quote a value that may hold a key: ``--batch-rows sk-...`` would
+    say "invalid int value: 'sk-...'" (its subcommands' parsers are of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(without_keys(message, message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dfllm", description="LLM predictions on the rows of a file.")
+    parser = _Parser(prog="dfllm", description="LLM predictions on the rows of a file.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     predict = commands.add_parser(
@@ -218,7 +227,10 @@ def engine_config(args: argparse.Namespace, problems: list[str]) -> EngineConfig
         using["base_url"] = args.base_url
     if args.key_env is not None:
         value = os.environ.get(args.key_env)
-        if not value:
+        if not value and may_hold_key(args.key_env):  # the key itself, pasted in place of its variable's name
+            problems.append(f"--key-env takes the name of an environment variable holding the key, got "
+                            f"{shown_value(args.key_env)}: put the key in a variable and name that.")
+        elif not value:
             problems.append(f"--key-env {args.key_env}: that environment variable is not set.")
         elif provider is not None and provider.key_params:
             using[provider.key_params[-1]] = value
@@ -229,7 +241,7 @@ def engine_config(args: argparse.Namespace, problems: list[str]) -> EngineConfig
     try:
         return configure(_ENGINE_NAME, args.engine, using)
     except ConfigurationError as exc:
-        problems += exc.problems
+        problems += [without_keys(problem, args.engine) for problem in exc.problems]  # "Unknown provider 'sk-...'"
         return None
 
 
@@ -262,9 +274,18 @@ def option_values(args: argparse.Namespace, problems: list[str]) -> dict[str, An
         try:
             values[option.name] = parser_for(option)(raw)
         except (ValueError, OSError) as exc:
-            problems.append(f"--{option.name.replace('_', '-')} {raw!r}: {exc}. Expected {option.type}.")
+            problems.append(_option_problem(option, raw, exc))
     values.setdefault("errors", "null")  # a file keeps every row: failures go to the error column
     return values
+
+
+def _option_problem(option: Option, raw: str, exc: Exception) -> str:
+    """Why a flag's text is not of its option's type, never quoting a value that may hold a key:
+    float() and int() quote what they could not read ("could not convert string to float: 'sk-...'")."""
+    flag = "--" + option.name.replace("_", "-")
+    if may_hold_key(raw):
+        return f"{flag} expects {option.type}, got {shown_value(raw)}."
+    return f"{flag} {raw!r}: {exc}. Expected {option.type}."
 
 
 class _NoEngine:
@@ -407,7 +428,8 @@ def _plan(source: Any, config: EngineConfig | None, args: argparse.Namespace, op
         plan = make_plan(schema.empty_table(), engine, args.model, args.template, args.target, options,
                          local_images=args.option_image_root is not None, task=args.task)
     except ConfigurationError as exc:
-        problems += exc.problems
+        # A key pasted as the template, target or model is quoted back by their checks.
+        problems += [without_keys(problem, [args.template, args.target, args.model]) for problem in exc.problems]
         return None
     return plan if config is not None else None
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import string
 import subprocess
 import sys
 import time
@@ -16,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dfllm import ConfigurationError, create_engine
-from dfllm.cli import PARSERS, build_parser
+from dfllm.cli import PARSERS, build_parser, main
 from dfllm.config.options import OPTIONS
 from dfllm.runtime.cost import usd
 from dfllm.testing import DEFAULT_MODELS, FakeProvider, ok
@@ -459,3 +461,53 @@ def test_a_key_pasted_as_a_param_value_is_never_echoed(tmp_path: Path) -> None:
     assert pasted not in done.stderr + done.stdout and pasted[8:20] not in done.stderr + done.stdout
     for name in ("temperature must be a number", "max_tokens must be a positive integer", "seed must be an integer"):
         assert f"{name}" in done.stderr and "got a value (40 characters, not shown: it may hold a key)" in done.stderr
+
+
+def pasted_key() -> str:
+    """A key as a user would paste it: new each run, so no fixed string in dfllm could hide it."""
+    return "sk-proj-" + "".join(random.choices(string.ascii_letters + string.digits, k=40))
+
+
+def test_a_key_pasted_as_an_option_flags_value_is_never_echoed_an_ordinary_bad_value_is(tmp_path: Path) -> None:
+    (tmp_path / "in.csv").write_text("t\na\n")
+    pasted = pasted_key()
+    with FakeProvider() as fake:
+        done = run(predict_args(fake, str(tmp_path / "in.csv"), str(tmp_path / "o.csv"), "--temperature", pasted,
+                                "--max-repairs", pasted), tmp_path)
+        hot = run(predict_args(fake, str(tmp_path / "in.csv"), str(tmp_path / "o.csv"), "--temperature", "hot"),
+                  tmp_path)
+        sent = len(fake.requests)
+    assert done.returncode == 2 and hot.returncode == 2 and sent == 0, done.stderr
+    assert pasted not in done.stderr + done.stdout and pasted[8:20] not in done.stderr + done.stdout
+    assert "--temperature expects float, got a value (48 characters, not shown: it may hold a key)" in done.stderr
+    assert "--max-repairs expects int, got a value (48 characters" in done.stderr
+    assert "--temperature 'hot': could not convert string to float: 'hot'. Expected float." in hot.stderr
+
+
+def test_no_flag_of_the_command_echoes_a_pasted_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "in.csv").write_text("t\na\n")
+    pasted = pasted_key()
+    call = ["predict", str(tmp_path / "in.csv"), str(tmp_path / "o.csv"), "--engine", "openai", "--model", "m",
+            "--template", "say {{t}}", "--target", "y"]
+    # argparse's own checks (a type, a choice, an extra argument) quote what they refuse.
+    for extra in (["--batch-rows", pasted], ["--input-format", pasted], [pasted]):
+        with pytest.raises(SystemExit) as stopped:
+            main([*call, *extra])
+        err = capsys.readouterr().err
+        assert stopped.value.code == 2 and pasted not in err and "(48 characters, not shown: it may hold a key)" in err
+    # dfllm's checks of the engine, the key's variable and the template.
+    assert main([*call, "--engine", pasted]) == 2
+    assert main([*call, "--key-env", pasted]) == 2
+    assert main([*call, "--template", pasted]) == 2
+    shown = capsys.readouterr()
+    assert pasted not in shown.err + shown.out and pasted[8:20] not in shown.err
+    assert "Unknown provider '(48 characters, not shown: it may hold a key)'" in shown.err
+    assert "--key-env takes the name of an environment variable holding the key, got a value (48" in shown.err
+    assert "prompt_template '(48 characters, not shown: it may hold a key)' has no {{column}}" in shown.err
+    with pytest.raises(SystemExit):
+        main([*call, "--batch-rows", "many", "--input-format", "xls"])
+    assert "argument --batch-rows: invalid int value: 'many'" in capsys.readouterr().err  # an ordinary one is quoted
+    assert main([*call, "--engine", "opnai", "--key-env", "NO_SUCH_VAR_FOR_DFLLM"]) == 2
+    shown = capsys.readouterr()
+    assert "Unknown provider 'opnai'. Did you mean 'openai'?" in shown.err
+    assert "--key-env NO_SUCH_VAR_FOR_DFLLM: that environment variable is not set." in shown.err
