@@ -1,7 +1,7 @@
 """Against a server-side RPM cap: achieved rate / cap, the 429 share and client CPU per row.
 
     python benchmarks/ratelimit.py [--rpm 3000] [--rows 1500] [--latency-ms 50] [--concurrency 256]
-        [--window-s 20] [--windows 2.5] [--only adaptive,shapes,issue,random]
+        [--window-s 20] [--windows 2.5] [--cpu-repeat 3] [--only adaptive,shapes,issue,random,cpu]
 
 Scenarios, each on a fresh fake provider process enforcing the cap (token bucket, 1 s burst):
   dfllm, cap advertised in x-ratelimit-* headers (as OpenAI does), no limits given
@@ -22,6 +22,9 @@ The target for every row of these two tables: >= 0.95 of the cap with <= 1% 429s
 Then, without a cap, --random-rows rows at --random-concurrency (64, predict's default) with and
 without 5% random 429s (Retry-After: 1 s): the
 time against the fault-free run, and CPU per row unpaced against paced by headers.
+Then the client's CPU per row (the whole process, every thread) paced by a --rpm cap told in
+x-ratelimit headers against unpaced (no cap), --rows rows each, best of --cpu-repeat runs of
+each: the target is at most 1.5x. Then, once each, a bucket and a sliding window a minute deep.
 """
 
 from __future__ import annotations
@@ -143,8 +146,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--window-s", type=float, default=20.0, help="the shapes' window length")
     parser.add_argument("--windows", type=float, default=2.5, help="the shapes' run length, in windows at the cap")
-    parser.add_argument("--only", default="adaptive,shapes,issue,random",
-                        help="the sections to run, comma-separated: adaptive, shapes, issue, random")
+    parser.add_argument("--cpu-repeat", type=int, default=3)
+    parser.add_argument("--only", default="adaptive,shapes,issue,random,cpu",
+                        help="the sections to run, comma-separated: adaptive, shapes, issue, random, cpu")
     args = parser.parse_args()
     sections = set(args.only.split(","))
     print(f"latency {args.latency_ms:g} ms, concurrency {args.concurrency}")
@@ -156,6 +160,8 @@ def main() -> None:
         issue_cases(args)
     if "random" in sections:
         random_faults(args)
+    if "cpu" in sections:
+        paced_cpu(args)
 
 
 def adaptive(args: argparse.Namespace) -> None:
@@ -185,6 +191,28 @@ def random_faults(args: argparse.Namespace) -> None:
         print(f"{name:<46}{m['elapsed']:>9.2f}{m['elapsed'] / clean['elapsed']:>9.2f}{m['sent']:>7}{m['r429']:>6}"
               f"{m['failed']:>7}{m['cpu_us']:>9.0f}")
     print(f"CPU per row, paced / unpaced: {paced['cpu_us'] / clean['cpu_us']:.2f}")
+
+
+def paced_cpu(args: argparse.Namespace) -> None:
+    """Client CPU per row paced by a cap the headers tell, against unpaced, best of N each: a
+    paced run spends most of its time waiting, so its CPU per row shows what each wake-up costs."""
+    rows, repeat = args.rows, args.cpu_repeat
+    print(f"\nclient CPU per row, {rows} rows, latency {args.latency_ms:g} ms, concurrency {args.concurrency}, "
+          f"best of {repeat}")
+    unpaced = [measure("dfllm, unpaced", args, rows, {})["cpu_us"] for _ in range(repeat)]
+    paced = [measure("dfllm, paced by headers", args, rows, {"rpm": args.rpm})["cpu_us"] for _ in range(repeat)]
+    for name, runs in (("unpaced (no cap)", unpaced), (f"paced by a {args.rpm:g}/min cap in headers", paced)):
+        print(f"{name:<46} best {min(runs):>6.0f} us/row  (runs {', '.join(f'{r:.0f}' for r in runs)})")
+    ratio = min(paced) / min(unpaced)
+    print(f"CPU per row, paced / unpaced: {ratio:.2f}x (target <= 1.5x) -> {'OK' if ratio <= 1.5 else 'NOT MET'}")
+    # A budget a minute deep, as OpenAI's (the fake's default bucket holds a second's): its
+    # first --rpm rows go unpaced, the rest at the cap; sends then go in groups.
+    deep_rows = 2 * round(args.rpm)
+    for shape in ("bucket", "sliding"):
+        m = measure("dfllm, deep", args, deep_rows, {"rpm": args.rpm, "rpm_shape": shape, "rpm_burst": args.rpm,
+                                                      "rpm_window_s": 60, "ratelimit_headers": "openai"})
+        print(f"{f'paced, a minute-deep {shape}, {deep_rows} rows':<46} {m['cpu_us']:>11.0f} us/row  "
+              f"({m['cpu_us'] / min(unpaced):.2f}x unpaced; {m['rate'] / args.rpm:.2f}x the cap, {m['r429']} 429s)")
 
 
 if __name__ == "__main__":

@@ -82,6 +82,87 @@ def test_pacer_refuses_a_request_that_can_never_fit() -> None:
         asyncio.run(Pacer(100, t.clock, t.sleep).acquire(101))
 
 
+def _paced_sends(pacer: Pacer, t: FakeClock, callers: int) -> list[float]:
+    """When each of ``callers`` waiting at once was let out, in the order they were."""
+    sent: list[float] = []
+
+    async def one() -> None:
+        await pacer.acquire()
+        sent.append(t.now)
+
+    async def go() -> None:
+        await asyncio.gather(*(one() for _ in range(callers)))
+
+    asyncio.run(go())
+    return sent
+
+
+def test_a_grouping_pacer_wakes_once_a_group_at_the_same_average_rate() -> None:
+    # 3,000 a minute is a send every 20 ms: one wake-up (and loop pass) each was most of a paced
+    # row's CPU. Grouped by 0.1 s, six go per two wake-ups, each at the group's last slot: never
+    # before its own slot, at most 0.1 s after it.
+    t = FakeClock()
+    sent = _paced_sends(Pacer(3000, t.clock, t.sleep, group_s=0.1), t, 500)
+    exact = _paced_sends(Pacer(3000, (e := FakeClock()).clock, e.sleep), e, 500)
+    assert len(t.slept) <= 500 * 2 / 5 and len(e.slept) == 499
+    assert all(slot - 1e-9 <= when <= slot + 0.1 + 1e-9 for when, slot in zip(sent, exact, strict=True))
+    for start in sent:  # any second holds the rate's 50 and at most one group more
+        assert sum(start <= when < start + 1.0 for when in sent) <= 50 + 6
+
+
+@given(st.floats(min_value=1, max_value=100_000), st.floats(min_value=0, max_value=0.5),
+       st.lists(st.integers(1, 50), min_size=1, max_size=60))
+def test_a_grouping_pacer_never_exceeds_its_rate_by_more_than_a_group(
+        per_minute: float, group_s: float, amounts: list[int]) -> None:
+    t = FakeClock()
+    pacer = Pacer(per_minute, t.clock, t.sleep, group_s=group_s)
+    granted: list[tuple[float, int]] = []
+
+    async def one(amount: int) -> None:
+        await pacer.acquire(amount)
+        granted.append((t.now, amount))
+
+    async def go() -> None:
+        await asyncio.gather(*(one(a) for a in amounts if a <= per_minute))
+
+    asyncio.run(go())
+    largest = max((a for _, a in granted), default=0)
+    for start, _ in granted:
+        in_window = sum(a for when, a in granted if start <= when < start + 60)
+        assert in_window <= per_minute * (1 + group_s / 60) + largest
+
+
+def test_a_caller_cancelled_at_the_head_of_the_line_hands_it_on() -> None:
+    t = FakeClock()
+    held = True  # the head's sleep hangs until the test lets sleeps pass
+
+    async def sleep(seconds: float) -> None:
+        if held:
+            await asyncio.get_running_loop().create_future()
+        await t.sleep(seconds)
+
+    pacer = Pacer(60, t.clock, sleep, group_s=0.1)  # one a second
+    sent: list[str] = []
+
+    async def one(name: str) -> None:
+        await pacer.acquire()
+        sent.append(name)
+
+    async def go() -> None:
+        nonlocal held
+        await pacer.acquire()  # the first goes at once; the rest wait in line
+        head = asyncio.ensure_future(one("head"))
+        await asyncio.sleep(0)
+        others = [asyncio.ensure_future(one(name)) for name in ("second", "third")]
+        await asyncio.sleep(0)
+        head.cancel()  # while it sleeps until its slot
+        held = False
+        await asyncio.wait_for(asyncio.gather(*others), timeout=5)
+
+    asyncio.run(go())
+    assert sent == ["second", "third"] and t.now == pytest.approx(2.0)
+
+
 def test_pause_holds_everyone_until_the_time_named_with_jitter() -> None:
     t = FakeClock()
     pause = Pause(t.clock, t.sleep, random.Random(1))
@@ -153,6 +234,31 @@ def test_adaptive_rate_learns_from_the_last_second_cuts_after_a_cooldown_and_gro
     assert rate.per_minute() == pytest.approx(0.9 * probed / 2, rel=0.03)
     t.now = 13.5  # then a slow probe: +3% a second
     assert rate.per_minute() == pytest.approx(0.9 * probed / 2 * 1.3, rel=0.03)
+
+
+def _read_budget(depth: int, *, refills: bool, reset_s: float | None) -> AdaptiveRate:
+    """A rate seeded at 3,000 a minute that read a budget ``depth`` deep, spent a send a reading
+    and (``refills``) given back a send between readings."""
+    t = FakeClock()
+    rate = AdaptiveRate(t.clock, t.sleep)
+    rate.seed(3000)
+    remaining = depth
+    for _ in range(20):
+        t.now += 0.02
+        rate.on_success()
+        remaining -= 0 if refills else 1
+        rate.on_remaining(remaining, limit=3000, reset_s=reset_s)
+    return rate
+
+
+def test_the_learned_pace_groups_sends_only_where_a_budget_has_room_and_comes_back() -> None:
+    deep = _read_budget(3000, refills=True, reset_s=0.02)  # a minute deep, refilling as spent
+    assert deep.group_s() == pytest.approx(AdaptiveRate.GROUP_S)
+    # A second deep (the fake's default bucket): a group would be a share of it; one by one.
+    assert _read_budget(49, refills=True, reset_s=0.02).group_s() * 3000 / 60 < 1
+    # Nothing comes back (a fixed window before its end): one by one.
+    assert _read_budget(3000, refills=False, reset_s=None).group_s() == 0.0
+    assert AdaptiveRate(FakeClock().clock, FakeClock().sleep).group_s() == 0.0  # nothing read
 
 
 def paced_run(seconds: float, *, start_per_s: float, random_429: float = 0.0, cap_per_s: float | None = None,
