@@ -50,13 +50,14 @@ class Pacer:
         # Waiting callers in arrival order, each with its amount and a future: True when its
         # group lets it go (its slot booked), False when it becomes the head that sleeps.
         self._line: collections.deque[tuple[float, asyncio.Future[bool]]] = collections.deque()
+        self._releasing: asyncio.Future[None] | None = None  # the last group's release, held
 
     def set_rate(self, per_minute: float) -> None:
         if per_minute > 0:
             self.per_minute = per_minute
 
     async def acquire(self, amount: float = 1.0) -> None:
-        if self._rate is not None and not self._line:  # else the head re-reads it for its group
+        if self._rate is not None:
             self.set_rate(self._rate())
         if amount > self.per_minute:
             raise ValueError(
@@ -106,23 +107,37 @@ class Pacer:
         self._line.popleft()
         self._book(amount, now, waited=waited)
         group: list[asyncio.Future[bool]] = []
-        group_until, last_slot = now + self._group_s(), now
-        while self._line and (slot := self._due()) <= group_until:
-            follower, turn = self._line.popleft()
-            self._book(follower, slot, waited=False)
-            group.append(turn)
-            last_slot = slot
+        last_slot = now
         try:
-            # At the group's last slot, not its first: by any moment no more have gone than the
-            # slots due by then, so a bucket paced at its refill is never overdrawn.
-            if group and (late := last_slot - self._clock()) > 0:
+            group_until = now + self._group_s()
+            while self._line and (slot := self._due()) <= group_until:
+                follower, turn = self._line.popleft()
+                self._book(follower, slot, waited=False)
+                group.append(turn)
+                last_slot = slot
+        finally:
+            if not group:
+                self._hand_on()
+        if group:  # shielded: a head cancelled meanwhile must not let its group go early
+            self._releasing = asyncio.ensure_future(self._release(group, last_slot))
+            await asyncio.shield(self._releasing)
+
+    def _hand_on(self) -> None:
+        if self._line and not self._line[0][1].done():  # (cancelled: its _leave hands on)
+            self._line[0][1].set_result(False)  # the next head: it sleeps until its own slot
+
+    async def _release(self, group: list[asyncio.Future[bool]], last_slot: float) -> None:
+        """Let the group go at its last slot, not its first: by any moment no more have gone than
+        the slots due by then, so a bucket paced at its refill is never overdrawn. Then the next
+        caller leads."""
+        try:
+            if (late := last_slot - self._clock()) > 0:
                 await self._sleep(late)
         finally:
             for turn in group:
                 if not turn.done():  # a follower cancelled meanwhile is gone already
                     turn.set_result(True)
-            if self._line and not self._line[0][1].done():  # (cancelled: its _leave hands on)
-                self._line[0][1].set_result(False)  # the next head: it sleeps until its own slot
+            self._hand_on()
 
     def _leave(self, entry: tuple[float, asyncio.Future[bool]]) -> None:
         """A caller cancelled while it waited: out of the line (let go already, its slot stays
@@ -131,8 +146,8 @@ class Pacer:
             return
         was_head = self._line[0] is entry
         self._line.remove(entry)
-        if was_head and self._line and not self._line[0][1].done():
-            self._line[0][1].set_result(False)
+        if was_head:
+            self._hand_on()
 
 
 class Pause:

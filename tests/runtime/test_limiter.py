@@ -163,6 +163,46 @@ def test_a_caller_cancelled_at_the_head_of_the_line_hands_it_on() -> None:
     assert sent == ["second", "third"] and t.now == pytest.approx(2.0)
 
 
+def test_a_head_cancelled_while_its_group_waits_for_the_last_slot_lets_none_go_early() -> None:
+    t = FakeClock()
+    sleeping: list[tuple[float, asyncio.Future[None]]] = []  # sleeps end when the test says
+
+    async def sleep(seconds: float) -> None:
+        done = asyncio.get_running_loop().create_future()
+        sleeping.append((t.now + seconds, done))
+        await done
+
+    async def advance_to(moment: float) -> None:
+        t.now = moment
+        for until, done in list(sleeping):
+            if until <= moment and not done.done():
+                done.set_result(None)
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    pacer = Pacer(60, t.clock, sleep, group_s=5.0)  # one a second, groups up to 5 s
+    sent: list[tuple[str, float]] = []
+
+    async def one(name: str) -> None:
+        await pacer.acquire()
+        sent.append((name, t.now))
+
+    async def go() -> None:
+        await pacer.acquire()  # goes at 0; the next slot is at 1
+        head = asyncio.ensure_future(one("head"))
+        await asyncio.sleep(0)
+        followers = [asyncio.ensure_future(one(f"f{i}")) for i in range(4)]
+        await advance_to(1.0)  # the head books 2, 3, 4 and 5 for its group and waits for 5
+        head.cancel()
+        await advance_to(1.0)
+        assert sent == []  # before: all four went at 1.0
+        await advance_to(5.0)
+        await asyncio.gather(*followers)
+
+    asyncio.run(go())
+    assert sent == [(f"f{i}", 5.0) for i in range(4)]
+
+
 def test_pause_holds_everyone_until_the_time_named_with_jitter() -> None:
     t = FakeClock()
     pause = Pause(t.clock, t.sleep, random.Random(1))
