@@ -284,6 +284,9 @@ async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes,
     if resp.content_length is not None and resp.content_length > limit:
         resp.close()
         return b"", False
+    if resp.content_length is not None and not resp.headers.get("Content-Encoding"):
+        # Declared and not compressed: aiohttp reads no more than declared, in one call.
+        return await resp.read(), True
     chunks: list[bytes] = []
     size = 0
     while chunk := await resp.content.readany():
