@@ -26,11 +26,10 @@ class Pacer:
     re-reads it at least every ``NAP_S`` while it waits: a rate that grows is followed at once.
 
     Given ``group_s`` (seconds, or a function giving them), the head of the line sleeps until its
-    slot, then lets out with it everyone behind whose slot falls within ``group_s``, all in one
-    pass of the event loop, and hands the line to the next: one wake-up a group instead of a
-    wake-up, and loop passes, for each send. A caller alone goes at its own slot, as without
-    groups. The average rate is unchanged, as each send still books its own slot; the burst is
-    at most ``group_s``'s share of the rate.
+    slot, books the slots of everyone behind it that fall within ``group_s``, and lets the group
+    go together at the last of them, then hands the line to the next: one wake-up a group
+    instead of one, and its loop passes, for each send. No send goes before its own slot and
+    the average rate is unchanged; a caller alone goes at its own slot, as without groups.
     """
 
     NAP_S = 0.5
@@ -84,11 +83,11 @@ class Pacer:
         return self._last_start + self._last_amount * 60.0 / self.per_minute
 
     def _book(self, amount: float, now: float, *, waited: bool) -> None:
-        """Book the next slot for ``amount``: at the rate that let this send go, not from when a
-        sleep ended (oversleeping by a millisecond per send would otherwise cost ~5% of the rate
-        at 50 sends/s), nor from now when it goes early with its group. Within one slot of now
-        after a wait: a rate that rose meanwhile would otherwise date the slot far back and let
-        a burst through. Idle: no credit for the unused past, hence no burst."""
+        """Book the next slot for ``amount`` (a follower's own slot, at ``now`` its due time): at
+        the rate that let this send go, not from when a sleep ended (oversleeping by a millisecond
+        per send would otherwise cost ~5% of the rate at 50 sends/s). Within one slot of now after
+        a wait: a rate that rose meanwhile would otherwise date the slot far back and let a burst
+        through. Idle: no credit for the unused past, hence no burst."""
         due = self._due()
         self._last_start = max(due, now - amount * 60.0 / self.per_minute) if waited else max(due, now)
         self._last_amount = amount
