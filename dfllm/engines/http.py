@@ -89,6 +89,7 @@ class OpenAICompatibleEngine:
         self._auth_hint = auth_hint or "Check the API key given to create_engine (or its environment variable)."
         self._max_body_bytes = max_body_bytes
         self._session: aiohttp.ClientSession | None = None
+        self._timeout = aiohttp.ClientTimeout(total=60.0)
 
     def __repr__(self) -> str:
         return f"OpenAICompatibleEngine(base_url={self.base_url!r})"
@@ -116,13 +117,14 @@ class OpenAICompatibleEngine:
         """``{"model", "messages", **params}`` as JSON, in OpenAI's dialect (``openai_chat``). Every
         task of a call shares one params dict and schema (with a schema, a large response_format):
         they are encoded once, not once per row."""
-        shared = (task.params, task.json_schema, task.answer_format, task.schema_name)
-        if any(a is not b for a, b in zip(shared, self._shared, strict=True)):
-            self._shared = shared
-            params = body_params(task)
-            self._params_json = b"," + _json_body(params)[1:] if params else b"}"
+        params, schema, answer_format, name = self._shared
+        if task.params is not params or task.json_schema is not schema or task.answer_format is not answer_format \
+                or task.schema_name is not name:
+            self._shared = (task.params, task.json_schema, task.answer_format, task.schema_name)
+            sent = body_params(task)
+            self._params_json = b"," + _json_body(sent)[1:] if sent else b"}"
         head = _json_body({"model": task.model, "messages": task.openai_messages()})
-        return head[:-1] + self._params_json
+        return head if self._params_json == b"}" else head[:-1] + self._params_json
 
     async def embed(self, task: EmbedTask) -> Completion:
         """POST ``{base_url}/embeddings``: the vectors of ``task.inputs``, in order, as float32 bytes in
@@ -177,7 +179,9 @@ class OpenAICompatibleEngine:
         ``max_body_bytes``: the answer's cap when it is not the engine's (many vectors at once).
         """
         cap = max_body_bytes or self._max_body_bytes
-        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        timeout = self._timeout  # a call's tasks share one timeout: made once, not per request
+        if timeout.total != timeout_s:
+            timeout = self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         sent_as_is = body is None or isinstance(body, (bytes, aiohttp.payload.Payload))
         data = body if sent_as_is else _json_body(body)
         failure: EngineError | None = None
@@ -267,11 +271,15 @@ class OpenAICompatibleEngine:
         return BadRequestError(f"{where}. The request was rejected as invalid; it is not retried.", status=status)
 
 
+# json.dumps(body, allow_nan=False), with the encoder made once rather than per request.
+_STRICT_JSON = json.JSONEncoder(allow_nan=False).encode
+
+
 def _json_body(body: Any) -> bytes:
     """The request body as strict JSON: NaN and infinities are not JSON (a provider's parser refuses
     them, or worse, reads them), and a value JSON cannot hold fails here rather than inside aiohttp."""
     try:
-        return json.dumps(body, allow_nan=False).encode()
+        return _STRICT_JSON(body).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         problem = str(exc)[:200]
     raise BadRequestError(f"The request body cannot be sent as JSON ({problem}); check extra_body and the "
@@ -281,10 +289,11 @@ def _json_body(body: Any) -> bytes:
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
     """The body (decompressed, as aiohttp serves it), and whether it is whole: reading stops, and
     the connection is closed, as soon as the body is known to exceed ``limit`` bytes."""
-    if resp.content_length is not None and resp.content_length > limit:
+    declared = resp.content_length
+    if declared is not None and declared > limit:
         resp.close()
         return b"", False
-    if resp.content_length is not None and not resp.headers.get("Content-Encoding"):
+    if declared is not None and not resp.headers.get("Content-Encoding"):
         # Declared and not compressed: aiohttp reads no more than declared, in one call.
         return await resp.read(), True
     chunks: list[bytes] = []
@@ -381,59 +390,87 @@ def parse_completion(
 ) -> Completion:
     """The text answer in a 2xx body, or the error saying why the body is not one."""
     try:
-        payload = json.loads(raw)
+        payload = _json_of(raw)
     except (ValueError, RecursionError):
         payload = None
     return completion_of(payload, raw, headers, base_url, scrub)
+
+
+def _json_of(raw: bytes) -> Any:
+    """``json.loads(raw)``. A body that starts as a UTF-8 object is decoded as json.loads would decode
+    it, without its encoding detection (a step per answer); any other goes through json.loads whole."""
+    if raw[:1] == b"{" and raw[1:2] != b"\0":
+        return json.loads(raw.decode("utf-8", "surrogatepass"))
+    return json.loads(raw)
 
 
 def completion_of(payload: Any, raw: bytes, headers: Mapping[str, str], base_url: str,
                   scrub: Callable[[str], str] = str) -> Completion:
     """``parse_completion`` of a body already parsed (``payload``; None when it was not JSON): a batch
     job's result line holds its body parsed, which is not encoded and read again."""
-    where = f"{base_url} answered 2xx but"
     choices = payload.get("choices") if isinstance(payload, dict) else None
     first = choices[0] if isinstance(choices, list) and choices else None
     message = first.get("message") if isinstance(first, dict) else None
     if not isinstance(message, dict):
         what = "the body is not JSON" if payload is None else "the body has no choices[0].message"
-        raise ResponseFormatError(f"{where} {what}, so it is not a chat completion: {_snippet(raw, scrub, payload)!r}")
+        raise ResponseFormatError(f"{base_url} answered 2xx but {what}, so it is not a chat completion: "
+                                  f"{_snippet(raw, scrub, payload)!r}")
     assert isinstance(first, dict)
-    finish = first.get("finish_reason")
-    # Interned: a million answers then hold one "stop", not a million copies of it.
-    finish = sys.intern(_shown(finish, str, 40)) if isinstance(finish, str) else None
+    finish = _finish_reason(first.get("finish_reason"))
     content = message.get("content")
     refusal = message.get("refusal")
+    if not isinstance(content, str) or finish in _WITHHELD or (isinstance(refusal, str) and refusal):
+        raise _no_answer(message, content, refusal, finish, f"{base_url} answered 2xx but", scrub)
+    usage = payload.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    # Made as a tuple: this runs once per answer (the fields in Completion's order).
+    return _new_completion(Completion, (
+        # A provider (or proxy) echoing the key into the answer must not put it in the result or cache.
+        scrub(_well_formed(content)),
+        _token_count(usage.get("prompt_tokens")),
+        _token_count(usage.get("completion_tokens")),
+        rate_limit_state(headers, scrub),
+        finish,
+        None,
+        _cached_count(usage),
+    ))
+
+
+_new_completion = tuple.__new__
+_WITHHELD = frozenset({"content_filter", "length"})  # finish reasons that hold no whole answer
+# The reasons providers send, interned once: a million answers then hold one "stop", not a million copies.
+_KNOWN_FINISH = {reason: sys.intern(reason) for reason in
+                 ("stop", "length", "content_filter", "tool_calls", "function_call", "eos", "end_turn")}
+
+
+def _finish_reason(finish: Any) -> str | None:
+    """The finish reason as fit to keep (printable, at most 40 characters, interned); None if not text."""
+    if not isinstance(finish, str):
+        return None
+    return _KNOWN_FINISH.get(finish) or sys.intern(_shown(finish, str, 40))
+
+
+def _no_answer(message: dict[str, Any], content: Any, refusal: Any, finish: str | None, where: str,
+               scrub: Callable[[str], str]) -> EngineError:
+    """Why a 2xx message holds no whole text answer: a refusal, a withheld or cut answer, no text."""
     if isinstance(refusal, str) and refusal:
-        raise RefusalError(f"{where} the model refused: {_shown(refusal, scrub, _SHOWN_BODY)!r}")
+        return RefusalError(f"{where} the model refused: {_shown(refusal, scrub, _SHOWN_BODY)!r}")
     if finish == "content_filter":
-        raise RefusalError(f"{where} its content filter withheld the answer (finish_reason 'content_filter').")
+        return RefusalError(f"{where} its content filter withheld the answer (finish_reason 'content_filter').")
     if finish == "length":
         text = scrub(_well_formed(content)) if isinstance(content, str) else None
         shown = f": {_shown(text, str, 80)!r}" if text is not None else ""
-        raise IncompleteAnswerError(
+        return IncompleteAnswerError(
             f"{where} the answer was cut off at the token limit (finish_reason 'length'){shown}; "
             "raise max_tokens to get whole answers.",
             text=text,
         )
     if content is None:
         why = "the model answered with tool calls, not text" if message.get("tool_calls") else "there is no text"
-        raise IncompleteAnswerError(f"{where} {why} (message.content is null, finish_reason {finish!r}).")
-    if not isinstance(content, str):
-        raise ResponseFormatError(
-            f"{where} message.content is a {type(content).__name__}, not text: "
-            f"{_shown(str(content), scrub, _SHOWN_BODY)!r}"
-        )
-    usage = payload.get("usage") if isinstance(payload, dict) else None
-    usage = usage if isinstance(usage, dict) else {}
-    return Completion(
-        # A provider (or proxy) echoing the key into the answer must not put it in the result or cache.
-        text=scrub(_well_formed(content)),
-        prompt_tokens=_token_count(usage.get("prompt_tokens")),
-        completion_tokens=_token_count(usage.get("completion_tokens")),
-        rate_limit=rate_limit_state(headers, scrub),
-        finish_reason=finish,
-        cached_tokens=_cached_count(usage),
+        return IncompleteAnswerError(f"{where} {why} (message.content is null, finish_reason {finish!r}).")
+    return ResponseFormatError(
+        f"{where} message.content is a {type(content).__name__}, not text: "
+        f"{_shown(str(content), scrub, _SHOWN_BODY)!r}"
     )
 
 
@@ -505,6 +542,8 @@ _MAX_COUNT = 2**53  # beyond this a count is not a count (and not exactly repres
 def _token_count(value: Any) -> int:
     """A usage count, or 0 when the provider sent something that is not one: a bad usage
     field must never cost a valid answer."""
+    if type(value) is int:  # what providers send; compared as an int, never made a float
+        return value if 0 <= value <= _MAX_COUNT else 0
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return 0
     if not math.isfinite(value) or not 0 <= value <= _MAX_COUNT:
@@ -610,9 +649,10 @@ def rate_limit_state(headers: Mapping[str, str], scrub: Callable[[str], str] = s
     A limit below 1 (``0``, ``-1``), a negative count, or a value that is not a finite number
     is treated as absent: a header can slow a run only with a meaningful value.
     """
-    raw = {name: headers.get(name) for name in _RATE_LIMIT_HEADERS}
-    if all(v is None for v in raw.values()):
+    values = [headers.get(name) for name in _RATE_LIMIT_HEADERS]
+    if values.count(None) == len(values):  # most answers, from most servers
         return None
+    raw = dict(zip(_RATE_LIMIT_HEADERS, values, strict=True))
     return RateLimitState(
         limit_requests=_count(raw["x-ratelimit-limit-requests"], 1),
         remaining_requests=_count(raw["x-ratelimit-remaining-requests"], 0),

@@ -169,6 +169,49 @@ def test_completion_carries_its_finish_reason() -> None:
     assert completion.finish_reason == "stop" and completion.text == "hi" and completion.prompt_tokens == 3
 
 
+def test_a_completion_holds_each_field_in_its_place() -> None:
+    from dfllm.engines.base import Completion, RateLimitState
+    from dfllm.engines.http import parse_completion
+
+    usage = {"prompt_tokens": 9, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 2}}
+    body = json.dumps({"choices": [{"message": {"content": "hi"}, "finish_reason": "eos"}], "usage": usage})
+    completion = parse_completion(body.encode(), {"x-ratelimit-limit-requests": "60"}, "http://x")
+    assert completion == Completion(text="hi", prompt_tokens=9, completion_tokens=4, finish_reason="eos",
+                                    cached_tokens=2, rate_limit=RateLimitState(
+                                        limit_requests=60, headers=(("x-ratelimit-limit-requests", "60"),)))
+    assert type(completion) is Completion and completion.values is None
+
+
+def test_a_usage_count_too_large_for_a_float_is_zero_not_a_failure() -> None:
+    from dfllm.engines.http import parse_completion
+
+    body = b'{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1' + b"0" * 400 + b"}}"
+    completion = parse_completion(body, {}, "http://x")
+    assert completion.text == "hi" and completion.prompt_tokens == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+                    max_leaves=8),
+       st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"]),
+       st.binary(max_size=3))
+def test_a_body_is_read_as_json_loads_reads_it(value: Any, encoding: str, tail: bytes) -> None:
+    from dfllm.engines.http import _json_of
+
+    text = json.dumps({"v": value}, ensure_ascii=False)
+    for raw in (text.encode(encoding, "surrogatepass"), text.encode(encoding, "surrogatepass") + tail, tail):
+        try:
+            expected: Any = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            expected = type(exc)
+        try:
+            got: Any = _json_of(raw)
+        except (ValueError, RecursionError) as exc:
+            got = type(exc)
+        assert repr(got) == repr(expected)  # repr: a NaN read is not equal to itself
+
+
 # -- 2. untrusted headers -----------------------------------------------------------------------
 
 @pytest.mark.parametrize(("headers", "expected"), [
