@@ -19,6 +19,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from itertools import chain
 from pathlib import Path
 
 from dfllm._exceptions import CacheError
@@ -46,6 +47,11 @@ _ADD_CACHED = "ALTER TABLE responses ADD COLUMN cached_tokens INTEGER NOT NULL D
 _SELECT = ("SELECT id, tail, text, ifnull(CAST(prompt_tokens AS INTEGER), 0), "
            "ifnull(CAST(completion_tokens AS INTEGER), 0), ifnull(CAST(cached_tokens AS INTEGER), 0) FROM responses")
 _INSERT = "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?)"
+# Rows go in statements of this many: sqlite3 lets go of the GIL for each statement it steps, and the
+# writer must then wait for the event loop's thread to hand it back (up to the switch interval, 5 ms),
+# so one row a statement made a batch of hundreds take seconds and cost the loop a switch every 5 ms.
+_ROWS_A_STATEMENT = 64
+_INSERT_MANY = "INSERT OR REPLACE INTO responses VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * _ROWS_A_STATEMENT)
 _LOOKUP_CHUNK = 5000
 _PAGE_CACHE_KIB = 16384
 _CHECKPOINT_PAGES = 10000
@@ -226,7 +232,7 @@ class Cache:
         give_up = time.monotonic() + self._busy_s
         while True:
             try:
-                db.executemany(_INSERT, rows)
+                _insert(db, rows)
                 db.commit()
                 return
             except sqlite3.OperationalError as exc:
@@ -257,6 +263,17 @@ class Cache:
 _new = tuple.__new__
 _BETWEEN_DEFAULTS = tuple(Completion._field_defaults[name]
                           for name in Completion._fields[3:Completion._fields.index("cached_tokens")])
+
+
+def _insert(db: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
+    """Insert ``rows`` in order (a later row with an earlier row's id replaces it), most of them
+    ``_ROWS_A_STATEMENT`` a statement."""
+    whole = len(rows) - len(rows) % _ROWS_A_STATEMENT
+    if whole:
+        db.executemany(_INSERT_MANY, (list(chain.from_iterable(rows[at:at + _ROWS_A_STATEMENT]))
+                                      for at in range(0, whole, _ROWS_A_STATEMENT)))
+    if whole < len(rows):
+        db.executemany(_INSERT, rows[whole:])
 
 
 def _rowid(key: Key) -> int:

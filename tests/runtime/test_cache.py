@@ -232,3 +232,32 @@ def test_counts_a_foreign_writer_stored_as_text_read_as_integers(tmp_path: Path)
     assert found == Completion("odd", 12, 0, cached_tokens=3)
     assert [type(n) for n in found[1:3]] == [int, int]
     cache.close()
+
+
+def test_a_batch_of_many_answers_is_stored_whole_and_a_later_put_of_a_key_wins(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    cache = Cache(path, flush_s=3600)  # one batch: several statements of rows and the rows left over
+    for i in range(150):
+        cache.put((i, -i), Completion(f"v{i}", i, 1, cached_tokens=i // 2))
+    cache.put((70, -70), Completion("again", 5, 6))
+    cache.close()
+    db = sqlite3.connect(path)
+    rows = db.execute("SELECT id, tail, text, prompt_tokens, completion_tokens, cached_tokens FROM responses "
+                      "ORDER BY id").fetchall()
+    db.close()
+    expected = [(i, -i, f"v{i}", i, 1, i // 2) for i in range(150)]
+    expected[70] = (70, -70, "again", 5, 6, 0)
+    assert rows == expected
+
+
+def test_bad_answers_amid_a_large_batch_are_counted_and_the_others_stored(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    cache = Cache(path, flush_s=3600)
+    bad = {3: "\ud83d", 70: 42, 149: None}
+    for i in range(150):
+        cache.put((i, i), Completion(bad.get(i, f"v{i}")))  # type: ignore[arg-type]
+    cache.close()
+    assert (cache.written, cache.failed) == (147, 3)
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT id FROM responses ORDER BY id").fetchall() == [(i,) for i in range(150) if i not in bad]
+    db.close()
