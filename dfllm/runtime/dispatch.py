@@ -19,7 +19,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar, overload
 
 from dfllm._exceptions import EngineError, SchemaError
 from dfllm.engines.base import Completion, Engine
-from dfllm.engines.tasks import AnswerFormat, ChatTask, ImagePart, Message, TextPart
+from dfllm.engines.tasks import AnswerFormat, ChatTask, ImagePart, Message, Messages, TextPart
 from dfllm.prompt.images import ImageTable, image_tokens
 from dfllm.prompt.keys import Key
 
@@ -68,6 +68,10 @@ class WorkList(Sequence[Work]):
             return WorkList(self[i] for i in range(*index.indices(len(self))))
         prompt = self.prompts[index]  # raises IndexError first; a negative index counts from the end
         return Work((self._keys[2 * index], self._keys[2 * index + 1]), prompt)
+
+    def key_at(self, index: int) -> Key:
+        """``self[index].key``, without building the ``Work`` (a negative index counts from the end)."""
+        return self._keys[2 * index], self._keys[2 * index + 1]
 
     def __iter__(self) -> Iterator[Work]:
         return map(Work._make, zip(self.keys(), self.prompts, strict=True))
@@ -152,7 +156,8 @@ class RequestSpec:
 
     def build(self, work: Work) -> ChatTask:
         user = self._user(work.prompt)
-        messages: tuple[Message, ...] = (Message.of_text("system", self.system), user) if self.system else (user,)
+        # Made as the task's own list type, which the task keeps as it is rather than copying.
+        messages = Messages((Message.of_text("system", self.system), user) if self.system else (user,))
         return ChatTask(self.model, messages, self.params, self.choices, self.timeout_s, self.json_schema,
                         self.answer_format, self.schema_name)
 

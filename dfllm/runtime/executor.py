@@ -219,8 +219,10 @@ class Executor:
             n_pending = len(work) - hits
             self._unanswered = n_pending
 
+            key_at = work.key_at if isinstance(work, WorkList) else lambda i: work[i].key
+
             def settle(i: int, outcome: Outcome) -> None:
-                self._settle(work[i], outcome, cache, progress)
+                self._settle(key_at(i), outcome, cache, progress)
                 results[i] = outcome
 
             dispatch = self._dispatch() if n_pending else self._pool_dispatch
@@ -248,13 +250,13 @@ class Executor:
         progress.advance(hits)
         return hits
 
-    def _settle(self, item: Work, outcome: Outcome, cache: Store | None, progress: Progress) -> None:
+    def _settle(self, key: Key, outcome: Outcome, cache: Store | None, progress: Progress) -> None:
         """A row's outcome is in: counted, and an answer cached the moment it arrives."""
         self._unanswered -= 1
         if isinstance(outcome, Completion):
             self.stats.succeeded += 1
             if cache is not None:
-                cache.put(item.key, outcome)
+                cache.put(key, outcome)
         progress.advance()
 
     async def _pool_dispatch(self, pending: Iterator[int], count: int, work: Sequence[Work],
@@ -346,7 +348,10 @@ class Executor:
         """
         started = self._clock()
         task = self._kind.build(item)
-        return await self._until_it_fits(task, await self._attempt(task, started), started)
+        outcome = await self._attempt(task, started)
+        if not self._output.checked:  # nothing to check (text): no re-ask loop to enter
+            return outcome
+        return await self._until_it_fits(task, outcome, started)
 
     async def _until_it_fits(self, task: Any, outcome: Outcome, started: float) -> Outcome:
         """``outcome``, or while it does not fit the output, the task re-asked with the repair's turns
@@ -465,7 +470,8 @@ class Executor:
         refused = await self._pass_pause_and_pace(deadline)
         if refused is not None:
             return refused
-        await self._pass_token_gates(task)
+        if self._tpm is not None or self._gate is not None:
+            await self._pass_token_gates(task)
         return self._abort  # the key was refused while we waited: send nothing more
 
     async def _pass_pause_and_pace(self, deadline: float) -> EngineError | None:
@@ -483,8 +489,6 @@ class Executor:
 
     async def _pass_token_gates(self, task: Any) -> None:
         """The ``tpm`` pace and the cluster's gate, each holding the task's estimated tokens."""
-        if self._tpm is None and self._gate is None:
-            return
         size = self._kind.size(task)
         if self._tpm is not None:
             await self._tpm.acquire(min(size, self._tpm.per_minute))

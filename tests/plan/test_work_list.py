@@ -24,10 +24,14 @@ def test_a_work_list_reads_back_what_was_appended(items: list[tuple[tuple[int, i
     assert list(work) == expected
     assert [work[i] for i in range(-len(work), len(work))] == expected + expected
     assert list(work.keys()) == [key for key, _ in items]
+    assert [work.key_at(i) for i in range(-len(work), len(work))] == [w.key for w in expected + expected]
     assert list(work[1::2]) == expected[1::2]
     assert list(pickle.loads(pickle.dumps(work))) == expected
-    with pytest.raises(IndexError):
-        work[len(work)]
+    for outside in (len(work), -len(work) - 1):
+        with pytest.raises(IndexError):
+            work[outside]
+        with pytest.raises(IndexError):
+            work.key_at(outside)
 
 
 def test_a_plan_holds_its_work_packed_with_the_keys_the_cache_has_always_used() -> None:
