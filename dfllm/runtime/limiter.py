@@ -30,13 +30,21 @@ class Pacer:
     go together at the last of them, then hands the line to the next: one wake-up a group
     instead of one, and its loop passes, for each send. No send goes before its own slot and
     the average rate is unchanged; a caller alone goes at its own slot, as without groups.
+
+    Given ``room`` (a function giving ``(count, seconds)``: a sliding window's depth and length),
+    a send of a group also waits until ``seconds`` after the send ``count`` before it, when that
+    one went late (in a group, after its own slot). Released at its last slot, a group never
+    overdraws a bucket refilled at the rate, but a sliding window counts sends, not slots: a
+    send that went late and the one ``count`` after it, on time, would be closer than its
+    window. Sends that went at their own slots are spaced by the rate alone.
     """
 
     NAP_S = 0.5
 
     def __init__(self, per_minute: float, clock: Clock, sleep: Sleep,
                  *, rate: Callable[[], float] | None = None,
-                 group_s: float | Callable[[], float] = 0.0) -> None:
+                 group_s: float | Callable[[], float] = 0.0,
+                 room: Callable[[], tuple[float, float] | None] | None = None) -> None:
         if not per_minute > 0:
             raise ValueError(f"per_minute must be positive, got {per_minute!r}")
         self.per_minute = per_minute
@@ -50,6 +58,11 @@ class Pacer:
         # group lets it go (its slot booked), False when it becomes the head that sleeps.
         self._line: collections.deque[tuple[float, asyncio.Future[bool]]] = collections.deque()
         self._releasing: asyncio.Future[None] | None = None  # the last group's release, held
+        self._room = room
+        self._sends = 0  # let go so far: each send's number
+        # With room: the sends that went late (their numbers, and when), the last room-seconds.
+        self._late: dict[int, float] = {}
+        self._late_order: collections.deque[int] = collections.deque()
 
     def set_rate(self, per_minute: float) -> None:
         if per_minute > 0:
@@ -63,8 +76,9 @@ class Pacer:
                 f"one request needs {amount:g} units but the limit is {self.per_minute:g} per minute"
             )
         now = self._clock()
-        if not self._line and self._due() <= now:
+        if not self._line and self._ready_at() <= now and (self._releasing is None or self._releasing.done()):
             self._book(amount, now, waited=False)
+            self._sends += 1
             return
         turn: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         entry = (amount, turn)
@@ -82,6 +96,11 @@ class Pacer:
             return -math.inf
         return self._last_start + self._last_amount * 60.0 / self.per_minute
 
+    def _ready_at(self) -> float:
+        """When the next send may go alone: its slot, and room for it."""
+        room = self._room_now()
+        return max(self._due(), self._room_at(self._sends, room))
+
     def _book(self, amount: float, now: float, *, waited: bool) -> None:
         """Book the next slot for ``amount`` (a follower's own slot, at ``now`` its due time): at
         the rate that let this send go, not from when a sleep ended (oversleeping by a millisecond
@@ -95,48 +114,95 @@ class Pacer:
     async def _lead(self, amount: float) -> None:
         """As the head of the line: sleep until this slot; then book the slots of those behind
         that fall within ``group_s`` and let the group go together at the last of them."""
+        if self._releasing is not None and not self._releasing.done():
+            await asyncio.shield(self._releasing)  # a group the room holds goes first
         if self._rate is not None:  # it may have changed while this caller stood in line
             self.set_rate(self._rate())
         waited = False
-        while (now := self._clock()) < (due := self._due()):
-            await self._sleep(due - now if self._rate is None else min(due - now, self.NAP_S))
+        while (now := self._clock()) < (ready := self._ready_at()):
+            await self._sleep(ready - now if self._rate is None else min(ready - now, self.NAP_S))
             if self._rate is not None:
                 self.set_rate(self._rate())
             waited = True
         self._line.popleft()
-        self._book(amount, now, waited=waited)
+        if held := waited and self._room_at(self._sends, self._room_now()) > self._due():
+            # Held by the room, not idle: the slot stays where the rate put it, and is noted
+            # late; those behind keep theirs (rebooked from now, each wait would cost the rate).
+            self._book(amount, self._due(), waited=False)
+        else:
+            self._book(amount, now, waited=waited)
         group: list[asyncio.Future[bool]] = []
-        last_slot = now
+        slots = [self._last_start if self._last_start is not None else now]  # the head's, then each follower's
         try:
-            group_until = now + self._group_s()
-            while self._line and (slot := self._due()) <= group_until:
-                follower, turn = self._line.popleft()
-                self._book(follower, slot, waited=False)
-                group.append(turn)
-                last_slot = slot
+            # A group held by the room spans group_s from the head's slot, not from now: no
+            # send of it goes later than the room asks or a group after its slot.
+            self._gather(group, slots, now, until=(slots[0] if held else now) + self._group_s())
         finally:
             if not group:
+                self._went(slots, held=held)
                 self._hand_on()
         if group:  # shielded: a head cancelled meanwhile must not let its group go early
-            self._releasing = asyncio.ensure_future(self._release(group, last_slot))
+            self._releasing = asyncio.ensure_future(self._release(group, slots))
             await asyncio.shield(self._releasing)
+
+    def _gather(self, group: list[asyncio.Future[bool]], slots: list[float], now: float, *, until: float) -> None:
+        """Book the slots of those behind the head (ready ``now``) due by ``until`` into
+        ``group`` and ``slots``, up to the first without room yet: a group never waits for a
+        room (its sends would all go as late as the last), so groups come to match the ones a
+        window before them."""
+        room = self._room_now()
+        most = math.inf if room is None else math.floor(room[0])  # nor more than the room holds
+        while self._line and len(slots) < most and (slot := self._due()) <= until:
+            if self._room_at(self._sends + len(slots), room) > now:
+                break
+            follower, turn = self._line.popleft()
+            self._book(follower, slot, waited=False)
+            group.append(turn)
+            slots.append(slot)
 
     def _hand_on(self) -> None:
         if self._line and not self._line[0][1].done():  # (cancelled: its _leave hands on)
             self._line[0][1].set_result(False)  # the next head: it sleeps until its own slot
 
-    async def _release(self, group: list[asyncio.Future[bool]], last_slot: float) -> None:
+    async def _release(self, group: list[asyncio.Future[bool]], slots: list[float]) -> None:
         """Let the group go at its last slot, not its first: by any moment no more have gone than
-        the slots due by then, so a bucket paced at its refill is never overdrawn. Then the next
-        caller leads."""
+        the slots due by then, so a bucket paced at its refill is never overdrawn. Then the
+        next caller leads."""
         try:
-            if (late := last_slot - self._clock()) > 0:
+            if (late := slots[-1] - self._clock()) > 0:
                 await self._sleep(late)
         finally:
+            self._went(slots, held=True)
             for turn in group:
                 if not turn.done():  # a follower cancelled meanwhile is gone already
                     turn.set_result(True)
             self._hand_on()
+
+    def _room_now(self) -> tuple[float, float] | None:
+        return self._room() if self._room is not None else None
+
+    def _room_at(self, number: int, room: tuple[float, float] | None) -> float:
+        """When send ``number`` fits the ``room`` (count, seconds): a window after the send
+        ``count`` before it, if that one went late; at once otherwise."""
+        if room is None or (went := self._late.get(number - math.floor(room[0]))) is None:
+            return -math.inf
+        return went + room[1]
+
+    def _went(self, slots: list[float], *, held: bool) -> None:
+        """Number the sends let go now, one per slot; with room, note those that went after their
+        slot when ``held`` for a group or the room (else late by an oversleep at most, as
+        without groups), and forget those a window old."""
+        now, first = self._clock(), self._sends
+        self._sends += len(slots)
+        room = self._room_now()
+        if room is None or not held:
+            return
+        for number, slot in enumerate(slots, first):
+            if now > slot:
+                self._late[number] = now
+                self._late_order.append(number)
+        while self._late_order and self._late[self._late_order[0]] <= now - room[1]:
+            del self._late[self._late_order.popleft()]
 
     def _leave(self, entry: tuple[float, asyncio.Future[bool]]) -> None:
         """A caller cancelled while it waited: out of the line (let go already, its slot stays
@@ -313,14 +379,15 @@ class AdaptiveRate:
 
     CUT = 0.9
     GROWTH_PER_S = 0.03
-    # The learned pace lets sends out in groups up to this long (a dozen requests at 3,000 a
+    # The learned pace lets sends out in groups up to this long (25 requests at 3,000 a
     # minute), each group at its last slot: a wake-up a group, not a send, which is most of a
     # paced row's CPU. By any moment no more have gone than exact spacing would have sent, so a
-    # bucket is never overdrawn; a sliding window may count up to a group's sends more, held to
-    # this share of the budget's depth (inside the pace's margin under the cap). A caller's rpm=
-    # and slow start keep exact spacing.
-    GROUP_S = 0.25
-    GROUP_SHARE = 0.01
+    # bucket is never overdrawn; the budget's room keeps a sliding window from counting more
+    # than it holds (see Pacer). A group is at most this share of the budget's depth. A
+    # caller's rpm= and slow start keep exact spacing.
+    GROUP_S = 0.5
+    GROUP_SHARE = 0.5
+    ROOM_MARGIN, ROOM_MARGIN_S = 0.02, 0.02  # of the window, and seconds: see room()
     COOLDOWN_S = 1.0
     HIGH, LOW = 0.9, 0.25  # shares of the most remaining seen
     HOLD = 0.75  # a share of the pace that succeeding shows the server still takes it
@@ -388,11 +455,23 @@ class AdaptiveRate:
     def group_s(self) -> float:
         """How long a group of sends may span: ``GROUP_S``, and no more sends after its first
         than a ``GROUP_SHARE`` of the budget's depth (a small budget has no room for more); none
-        while the depth is unknown, or a fixed window gives nothing back before its end."""
+        while the depth is unknown, or nothing comes back (a fixed window before its end, a
+        sliding one's first window: the pace is a guess until then)."""
         budget, pacer = self.budget, self.pacer
         if budget.most == 0 or pacer is None or not budget.refilling(self._clock()):
             return 0.0
         return min(self.GROUP_S, self.GROUP_SHARE * budget.most * 60.0 / pacer.per_minute)
+
+    def room(self) -> tuple[float, float] | None:
+        """The pace's room (see ``Pacer``) while the budget may be a sliding window (read, and
+        not shown to come back faster than its sends age out): what it holds (the most left
+        seen, plus the send that reading answered, counted already) and how long it takes to
+        come back whole, with a margin for the trip to the server, which varies (a new
+        connection's first send arrives later than the sends that follow it)."""
+        budget = self.budget
+        if budget.most == 0 or budget.fixed():
+            return None
+        return budget.most + 1.0, budget.window_s() * (1.0 + self.ROOM_MARGIN) + self.ROOM_MARGIN_S
 
     def _set(self, per_minute: float, *, fast: bool) -> None:
         self._base_per_minute = max(per_minute, 1.0)
@@ -400,7 +479,7 @@ class AdaptiveRate:
         self._fast = fast
         if self.pacer is None:
             self.pacer = Pacer(self._base_per_minute, self._clock, self._sleep, rate=self.per_minute,
-                               group_s=self.group_s)
+                               group_s=self.group_s, room=self.room)
 
     def seed(self, per_minute: float) -> None:
         """Start pacing at a rate a header named, probing upwards, if nothing better is known yet."""
@@ -776,10 +855,14 @@ class Budget:
         while self._answers[0][1] < horizon:
             self._answers.popleft()
 
+    def fixed(self) -> bool:
+        """Shown to come back whole at a window's boundary, not as each send ages out."""
+        return self._fixed or self._boundary is not None
+
     def next_back_s(self, now: float) -> float | None:
         """Seconds until the oldest send still counted comes back, on a budget that gives each
         back a window after it (None for a fixed window, or with no send counted)."""
-        if self._fixed or self._boundary is not None:
+        if self.fixed():
             return None
         since = now - self.window_s()
         oldest = next((answered for sent, answered in self._answers if sent > since), None)
@@ -789,7 +872,7 @@ class Budget:
         """What comes back over the next ``REFILL_S`` as counted sends age out, per minute: those
         sent after a window ago (still counted now) and answered by a window before ``now +
         REFILL_S`` (granted by then). Nothing for a fixed window: it comes back at its boundary."""
-        if self._fixed or self._boundary is not None:
+        if self.fixed():
             return 0.0
         aged_from = now - self.window_s()
         aged_by = aged_from + self.REFILL_S

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
+import heapq
+import itertools
 import math
 import random
+from collections.abc import Awaitable
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dfllm._exceptions import RateLimitError
@@ -130,6 +134,83 @@ def test_a_grouping_pacer_never_exceeds_its_rate_by_more_than_a_group(
     for start, _ in granted:
         in_window = sum(a for when, a in granted if start <= when < start + 60)
         assert in_window <= per_minute * (1 + group_s / 60) + largest
+
+
+class VirtualTime:
+    """A clock that moves only when every task waits on it: what a caller sees at its wake-up is
+    when it was let go (``FakeClock`` moves as each sleep starts, before the others have run)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._count = itertools.count()
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._timers, (self.now + max(0.0, seconds), next(self._count), woken))
+        await woken
+
+    async def run(self, main: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(main)
+        while not task.done():
+            for _ in range(20):  # everything runnable runs before the clock moves
+                await asyncio.sleep(0)
+            if self._timers and not task.done():
+                at, _, woken = heapq.heappop(self._timers)
+                self.now = max(self.now, at)
+                woken.set_result(None)
+        await task
+
+
+def _let_go(per_minute: float, callers: int, *, group_s: float = 0.0,
+            room: tuple[float, float] | None = None) -> list[float]:
+    """When each of ``callers``, all waiting from the start, was let go (on virtual time)."""
+    v = VirtualTime()
+    pacer = Pacer(per_minute, v.clock, v.sleep, group_s=group_s, room=(lambda: room) if room else None)
+    sent: list[float] = []
+
+    async def one() -> None:
+        await pacer.acquire()
+        sent.append(v.now)
+
+    async def all_of_them() -> None:
+        await asyncio.gather(*(one() for _ in range(callers)))
+
+    asyncio.run(v.run(all_of_them()))
+    return sent
+
+
+def _most_within(sent: list[float], window_s: float) -> int:
+    """The most sends a sliding window of ``window_s`` counts at once (it forgets a send exactly
+    a window after it)."""
+    ordered = sorted(sent)
+    return max(j + 1 - bisect.bisect_right(ordered, when - window_s + 1e-9) for j, when in enumerate(ordered))
+
+
+def test_groups_overfill_a_sliding_window_that_their_room_keeps_them_within() -> None:
+    # 50 a second, a sliding window of 50 over 1 s, groups up to 0.25 s: a group let go at its
+    # last slot makes its first sends late; a window later the sends at their own slots would
+    # be counted beside them.
+    assert _most_within(_let_go(3000, 400, group_s=0.25), 1.0) > 50
+    sent = _let_go(3000, 400, group_s=0.25, room=(50, 1.0))
+    assert _most_within(sent, 1.0) <= 50
+    assert max(sent) <= 399 / 50 + 0.25 + 1e-9  # the rate holds: 400 sends in 8 s
+
+
+@given(st.integers(2, 200), st.floats(0.5, 60), st.floats(0.5, 1.0), st.floats(0.0, 0.5), st.integers(1, 250))
+@settings(max_examples=60, deadline=None)
+def test_a_grouping_pacer_with_room_never_overfills_its_window_and_keeps_its_rate(
+        count: int, window_s: float, share_of_room: float, group_share: float, callers: int) -> None:
+    per_minute = share_of_room * count / window_s * 60  # the pace fits the room
+    group_s = group_share * window_s
+    sent = _let_go(per_minute, callers, group_s=group_s, room=(count, window_s))
+    exact = _let_go(per_minute, callers)
+    assert _most_within(sent, window_s) <= count
+    assert all(a >= b - 1e-9 for a, b in zip(sorted(sent), sorted(exact), strict=True))  # none early
+    assert max(sent) <= max(exact) + group_s + 1e-6  # and the last no later than a group
 
 
 def test_a_caller_cancelled_at_the_head_of_the_line_hands_it_on() -> None:
@@ -291,14 +372,25 @@ def _read_budget(depth: int, *, refills: bool, reset_s: float | None) -> Adaptiv
     return rate
 
 
-def test_the_learned_pace_groups_sends_only_where_a_budget_has_room_and_comes_back() -> None:
+def test_the_learned_pace_groups_sends_only_where_a_budget_was_read_and_comes_back() -> None:
     deep = _read_budget(3000, refills=True, reset_s=0.02)  # a minute deep, refilling as spent
     assert deep.group_s() == pytest.approx(AdaptiveRate.GROUP_S)
-    # A second deep (the fake's default bucket): a group would be a share of it; one by one.
-    assert _read_budget(49, refills=True, reset_s=0.02).group_s() * 3000 / 60 < 1
-    # Nothing comes back (a fixed window before its end): one by one.
-    assert _read_budget(3000, refills=False, reset_s=None).group_s() == 0.0
-    assert AdaptiveRate(FakeClock().clock, FakeClock().sleep).group_s() == 0.0  # nothing read
+    # A second deep (the fake's default bucket): groups of a share of it, in the room the
+    # budget shows while it may be a sliding window: its 49 left and the send that reading
+    # answered, over its window and a margin.
+    shallow = _read_budget(49, refills=True, reset_s=0.02)
+    assert shallow.group_s() * 3000 / 60 == pytest.approx(AdaptiveRate.GROUP_SHARE * 49)
+    window_s = shallow.budget.window_s()
+    assert not shallow.budget.fixed()
+    assert shallow.room() == (50, window_s * (1 + AdaptiveRate.ROOM_MARGIN) + AdaptiveRate.ROOM_MARGIN_S)
+    # A fixed window, shown by its budget jumping back whole (no reset header): nothing comes
+    # back before its end, so one by one; and it is no sliding window, so no room to keep.
+    fixed = _read_budget(40, refills=False, reset_s=None)  # spent down to 20
+    assert fixed.room() is not None
+    fixed.on_remaining(40, limit=3000)
+    assert fixed.budget.fixed() and fixed.group_s() == 0.0 and fixed.room() is None
+    unread = AdaptiveRate(FakeClock().clock, FakeClock().sleep)
+    assert unread.group_s() == 0.0 and unread.room() is None  # nothing read
 
 
 def paced_run(seconds: float, *, start_per_s: float, random_429: float = 0.0, cap_per_s: float | None = None,
