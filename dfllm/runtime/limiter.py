@@ -40,6 +40,7 @@ class Pacer:
     """
 
     NAP_S = 0.5
+    LATE_KEPT = 4096
 
     def __init__(self, per_minute: float, clock: Clock, sleep: Sleep,
                  *, rate: Callable[[], float] | None = None,
@@ -60,16 +61,18 @@ class Pacer:
         self._releasing: asyncio.Future[None] | None = None  # the last group's release, held
         self._room = room
         self._sends = 0  # let go so far: each send's number
-        # With room: the sends that went late (their numbers, and when), the last room-seconds.
+        # Given a room: the sends that went late (their numbers, and when), the last LATE_KEPT
+        # or the room's count if more (the most it has been).
         self._late: dict[int, float] = {}
         self._late_order: collections.deque[int] = collections.deque()
+        self._room_count = 0
 
     def set_rate(self, per_minute: float) -> None:
         if per_minute > 0:
             self.per_minute = per_minute
 
     async def acquire(self, amount: float = 1.0) -> None:
-        if self._rate is not None:
+        if self._rate is not None and not self._line:  # else the head reads it when it leads
             self.set_rate(self._rate())
         if amount > self.per_minute:
             raise ValueError(
@@ -82,11 +85,12 @@ class Pacer:
             return
         turn: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         entry = (amount, turn)
+        arrived = now if not self._line else -math.inf  # to an idle line: its own slot is no earlier
         self._line.append(entry)
         try:
             if len(self._line) > 1 and await turn:
                 return  # let go with the head's group
-            await self._lead(amount)
+            await self._lead(amount, arrived)
         except BaseException:
             self._leave(entry)
             raise
@@ -111,7 +115,7 @@ class Pacer:
         self._last_start = max(due, now - amount * 60.0 / self.per_minute) if waited else max(due, now)
         self._last_amount = amount
 
-    async def _lead(self, amount: float) -> None:
+    async def _lead(self, amount: float, arrived: float) -> None:
         """As the head of the line: sleep until this slot; then book the slots of those behind
         that fall within ``group_s`` and let the group go together at the last of them."""
         if self._releasing is not None and not self._releasing.done():
@@ -128,7 +132,8 @@ class Pacer:
         if held := waited and self._room_at(self._sends, self._room_now()) > self._due():
             # Held by the room, not idle: the slot stays where the rate put it, and is noted
             # late; those behind keep theirs (rebooked from now, each wait would cost the rate).
-            self._book(amount, self._due(), waited=False)
+            # Never before it came to an idle line: no credit for the unused past.
+            self._book(amount, max(self._due(), arrived), waited=False)
         else:
             self._book(amount, now, waited=waited)
         group: list[asyncio.Future[bool]] = []
@@ -189,19 +194,22 @@ class Pacer:
         return went + room[1]
 
     def _went(self, slots: list[float], *, held: bool) -> None:
-        """Number the sends let go now, one per slot; with room, note those that went after their
-        slot when ``held`` for a group or the room (else late by an oversleep at most, as
-        without groups), and forget those a window old."""
+        """Number the sends let go now, one per slot; given a room, note those that went after
+        their slot when ``held`` for a group or the room, even while the room is unknown (a
+        send alone is otherwise late by an oversleep, or a rate that rose while it slept, as
+        without groups). Forget those more than the room's count back: they hold no send."""
         now, first = self._clock(), self._sends
         self._sends += len(slots)
-        room = self._room_now()
-        if room is None or not held:
+        if self._room is None or not held:
             return
         for number, slot in enumerate(slots, first):
             if now > slot:
                 self._late[number] = now
                 self._late_order.append(number)
-        while self._late_order and self._late[self._late_order[0]] <= now - room[1]:
+        if (room := self._room()) is not None:
+            self._room_count = max(self._room_count, math.floor(room[0]))
+        oldest = self._sends - max(self._room_count, self.LATE_KEPT)
+        while self._late_order and self._late_order[0] < oldest:
             del self._late[self._late_order.popleft()]
 
     def _leave(self, entry: tuple[float, asyncio.Future[bool]]) -> None:

@@ -11,7 +11,7 @@ import random
 from collections.abc import Awaitable
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dfllm._exceptions import RateLimitError
@@ -158,26 +158,34 @@ class VirtualTime:
         while not task.done():
             for _ in range(20):  # everything runnable runs before the clock moves
                 await asyncio.sleep(0)
-            if self._timers and not task.done():
-                at, _, woken = heapq.heappop(self._timers)
-                self.now = max(self.now, at)
-                woken.set_result(None)
+            if task.done():
+                break
+            if not self._timers:  # nothing runs and nothing will wake: a waiter nobody lets go
+                task.cancel()
+                raise AssertionError(f"hung at t={self.now}")
+            at, _, woken = heapq.heappop(self._timers)
+            self.now = max(self.now, at)
+            woken.set_result(None)
         await task
 
 
-def _let_go(per_minute: float, callers: int, *, group_s: float = 0.0,
+def _let_go(per_minute: float, callers: int | list[float], *, group_s: float = 0.0,
             room: tuple[float, float] | None = None) -> list[float]:
-    """When each of ``callers``, all waiting from the start, was let go (on virtual time)."""
+    """When each of ``callers`` (a number waiting from the start, or when each comes) was let
+    go, on virtual time."""
     v = VirtualTime()
     pacer = Pacer(per_minute, v.clock, v.sleep, group_s=group_s, room=(lambda: room) if room else None)
     sent: list[float] = []
+    arrivals = [0.0] * callers if isinstance(callers, int) else callers
 
-    async def one() -> None:
+    async def one(arrival: float) -> None:
+        if arrival:
+            await v.sleep(arrival)
         await pacer.acquire()
         sent.append(v.now)
 
     async def all_of_them() -> None:
-        await asyncio.gather(*(one() for _ in range(callers)))
+        await asyncio.gather(*(one(arrival) for arrival in arrivals))
 
     asyncio.run(v.run(all_of_them()))
     return sent
@@ -211,6 +219,21 @@ def test_a_grouping_pacer_with_room_never_overfills_its_window_and_keeps_its_rat
     assert _most_within(sent, window_s) <= count
     assert all(a >= b - 1e-9 for a, b in zip(sorted(sent), sorted(exact), strict=True))  # none early
     assert max(sent) <= max(exact) + group_s + 1e-6  # and the last no later than a group
+
+
+@given(st.integers(2, 60), st.floats(0.5, 10), st.floats(0.5, 1.0), st.floats(0.0, 0.5),
+       st.lists(st.floats(0.0, 30.0), min_size=1, max_size=120))
+@example(5, 1.0, 0.8, 0.5, [0.0] * 6 + [1.70, 1.71])  # a head held after an idle spell, from a review
+@settings(max_examples=60, deadline=None)
+def test_callers_coming_at_any_time_never_overfill_the_room_nor_go_before_exact_spacing_would(
+        count: int, window_s: float, share_of_room: float, group_share: float, arrivals: list[float]) -> None:
+    # A line that empties and fills again: a head the room holds after an idle spell keeps no
+    # slot from the idle past, so by any moment no more have gone than exact spacing lets go.
+    per_minute = share_of_room * count / window_s * 60
+    sent = sorted(_let_go(per_minute, arrivals, group_s=group_share * window_s, room=(count, window_s)))
+    exact = sorted(_let_go(per_minute, arrivals))
+    assert _most_within(sent, window_s) <= count
+    assert all(a >= b - 1e-9 for a, b in zip(sent, exact, strict=True))
 
 
 def test_a_caller_cancelled_at_the_head_of_the_line_hands_it_on() -> None:
