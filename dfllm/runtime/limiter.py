@@ -144,8 +144,10 @@ class Pacer:
             self._gather(group, slots, now, until=(slots[0] if held else now) + self._group_s())
         finally:
             if not group:
-                self._went(slots, held=held)
-                self._hand_on()
+                try:
+                    self._went(slots, held=held)
+                finally:  # whatever the room did, the next caller leads
+                    self._hand_on()
         if group:  # shielded: a head cancelled meanwhile must not let its group go early
             self._releasing = asyncio.ensure_future(self._release(group, slots))
             await asyncio.shield(self._releasing)
@@ -177,11 +179,13 @@ class Pacer:
             if (late := slots[-1] - self._clock()) > 0:
                 await self._sleep(late)
         finally:
-            self._went(slots, held=True)
-            for turn in group:
-                if not turn.done():  # a follower cancelled meanwhile is gone already
-                    turn.set_result(True)
-            self._hand_on()
+            try:
+                self._went(slots, held=True)
+            finally:  # whatever the room did, the group goes and the next caller leads
+                for turn in group:
+                    if not turn.done():  # a follower cancelled meanwhile is gone already
+                        turn.set_result(True)
+                self._hand_on()
 
     def _room_now(self) -> tuple[float, float] | None:
         return self._room() if self._room is not None else None
@@ -387,15 +391,17 @@ class AdaptiveRate:
 
     CUT = 0.9
     GROWTH_PER_S = 0.03
-    # The learned pace lets sends out in groups up to this long (25 requests at 3,000 a
+    # The learned pace lets sends out in groups up to this long (15 requests at 3,000 a
     # minute), each group at its last slot: a wake-up a group, not a send, which is most of a
     # paced row's CPU. By any moment no more have gone than exact spacing would have sent, so a
     # bucket is never overdrawn; the budget's room keeps a sliding window from counting more
-    # than it holds (see Pacer). A group is at most this share of the budget's depth. A
-    # caller's rpm= and slow start keep exact spacing.
-    GROUP_S = 0.5
+    # than it holds (see Pacer). A group is at most GROUP_SHARE of the budget's depth. Longer
+    # groups cost a sliding window's cap: its readings come in clusters after a group, and the
+    # pace read from them met 0.94x a 20 s window's cap in 0.5 s groups, 0.95-0.97x in 0.3 s
+    # ones (benchmarks/ratelimit.py). A caller's rpm= and slow start keep exact spacing.
+    GROUP_S = 0.3
     GROUP_SHARE = 0.5
-    ROOM_MARGIN, ROOM_MARGIN_S = 0.02, 0.02  # of the window, and seconds: see room()
+    ROOM_MARGIN_S = 0.03  # the trip to the server varies: see room()
     COOLDOWN_S = 1.0
     HIGH, LOW = 0.9, 0.25  # shares of the most remaining seen
     HOLD = 0.75  # a share of the pace that succeeding shows the server still takes it
@@ -479,7 +485,7 @@ class AdaptiveRate:
         budget = self.budget
         if budget.most == 0 or budget.fixed():
             return None
-        return budget.most + 1.0, budget.window_s() * (1.0 + self.ROOM_MARGIN) + self.ROOM_MARGIN_S
+        return budget.most + 1.0, budget.window_s() + self.ROOM_MARGIN_S
 
     def _set(self, per_minute: float, *, fast: bool) -> None:
         self._base_per_minute = max(per_minute, 1.0)

@@ -236,6 +236,32 @@ def test_callers_coming_at_any_time_never_overfill_the_room_nor_go_before_exact_
     assert all(a >= b - 1e-9 for a, b in zip(sent, exact, strict=True))
 
 
+def test_a_room_that_raises_fails_the_sends_it_was_asked_for_and_hangs_no_one() -> None:
+    v = VirtualTime()
+    reads = itertools.count()
+
+    def room() -> tuple[float, float]:
+        if next(reads) % 7 == 6:
+            raise RuntimeError("a broken room")
+        return 50, 1.0
+
+    pacer = Pacer(3000, v.clock, v.sleep, group_s=0.25, room=room)
+    outcomes: list[str] = []
+
+    async def one() -> None:
+        try:
+            await pacer.acquire()
+            outcomes.append("sent")
+        except RuntimeError:
+            outcomes.append("failed")
+
+    async def all_of_them() -> None:
+        await asyncio.gather(*(one() for _ in range(200)))
+
+    asyncio.run(v.run(all_of_them()))  # VirtualTime fails on a waiter nobody wakes
+    assert len(outcomes) == 200 and "failed" in outcomes and outcomes.count("sent") > 100
+
+
 def test_a_caller_cancelled_at_the_head_of_the_line_hands_it_on() -> None:
     t = FakeClock()
     held = True  # the head's sleep hangs until the test lets sleeps pass
@@ -380,14 +406,14 @@ def test_adaptive_rate_learns_from_the_last_second_cuts_after_a_cooldown_and_gro
     assert rate.per_minute() == pytest.approx(0.9 * probed / 2 * 1.3, rel=0.03)
 
 
-def _read_budget(depth: int, *, refills: bool, reset_s: float | None) -> AdaptiveRate:
-    """A rate seeded at 3,000 a minute that read a budget ``depth`` deep, spent a send a reading
-    and (``refills``) given back a send between readings."""
+def _read_budget(depth: int, *, refills: bool, reset_s: float | None, readings: int = 20) -> AdaptiveRate:
+    """A rate seeded at 3,000 a minute that read a budget ``depth`` deep, a reading every 20 ms,
+    spent a send a reading and (``refills``) given back a send between readings."""
     t = FakeClock()
     rate = AdaptiveRate(t.clock, t.sleep)
     rate.seed(3000)
     remaining = depth
-    for _ in range(20):
+    for _ in range(readings):
         t.now += 0.02
         rate.on_success()
         remaining -= 0 if refills else 1
@@ -398,14 +424,18 @@ def _read_budget(depth: int, *, refills: bool, reset_s: float | None) -> Adaptiv
 def test_the_learned_pace_groups_sends_only_where_a_budget_was_read_and_comes_back() -> None:
     deep = _read_budget(3000, refills=True, reset_s=0.02)  # a minute deep, refilling as spent
     assert deep.group_s() == pytest.approx(AdaptiveRate.GROUP_S)
-    # A second deep (the fake's default bucket): groups of a share of it, in the room the
-    # budget shows while it may be a sliding window: its 49 left and the send that reading
-    # answered, over its window and a margin.
-    shallow = _read_budget(49, refills=True, reset_s=0.02)
-    assert shallow.group_s() * 3000 / 60 == pytest.approx(AdaptiveRate.GROUP_SHARE * 49)
-    window_s = shallow.budget.window_s()
+    # Under half a second deep, for 0.4 s: it may yet be a sliding window, so groups of half
+    # of it, in the room it shows: its 19 left and the send that reading answered, over its
+    # window and a margin.
+    shallow = _read_budget(19, refills=True, reset_s=0.02)
     assert not shallow.budget.fixed()
-    assert shallow.room() == (50, window_s * (1 + AdaptiveRate.ROOM_MARGIN) + AdaptiveRate.ROOM_MARGIN_S)
+    assert shallow.group_s() * 3000 / 60 == pytest.approx(AdaptiveRate.GROUP_SHARE * 19)
+    assert shallow.room() == (20, shallow.budget.window_s() + AdaptiveRate.ROOM_MARGIN_S)
+    # For 1.2 s: as full as ever after more sends than a window of it counts, it is no sliding
+    # window: the same groups, and no room to keep.
+    bucket = _read_budget(19, refills=True, reset_s=0.02, readings=60)
+    assert bucket.budget.fixed() and bucket.room() is None
+    assert bucket.group_s() == pytest.approx(shallow.group_s())
     # A fixed window, shown by its budget jumping back whole (no reset header): nothing comes
     # back before its end, so one by one; and it is no sliding window, so no room to keep.
     fixed = _read_budget(40, refills=False, reset_s=None)  # spent down to 20
