@@ -343,7 +343,9 @@ _UNSHOWABLE = re.compile(
 
 def _shown(text: str, scrub: Callable[[str], str], limit: int) -> str:
     """Server text as fit to quote: printable, scrubbed of every secret form, then cut to ``limit``."""
-    return scrub(_UNSHOWABLE.sub("", text))[:limit]
+    if not (text.isascii() and text.isprintable()):  # else nothing is unshowable (most headers)
+        text = _UNSHOWABLE.sub("", text)
+    return scrub(text)[:limit]
 
 
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
@@ -617,9 +619,8 @@ def parse_duration_s(text: str | None) -> float | None:
     if not text or len(text) > 64:
         return None
     text = text.strip()
-    seconds = _number(text)
-    if seconds is not None:
-        return seconds
+    if not text.endswith(("s", "m", "h")):  # no number float() reads ends so: a bare number
+        return _number(text)
     if not _DURATION.fullmatch(text):
         return None
     total = sum(float(n) * _UNIT_S[u] for n, u in _DURATION_PART.findall(text))
@@ -652,13 +653,14 @@ def rate_limit_state(headers: Mapping[str, str], scrub: Callable[[str], str] = s
     values = [headers.get(name) for name in _RATE_LIMIT_HEADERS]
     if values.count(None) == len(values):  # most answers, from most servers
         return None
-    raw = dict(zip(_RATE_LIMIT_HEADERS, values, strict=True))
+    limit_requests, remaining_requests, reset_requests, limit_tokens, remaining_tokens, reset_tokens = values
     return RateLimitState(
-        limit_requests=_count(raw["x-ratelimit-limit-requests"], 1),
-        remaining_requests=_count(raw["x-ratelimit-remaining-requests"], 0),
-        reset_requests_s=parse_duration_s(raw["x-ratelimit-reset-requests"]),
-        limit_tokens=_count(raw["x-ratelimit-limit-tokens"], 1),
-        remaining_tokens=_count(raw["x-ratelimit-remaining-tokens"], 0),
-        reset_tokens_s=parse_duration_s(raw["x-ratelimit-reset-tokens"]),
-        headers=tuple((k, _shown(v, scrub, _SHOWN_HEADER)) for k, v in raw.items() if v is not None),
+        limit_requests=_count(limit_requests, 1),
+        remaining_requests=_count(remaining_requests, 0),
+        reset_requests_s=parse_duration_s(reset_requests),
+        limit_tokens=_count(limit_tokens, 1),
+        remaining_tokens=_count(remaining_tokens, 0),
+        reset_tokens_s=parse_duration_s(reset_tokens),
+        headers=tuple((name, _shown(value, scrub, _SHOWN_HEADER))
+                      for name, value in zip(_RATE_LIMIT_HEADERS, values, strict=True) if value is not None),
     )
