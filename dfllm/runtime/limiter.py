@@ -398,9 +398,9 @@ class AdaptiveRate:
     # than it holds (see Pacer). A group is at most GROUP_SHARE of the budget's depth. Longer
     # groups cost a sliding window's cap, as its readings come in clusters after a group, and
     # shorter ones CPU: against a 20 s window (OpenAI's headers, LiteLLM's), 0.3 s groups met
-    # 0.96x/0.97x its cap at 1.46-1.59x the unpaced CPU per row, 0.4 s 0.95x/0.96x at 1.42x,
-    # 0.5 s 0.94x/0.96x (1% 429s) at 1.35-1.39x. A caller's rpm= and slow start keep exact
-    # spacing.
+    # 0.95-0.96x/0.97x its cap at 1.46-1.59x the unpaced CPU per row, 0.4 s 0.95x/0.96-0.97x
+    # at 1.29-1.42x, 0.5 s 0.94x/0.95-0.96x (1% 429s) at 1.35-1.39x. A caller's rpm= and slow
+    # start keep exact spacing.
     GROUP_S = 0.4
     GROUP_SHARE = 0.5
     ROOM_MARGIN_S = 0.03  # the trip to the server varies: see room()
