@@ -808,7 +808,10 @@ class Budget:
         self._longest_reset_s = 0.0  # the longest reset header read: a whole window, once seen
         self._boundary: float | None = None  # a fixed window's last reset, seen as a jump
         self._jumps_apart_s: float | None = None  # a fixed window's length, seen as two jumps
-        self._refills: collections.deque[tuple[float, int]] = collections.deque()  # (time, refilled)
+        # (since, refilled): what came back between a reading and the one before it, dated from
+        # that one, so the span it is measured over holds it whole (readings in clusters, as
+        # after a group of sends, bring most of it in one reading a whole gap long).
+        self._refills: collections.deque[tuple[float, int]] = collections.deque()
         self._refilled = 0  # their sum, kept as they come and go: the pace reads it every send
         # (sent, answered) of each success, in answer order, kept about a window: when it comes back.
         self._answers: collections.deque[tuple[float, float]] = collections.deque()
@@ -830,7 +833,7 @@ class Budget:
                 if reset_s is None:
                     self._jumped(now)
             else:
-                self._refills.append((now, refilled))
+                self._refills.append((self._read_at, refilled))
                 self._refilled += refilled
         while self._refills and self._refills[0][0] < now - self.REFILL_S:
             self._refilled -= self._refills.popleft()[1]
@@ -931,7 +934,9 @@ class Budget:
         coming = self.coming_back_per_minute(now)
         if not self._refills:
             return coming
-        span = max(min(self.REFILL_S, now - self._refills[0][0]), self.MIN_HORIZON_S)
+        # Over the time the readings span, not up to now: between clusters of readings the
+        # refill is not seen, not stopped.
+        span = max(min(self.REFILL_S, self._read_at - self._refills[0][0]), self.MIN_HORIZON_S)
         return max(0.0, self._refilled / span * 60.0, coming)
 
     def refilling(self, now: float) -> bool:

@@ -19,7 +19,16 @@ from dfllm.config.options import Options
 from dfllm.engines.base import Completion, Request
 from dfllm.engines.http import rate_limit_state, retry_after
 from dfllm.runtime.executor import Executor, RequestSpec, Work
-from dfllm.runtime.limiter import AdaptiveRate, Pacer, Pause, RefusedWindow, SlowStartPacer, StormDetector, Window
+from dfllm.runtime.limiter import (
+    AdaptiveRate,
+    Budget,
+    Pacer,
+    Pause,
+    RefusedWindow,
+    SlowStartPacer,
+    StormDetector,
+    Window,
+)
 from dfllm.runtime.progress import RunStats
 from dfllm.testing import SHAPES, FakeClock, MockEngine, answer_headers, make_cap, refusal_headers
 from dfllm.testing._limits import HeaderStyle, Shape
@@ -690,3 +699,18 @@ def test_what_a_sliding_window_has_left_lasts_until_its_oldest_send_is_back(styl
     share, ok, limited = run_against_cap("sliding", style, 2400, rpm=1200, window_s=60.0, latency_s=0.02)
     assert share >= 0.97, (share, ok, limited)
     assert limited == 0
+
+
+def test_a_refill_read_in_clusters_is_measured_over_the_whole_gap_it_came_back_in() -> None:
+    # A bucket of 20 refilling 20 a second, spent in groups of 8 every 0.42 s; each group's
+    # answers bring 8 readings within 4 ms, the first of them all that came back over the gap.
+    budget, tokens, now = Budget(), 20.0, 0.0
+    for _ in range(14):
+        tokens = min(20.0, tokens + 0.42 * 20)
+        now += 0.42
+        for sent in range(8):
+            tokens -= 1
+            budget.read(now + 0.0005 * sent, max(0, math.floor(tokens)), succeeded=1, limit=1200, reset_s=0.05)
+        tokens = max(tokens, 0.0)
+    measured = [budget.refill_per_minute(now + 0.004 + lag) for lag in (0.0, 0.2, 0.4)]
+    assert all(m == pytest.approx(1200, rel=0.1) for m in measured), measured
