@@ -22,7 +22,7 @@ from typing import Any
 
 from dfllm._exceptions import EngineError, ResponseFormatError, ServerError
 from dfllm.engines.base import Completion
-from dfllm.engines.http import OpenAICompatibleEngine, completion_of
+from dfllm.engines.http import OpenAICompatibleEngine, completion_of, read_json
 from dfllm.prompt.keys import Key
 
 ENDPOINT = "/v1/chat/completions"
@@ -121,7 +121,7 @@ def result_line(line: bytes, engine: OpenAICompatibleEngine) -> tuple[Key, Compl
     """One line of an output or error file: the row's key and its outcome, or None for a line
     that names no row of dfllm's (it cannot be placed, so its row is counted as missing)."""
     try:
-        payload = json.loads(line)
+        payload = read_json(line)
     except (ValueError, RecursionError):
         return None
     key = key_of(payload.get("custom_id")) if isinstance(payload, dict) else None

@@ -197,7 +197,7 @@ def test_a_usage_count_too_large_for_a_float_is_zero_not_a_failure() -> None:
        st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"]),
        st.binary(max_size=3))
 def test_a_body_is_read_as_json_loads_reads_it(value: Any, encoding: str, tail: bytes) -> None:
-    from dfllm.engines.http import _json_of
+    from dfllm.engines.http import read_json
 
     text = json.dumps({"v": value}, ensure_ascii=False)
     for raw in (text.encode(encoding, "surrogatepass"), text.encode(encoding, "surrogatepass") + tail, tail):
@@ -206,10 +206,33 @@ def test_a_body_is_read_as_json_loads_reads_it(value: Any, encoding: str, tail: 
         except (ValueError, RecursionError) as exc:
             expected = type(exc)
         try:
-            got: Any = _json_of(raw)
+            got: Any = read_json(raw)
         except (ValueError, RecursionError) as exc:
             got = type(exc)
         assert repr(got) == repr(expected)  # repr: a NaN read is not equal to itself
+
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 260), st.integers(1, 4400), st.text(st.characters(codec=None, categories=None), max_size=6),
+       st.booleans(), st.sampled_from([b"", b" ", b"x", b"\xed\xa0\x80", b"\xff"]))
+def test_a_body_at_the_fast_parsers_edges_is_read_as_json_loads_reads_it(
+        depth: int, digits: int, text: str, ascii_only: bool, tail: bytes) -> None:
+    """Past the fast parser's limits (nesting over 200, a number over its range, a lone surrogate,
+    CESU or stray bytes) a body still reads, or fails, exactly as json.loads has it."""
+    from dfllm.engines.http import read_json
+
+    inner = '{"n": ' + "7" * digits + ', "t": ' + json.dumps(text, ensure_ascii=ascii_only) + "}"
+    raw = ("[" * depth + inner + "]" * depth).encode("utf-8", "surrogatepass") + tail
+    try:
+        expected: Any = json.loads(raw.decode("utf-8", "surrogatepass"))
+    except (ValueError, RecursionError) as exc:
+        expected = type(exc)
+    try:
+        got: Any = read_json(raw)
+    except (ValueError, RecursionError) as exc:
+        got = type(exc)
+    assert repr(got) == repr(expected)
 
 
 # -- 2. untrusted headers -----------------------------------------------------------------------

@@ -22,6 +22,8 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import dfllm
 from dfllm.engines.tasks import Message
@@ -366,3 +368,20 @@ def test_a_body_that_is_not_json_is_refused_and_never_sent(extra_body: dict[str,
         with pytest.raises(dfllm.BadRequestError, match=problem):
             asyncio.run(direct())
         assert fake.chat_requests == []  # NaN would have gone out as the invalid JSON token NaN
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.characters(codec=None, categories=None), max_size=12), st.text(max_size=8),
+       st.dictionaries(st.sampled_from(["temperature", "seed", "stop"]), st.integers(0, 9) | st.text(max_size=3)))
+def test_a_request_body_is_the_json_of_model_messages_and_params_whatever_the_text(
+        prompt: str, system: str, params: dict[str, Any]) -> None:
+    """Any prompt text (non-ASCII, controls, a lone surrogate) goes out as JSON that reads back as
+    the same model, messages and params."""
+    from dfllm.engines.http import OpenAICompatibleEngine
+
+    engine = OpenAICompatibleEngine("http://127.0.0.1:9/v1", {})
+    messages = (Message.of_text("system", system), Message.of_text("user", prompt))
+    body = engine.request_body(dfllm.Request("m", messages, params))
+    sent = json.loads(body.decode("utf-8", "surrogatepass"))
+    assert sent == {"model": "m", "messages": [{"role": "system", "content": system},
+                                               {"role": "user", "content": prompt}], **params}
