@@ -130,8 +130,11 @@ def load_embedder(model: str) -> Any:
         if path not in _embedders:
             import llama_cpp
 
+            # A text is embedded in one batch: llama.cpp's default batch (512 tokens) would cut every
+            # longer text there, silently, and give texts that differ only past it the same vector.
             _embedders[path] = llama_cpp.Llama(
-                model_path=path, embedding=True, n_ctx=_CONTEXT_TOKENS, n_threads=max(1, os.cpu_count() or 1),
+                model_path=path, embedding=True, n_ctx=_CONTEXT_TOKENS, n_batch=_CONTEXT_TOKENS,
+                n_ubatch=_CONTEXT_TOKENS, n_threads=max(1, os.cpu_count() or 1),
                 n_threads_batch=max(1, os.cpu_count() or 1), pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
                 verbose=False)
         return _embedders[path]
@@ -143,20 +146,33 @@ def _embed(embedder: Any, task: EmbedTask) -> Completion:
     import numpy as np
 
     with _embedding:
-        answer = embedder.create_embedding(list(task.inputs))
-    vectors = np.asarray([item["embedding"] for item in answer["data"]], dtype=np.float32)
+        _refuse_too_long(embedder, task.inputs)
+        embedded, tokens = embedder.embed(list(task.inputs), truncate=False, return_count=True)
+    vectors = np.asarray(embedded, dtype=np.float32)
     if task.dimensions is not None:
         vectors = vectors[:, : task.dimensions]
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    usage = answer.get("usage") or {}
-    return Completion("", prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                      values=tuple(row.tobytes() for row in vectors))
+    return Completion("", prompt_tokens=int(tokens), values=tuple(row.tobytes() for row in vectors))
+
+
+def _refuse_too_long(embedder: Any, inputs: tuple[str, ...]) -> None:
+    """A text over the model's batch is refused, as a provider refuses one over its context, rather
+    than cut short (its vector would be some other text's). The words name the text, so the request's
+    split, which tells a bad input from a bad request by the words, finds the row."""
+    limit = embedder.n_batch
+    for text in inputs:
+        count = len(embedder.tokenize(text.encode("utf-8", "replace"), add_bos=True))
+        if count > limit:
+            raise BadRequestError(
+                f"The local engine embeds at most {limit:,} tokens a text; the text starting {text[:40]!r} "
+                f"({len(text):,} characters) is {count:,}. Shorten it, or split it into parts and embed each.")
 
 
 class LocalEngine:
     """Completes requests with llama.cpp in worker threads, one request per instance at a time."""
 
-    identity: str | None = "local|llama.cpp"
+    # "|2": embeddings of texts over 512 tokens were cut there before; their cached vectors must not be served.
+    identity: str | None = "local|llama.cpp|2"
     capabilities = Capabilities(choices=True, json_schema=True, json_mode=True)
     task_kinds = frozenset({ChatTask.kind, EmbedTask.kind})
 
