@@ -156,16 +156,22 @@ def _embed(embedder: Any, task: EmbedTask) -> Completion:
 
 
 def _refuse_too_long(embedder: Any, inputs: tuple[str, ...]) -> None:
-    """A text over the model's batch is refused, as a provider refuses one over its context, rather
-    than cut short (its vector would be some other text's). The words name the text, so the request's
-    split, which tells a bad input from a bad request by the words, finds the row."""
+    """Texts over the model's batch are refused, as a provider refuses one over its context, rather
+    than cut short (the vector would be some other text's). The words count and name every such
+    text of the request: a half of it then never reads as the whole did (the request's split tells
+    a bad input from a bad request by the words), even when two texts start alike."""
     limit = embedder.n_batch
-    for text in inputs:
-        count = len(embedder.tokenize(text.encode("utf-8", "replace"), add_bos=True))
-        if count > limit:
-            raise BadRequestError(
-                f"The local engine embeds at most {limit:,} tokens a text; the text starting {text[:40]!r} "
-                f"({len(text):,} characters) is {count:,}. Shorten it, or split it into parts and embed each.")
+    over = [(text, count) for text in inputs
+            if (count := len(embedder.tokenize(text.encode("utf-8", "replace"), add_bos=True))) > limit]
+    if not over:
+        return
+    named = "; ".join(f"the text starting {text[:40]!r} ({len(text):,} characters) is {count:,}"
+                      for text, count in over[:3])
+    more = f"; and {len(over) - 3:,} more" if len(over) > 3 else ""
+    texts = "1 text is" if len(over) == 1 else f"{len(over):,} texts are"
+    raise BadRequestError(
+        f"The local engine embeds at most {limit:,} tokens a text; {texts} longer: {named}{more}. "
+        "Shorten each, or split it into parts and embed each.")
 
 
 class LocalEngine:

@@ -148,17 +148,19 @@ def test_the_local_engine_embeds_with_the_bundled_model_near_duplicates_nearer(t
 
 def test_the_local_engine_embeds_a_long_text_whole_and_refuses_one_over_its_limit(tmp_path: Any) -> None:
     """Texts past llama.cpp's default batch (512 tokens) that differ only at the end get different
-    vectors (they were cut at 512, so equal); a text over the limit is its row's error, named, and the
-    other rows of its request still get their vectors."""
+    vectors (they were cut at 512, so equal); a text over the limit is its row's error, named, and
+    the other rows of its request still get theirs, even when two such texts start alike and are as
+    long (their refusals read the same, and a request whose halves are refused alike is taken for
+    a bad request as a whole)."""
     common = "The quick brown fox jumps over the lazy dog. " * 52  # about 530 tokens
-    texts = [common + "It was a sunny day.", common + "Then the city burned.", "word " * 2100]
+    texts = ["word " * 2100 + "a", common + "It was a sunny day.", "word " * 2100 + "b", common + "Then it burned."]
     out = embed(pd.DataFrame({"t": texts}), "local", None, "t", "vec", cache=tmp_path / "c.sqlite3", errors="null")
-    assert out["vec"].isna().tolist() == [False, False, True]
+    assert out["vec"].isna().tolist() == [True, False, True, False]
     vectors = pa.array(out["vec"].array).to_pylist()
-    assert not np.allclose(vectors[0], vectors[1])
-    error = out["vec_error"][2]
-    assert "at most 2,048 tokens" in error and "'word word word" in error and "is 2,101" in error, error
-    assert out["vec_error"][:2].isna().all()
+    assert not np.allclose(vectors[1], vectors[3])
+    for error in out["vec_error"][[0, 2]]:
+        assert "at most 2,048 tokens" in error and "'word word word" in error and "is 2,101" in error, error
+    assert out["vec_error"][[1, 3]].isna().all()
 
 
 def test_an_answer_of_many_long_vectors_is_read_past_the_chat_answers_cap() -> None:

@@ -376,12 +376,27 @@ def test_a_body_that_is_not_json_is_refused_and_never_sent(extra_body: dict[str,
 def test_a_request_body_is_the_json_of_model_messages_and_params_whatever_the_text(
         prompt: str, system: str, params: dict[str, Any]) -> None:
     """Any prompt text (non-ASCII, controls, a lone surrogate) goes out as JSON that reads back as
-    the same model, messages and params."""
+    the same model, messages and params. (A high and a low surrogate side by side read back as the
+    one character they make: JSON's escapes are UTF-16's.)"""
     from dfllm.engines.http import OpenAICompatibleEngine
 
     engine = OpenAICompatibleEngine("http://127.0.0.1:9/v1", {})
     messages = (Message.of_text("system", system), Message.of_text("user", prompt))
     body = engine.request_body(dfllm.Request("m", messages, params))
     sent = json.loads(body.decode("utf-8", "surrogatepass"))
+    paired = prompt.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
     assert sent == {"model": "m", "messages": [{"role": "system", "content": system},
-                                               {"role": "user", "content": prompt}], **params}
+                                               {"role": "user", "content": paired}], **params}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), {1, 2}, b"bytes"])
+def test_a_model_or_message_that_is_not_text_never_goes_out_as_invalid_json(value: Any) -> None:
+    """A task built by hand with a non-string model or content is refused, not written as NaN or
+    quietly turned into a list or a string."""
+    from dfllm.engines.http import OpenAICompatibleEngine
+
+    engine = OpenAICompatibleEngine("http://127.0.0.1:9/v1", {})
+    for task in (dfllm.Request(value, (Message.of_text("user", "hi"),)),
+                 dfllm.Request("m", (Message.of_text("user", value),))):
+        with pytest.raises(dfllm.BadRequestError, match="cannot be sent as JSON"):
+            engine.request_body(task)
