@@ -10,6 +10,7 @@ import string
 import subprocess
 import sys
 import time
+from collections.abc import Generator
 from pathlib import Path
 
 import pyarrow as pa
@@ -410,6 +411,36 @@ def test_a_csv_is_read_ahead_from_the_file_itself_and_closing_the_source_stops_i
     assert native is not None and not native.closed
     source.close()
     assert native.closed
+
+
+
+def test_a_csv_from_standard_input_starts_reading_ahead_only_when_its_first_batch_is_asked_for(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Read ahead from the moment it was opened, a command refused before its run (--mode batch from
+    # standard input) exited with pyarrow's threads reading a Python file object, and aborted.
+    import inspect
+    import io
+    import types
+
+    from dfllm.frames import files
+
+    def piped() -> None:
+        stdin = io.BufferedReader(io.BytesIO(b"t,n\nhello,1\n,2\n"))
+        monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=stdin))
+
+    piped()
+    source = files.open_source(files.STDIO, "csv", 10)
+    assert source.schema == pa.schema([("t", pa.string()), ("n", pa.string())])
+    unread = source.batches()
+    assert source._reader is None and isinstance(unread, Generator)
+    assert inspect.getgeneratorstate(unread) == "GEN_CREATED"
+    assert [batch.to_pylist() for batch in source.batches()] == [[{"t": "hello", "n": "1"}, {"t": None, "n": "2"}]]
+    source.close()
+    piped()
+    refused = files.open_source(files.STDIO, "csv", 10)  # opened and closed unread: nothing started
+    refused.close()
+    closed = refused.batches()
+    assert isinstance(closed, Generator) and inspect.getgeneratorstate(closed) == "GEN_CLOSED"
 
 
 @pytest.mark.parametrize("dst", ["out.parquet", "out.csv", "out.jsonl"])
