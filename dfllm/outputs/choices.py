@@ -140,11 +140,14 @@ def _label_inside(text: str, labels: _Labels) -> str | None:
                       if not any(s <= start and end <= e and (s, e) != (start, end) for s, e, _ in spans))
     if len({label for _, _, label in mentions}) != 1:
         return None
-    # The label's own words ("not relevant", "no") are no negation of it: blank the mentions out.
+    # The label's own words ("not relevant", "no") are no negation of it: a negation inside a mention
+    # does not count. One that only overlaps it does: "isn't isn" holds the label "isn" in "isn't".
+    if any(not any(start <= negation.start() and negation.end() <= end for start, end, _ in mentions)
+           for negation in _NEGATION.finditer(text)):
+        return None
     rest = list(text)
     for start, end, _ in mentions:
         rest[start:end] = " " * (end - start)
-    outside = "".join(rest)
-    if _NEGATION.search(outside) or "?" in outside[mentions[0][0]:]:
+    if "?" in "".join(rest)[mentions[0][0]:]:
         return None
     return mentions[0][2]
